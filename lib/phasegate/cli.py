@@ -1,0 +1,192 @@
+"""`phasegate` command line: options in, one library call, a distinct exit status out."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+
+import click
+
+from .errors import PhasegateError
+
+EXIT_BAD_INPUT = 2
+
+
+def _guard(fn):
+    """Bad input is one line and exit 2; only a real crash is exit 1."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PhasegateError as exc:
+            click.echo(f"phasegate: error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            click.echo("phasegate: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if os.environ.get("PHASEGATE_DEBUG"):
+                traceback.print_exc()
+            click.echo(f"phasegate: internal error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+base_url_opt = click.option("--base-url", help="Override the profile's target base URL (e.g. a simulator port).")
+profile_opt = click.option("--profile", "profile_path", required=True, help="Profile TOML file.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log store and collector details to stderr.")
+def main(verbose):
+    """phasegate: decide from evidence whether a rollout phase may proceed."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="phasegate: %(message)s")
+
+
+@main.command()
+@profile_opt
+@click.option("--data", "data_dir", required=True, help="Data directory for the parquet dataset.")
+@click.option("--for", "run_for", help="Stop after this long (90s, 15m, 24h).")
+@click.option("--until", help="Stop at this ISO 8601 time (UTC unless an offset is given).")
+@click.option("--compact-every", default="60s", show_default=True, help="How often the journal is compacted to parquet.")
+@click.option("--quiet", is_flag=True, help="No live progress line.")
+@base_url_opt
+@_guard
+def collect(profile_path, data_dir, run_for, until, compact_every, quiet, base_url):
+    """Probe the target on schedule; every attempt becomes a stored row."""
+    from .collector import Collector, terminal_progress
+    from .errors import WindowError
+    from .profile import load_profile
+    from .window import parse_duration, parse_time
+
+    profile = load_profile(profile_path, base_url)
+    if run_for and until:
+        raise WindowError("give --for or --until, not both")
+    until_ts = None
+    if run_for:
+        until_ts = time.time() + parse_duration(run_for)
+    elif until:
+        until_ts = parse_time(until, name="--until").timestamp()
+        if until_ts <= time.time():
+            raise WindowError(f"--until {until} is already past")
+    c = Collector(profile, data_dir, until_ts=until_ts,
+                  compact_every_s=parse_duration(compact_every), progress=None if quiet else terminal_progress)
+    c.install_signal_handlers()
+    stats = c.run()
+    for note in stats.recovered:
+        click.echo(f"phasegate: {note}", err=True)
+    click.echo(f"collected {stats.samples} samples ({stats.errors} not ok) into {data_dir}, run {stats.run_id}")
+
+
+@main.command()
+@profile_opt
+@click.option("--data", "data_dir", help="Also store the samples in this data directory.")
+@base_url_opt
+@_guard
+def check(profile_path, data_dir, base_url):
+    """One probe round, printed as the CANARY HEALTH CHECK block; exit 1 when unhealthy."""
+    from .check import run_check
+    from .profile import load_profile
+
+    result = run_check(load_profile(profile_path, base_url), data_dir)
+    click.echo(result.text)
+    sys.exit(0 if result.healthy else 1)
+
+
+@main.command()
+@profile_opt
+@click.option("--data", "data_dir", required=True, help="Data directory with collected samples.")
+@click.option("--phase", required=True, help="Phase name, e.g. phase1-staging-canary.")
+@click.option("--start", required=True, help="Window start, ISO 8601.")
+@click.option("--end", help="Window end, ISO 8601 (may be in the future: an interim report).")
+@click.option("--hours", type=float, help="Window length in hours, instead of --end.")
+@click.option("--out", "out_root", default="reports", show_default=True, help="Root folder for report folders.")
+@click.option("--formats", default="html,pdf", show_default=True, help="Exports besides the notebook and JSON.")
+@click.option("--bucket", default="5m", show_default=True, help="Timeline bucket size.")
+@_guard
+def report(profile_path, data_dir, phase, start, end, hours, out_root, formats, bucket):
+    """Run the sign-off notebook; exit 0 GO, 10 NO-GO, 11 REVIEW, 12 PENDING, 13 INCONCLUSIVE."""
+    from .report import EXIT_CODES, make_report
+
+    result = make_report(profile_path=profile_path, data_dir=data_dir, phase=phase, start=start, end=end,
+                         hours=hours, out_root=out_root, formats=formats, bucket=bucket)
+    click.echo(result.summary)
+    sys.exit(EXIT_CODES[result.verdict])
+
+
+@main.group()
+def simulate():
+    """The built-in simulator of the seed's service."""
+
+
+@simulate.command("serve")
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--scenario", default="healthy", show_default=True, help="A named scenario.")
+@click.option("--schedule", type=click.Path(), help="A TOML fault schedule (instead of --scenario).")
+@click.option("--span", default="60s", show_default=True, help="Length over which a scenario plays out.")
+@click.option("--request-log", type=click.Path(), help="Write one JSON line per request answered.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_guard
+def serve(port, scenario, schedule, span, request_log, seed):
+    """Serve the simulated backend on 127.0.0.1 until interrupted."""
+    from .errors import ScenarioError
+    from .simulator import start_server
+    from .window import parse_duration
+
+    try:
+        srv = start_server(port, scenario, schedule, request_log, seed, parse_duration(span))
+    except OSError as exc:
+        raise ScenarioError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+    click.echo(f"simulator on http://127.0.0.1:{srv.port} scenario={'schedule' if schedule else scenario}", err=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        srv.shutdown()
+        srv.server_close()
+
+
+@simulate.command("history")
+@click.option("--profile", "profile_path", default="profiles/simulator.toml", show_default=True)
+@click.option("--scenario", default="healthy", show_default=True)
+@click.option("--schedule", type=click.Path(), help="A TOML fault schedule; offsets count from the window start.")
+@click.option("--hours", type=float, default=24.0, show_default=True)
+@click.option("--end", default="now", show_default=True, help="Window end, ISO 8601 or 'now'.")
+@click.option("--data", "data_dir", required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_guard
+def history_cmd(profile_path, scenario, schedule, hours, end, data_dir, seed):
+    """Write a synthetic dataset (marked simulated) in the collector's schema."""
+    from .profile import load_profile
+    from .simulator import history, load_schedule, scenario_faults
+    from .window import Window, iso, parse_time
+
+    end_dt = parse_time(end, name="--end")
+    window = Window.from_args(_start(end_dt, hours), end=end_dt)
+    profile = load_profile(profile_path)
+    faults = load_schedule(schedule) if schedule else scenario_faults(scenario, window.duration_s)
+    n = history(profile, faults, window.start.timestamp(), window.end.timestamp(), data_dir, seed)
+    click.echo(f"wrote {n} simulated samples {iso(window.start)} .. {iso(window.end)} into {data_dir}")
+
+
+def _raise_interrupt(*_args):
+    raise KeyboardInterrupt
+
+
+def _start(end_dt, hours):
+    from datetime import timedelta
+
+    from .errors import WindowError
+    if not hours > 0:
+        raise WindowError(f"--hours must be positive, got {hours:g}")
+    return end_dt - timedelta(hours=hours)
+
+
+if __name__ == "__main__":
+    main()

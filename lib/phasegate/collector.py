@@ -1,0 +1,159 @@
+"""The collector: every probe on its own schedule, every attempt one stored row."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .probe import run_probe
+from .profile import Probe, Profile
+from .store import SampleWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectStats:
+    run_id: str
+    samples: int = 0
+    by_outcome: Counter = field(default_factory=Counter)
+    last: dict = field(default_factory=dict)
+    missed_slots: int = 0
+    recovered: list = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return self.samples - self.by_outcome.get("ok", 0)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def probe_jobs(profile: Profile) -> list[tuple[Probe, str | None]]:
+    """(probe, tenant) pairs: a probe mentioning {tenant} runs once per tenant."""
+    jobs = []
+    for p in profile.probes:
+        templated = "{tenant}" in p.path or any("{tenant}" in v for v in (*p.headers.values(), *profile.target.headers.values()))
+        if templated and profile.target.tenants:
+            jobs.extend((p, t) for t in profile.target.tenants)
+        else:
+            jobs.append((p, None))
+    return jobs
+
+
+class Collector:
+    """Runs until `until_ts` (epoch seconds) or `stop()`; flushes everything on the way out."""
+
+    def __init__(self, profile: Profile, data_dir, *, until_ts: float | None = None,
+                 compact_every_s: float = 60.0,
+                 workers: int | None = None, progress=None, seed: int | None = None):
+        self.profile = profile
+        self.data_dir = data_dir
+        self.until_ts = until_ts
+        self.compact_every_s = compact_every_s
+        self.jobs = probe_jobs(profile)
+        self.workers = workers or min(64, max(4, len(self.jobs) * 2))
+        self.progress = progress
+        self.rng = random.Random(seed)
+        self.stats = CollectStats(run_id=new_run_id())
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._evidence_hour: dict = {}
+
+    def stop(self, *_args) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGTERM, self.stop)
+
+    def _interval(self, probe: Probe) -> float:
+        return probe.interval_s or self.profile.target.interval_s
+
+    def _one(self, writer: SampleWriter, probe: Probe, tenant, keep_evidence: bool) -> None:
+        row = run_probe(self.profile.target, probe, tenant=tenant, secrets=self.profile.secret_values(),
+                        keep_evidence=keep_evidence, run_id=self.stats.run_id)
+        writer.append(row)
+        with self._lock:
+            self.stats.samples += 1
+            self.stats.by_outcome[row["outcome"]] += 1
+            key = probe.name if tenant is None else f"{probe.name}[{tenant}]"
+            self.stats.last[key] = row["status"] if row["outcome"] in ("ok", "http_error", "assertion_failed") else row["outcome"]
+
+    def _wants_evidence(self, probe: Probe, tenant, now: float) -> bool:
+        hour = int(now // 3600)
+        key = (probe.name, tenant)
+        if self._evidence_hour.get(key) == hour:
+            return False
+        self._evidence_hour[key] = hour
+        return True
+
+    def run(self) -> CollectStats:
+        writer = SampleWriter(self.data_dir, self.stats.run_id, compact_every_s=self.compact_every_s)
+        self.stats.recovered = writer.recovered
+        start = time.monotonic()
+        wall0 = time.time()
+        heap = []
+        for i, (probe, _tenant) in enumerate(self.jobs):
+            # Jittered start spreads probes over the first interval instead of a burst.
+            heapq.heappush(heap, (start + self.rng.uniform(0, min(self._interval(probe), 5.0)), i))
+        ticker = threading.Thread(target=self._report_progress, args=(start,), daemon=True)
+        if self.progress:
+            ticker.start()
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="probe") as pool:
+                while not self._stop.is_set():
+                    due, i = heap[0]
+                    if self.until_ts is not None and wall0 + (due - start) >= self.until_ts:
+                        break
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        if self._stop.wait(min(wait, 0.5)):
+                            break
+                        continue
+                    heapq.heappop(heap)
+                    probe, tenant = self.jobs[i]
+                    pool.submit(self._one, writer, probe, tenant, self._wants_evidence(probe, tenant, time.time()))
+                    interval = self._interval(probe)
+                    nxt = due + interval
+                    now = time.monotonic()
+                    if nxt < now:  # fell behind (suspended, overloaded): skip, and say so
+                        skipped = int((now - nxt) // interval) + 1
+                        self.stats.missed_slots += skipped
+                        nxt += skipped * interval
+                    heapq.heappush(heap, (nxt, i))
+        finally:
+            writer.close()
+            self._stop.set()
+        if self.progress:
+            ticker.join(timeout=2)
+            self.progress(self.stats, time.monotonic() - start, final=True)
+        return self.stats
+
+    def _report_progress(self, start: float) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                self.progress(self.stats, time.monotonic() - start, final=False)
+
+
+def terminal_progress(stats: CollectStats, elapsed: float, final: bool, stream=sys.stderr) -> None:
+    """One status line: samples, errors by kind, last status per probe."""
+    errs = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_outcome.items()) if k != "ok") or "none"
+    last = " ".join(f"{k}={v}" for k, v in sorted(stats.last.items()))
+    line = f"[{elapsed:6.0f}s] samples {stats.samples}  errors: {errs}  last: {last}"
+    if stream.isatty() and not final:
+        stream.write("\r\x1b[K" + line)
+    elif final or int(elapsed) % 10 == 0:
+        stream.write(("\n" if stream.isatty() else "") + line + "\n")
+    stream.flush()

@@ -1,0 +1,271 @@
+"""One probe attempt: a bounded HTTP exchange, classified into a sample row.
+
+`run_probe` never raises for anything the target does: every failure is a row with an
+`outcome`. It speaks HTTP through http.client on a socket it owns so that every read
+is bounded by the *remaining* total deadline (requests' timeout is per read, which a
+slow-drip body defeats) and so that latency splits into phases like blackbox_exporter's.
+`evaluate` classifies a response and is shared with the simulator's history generator.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .profile import Assertion, Probe, Target
+from .redact import redact_headers, redact_text, redact_url
+
+OUTCOMES = ("ok", "http_error", "timeout", "connection_error", "tls_error", "dns_error",
+            "protocol_error", "invalid_body", "body_too_large", "assertion_failed")
+# Outcomes that count against the error rate: the service or the network failed us.
+ERROR_OUTCOMES = frozenset(OUTCOMES) - {"ok", "assertion_failed"}
+EVIDENCE_BODY_CHARS = 2048
+_CHUNK = 65536
+
+
+@dataclass
+class Exchange:
+    """What came back over the wire, or how the exchange failed."""
+
+    status: int | None = None
+    headers: dict = field(default_factory=dict)
+    body: bytes = b""
+    outcome: str | None = None
+    error: str | None = None
+    phases: dict = field(default_factory=dict)
+
+
+class _Deadline:
+    def __init__(self, timeout_s: float):
+        self.t0 = time.monotonic()
+        self.at = self.t0 + timeout_s
+        self.mark = self.t0
+
+    def remaining(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("total deadline reached")
+        return left
+
+    def lap(self) -> float:
+        now = time.monotonic()
+        ms, self.mark = (now - self.mark) * 1000.0, now
+        return ms
+
+
+def exchange(url: str, method: str, headers: dict, body: bytes | None, timeout_s: float,
+             max_body: int, verify_tls: bool = True) -> Exchange:
+    """One HTTP request on a fresh connection, every socket call bounded by the deadline."""
+    ex = Exchange()
+    dl = _Deadline(timeout_s)
+    sock = None
+    try:
+        parts = urlsplit(url)
+        https = parts.scheme == "https"
+        host, port = parts.hostname, parts.port or (443 if https else 80)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        ex.phases["dns_ms"] = dl.lap()
+        family, stype, proto, _, addr = infos[0]
+        sock = socket.socket(family, stype, proto)
+        sock.settimeout(dl.remaining())
+        sock.connect(addr)
+        ex.phases["connect_ms"] = dl.lap()
+        if https:
+            ctx = ssl.create_default_context()
+            if not verify_tls:
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            sock.settimeout(dl.remaining())
+            sock = ctx.wrap_socket(sock, server_hostname=host)
+            ex.phases["tls_ms"] = dl.lap()
+        conn = http.client.HTTPConnection(host, port)
+        conn.sock = sock
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        sock.settimeout(dl.remaining())
+        conn.request(method, target, body=body, headers=headers)
+        resp = conn.getresponse()
+        ex.phases["processing_ms"] = dl.lap()
+        ex.status = resp.status
+        ex.headers = {k.lower(): v for k, v in resp.getheaders()}
+        chunks, size = [], 0
+        while True:
+            sock.settimeout(dl.remaining())
+            chunk = resp.read1(_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_body:
+                ex.outcome, ex.error = "body_too_large", f"body exceeds {max_body} bytes"
+                break
+            chunks.append(chunk)
+            dl.remaining()
+        ex.body = b"".join(chunks)
+        ex.phases["transfer_ms"] = dl.lap()
+    except (socket.timeout, TimeoutError):
+        ex.outcome, ex.error = "timeout", f"no complete response within {timeout_s:g}s"
+    except socket.gaierror as exc:
+        ex.outcome, ex.error = "dns_error", f"cannot resolve host: {exc.strerror or exc}"
+    except (ssl.SSLError, ssl.CertificateError) as exc:
+        ex.outcome, ex.error = "tls_error", f"TLS failed: {getattr(exc, 'reason', None) or exc}"
+    except ConnectionRefusedError:
+        ex.outcome, ex.error = "connection_error", "connection refused"
+    except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as exc:
+        ex.outcome, ex.error = "connection_error", f"connection reset or closed: {type(exc).__name__}"
+    except http.client.IncompleteRead as exc:
+        ex.outcome, ex.error = "connection_error", f"body cut short after {len(exc.partial)} bytes"
+    except http.client.HTTPException as exc:
+        ex.outcome, ex.error = "protocol_error", f"malformed HTTP response: {type(exc).__name__}"
+    except OSError as exc:
+        ex.outcome, ex.error = "connection_error", f"{type(exc).__name__}: {exc.strerror or exc}"
+    finally:
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+    ex.phases["latency_ms"] = (time.monotonic() - dl.t0) * 1000.0
+    return ex
+
+
+# -- classification --------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def json_path(doc, path: str):
+    """Resolve 'a.b[].c' (a '[]' segment maps over a list); _MISSING when absent."""
+    cur = doc
+    segments = path.split(".") if path else []
+    for i, seg in enumerate(segments):
+        if seg.endswith("[]"):
+            seg = seg[:-2]
+            lst = cur.get(seg, _MISSING) if isinstance(cur, dict) else _MISSING
+            if not isinstance(lst, list):
+                return _MISSING
+            rest = ".".join(segments[i + 1:])
+            vals = [json_path(item, rest) for item in lst]
+            return [v for v in vals if v is not _MISSING]
+        if isinstance(cur, dict) and seg in cur:
+            cur = cur[seg]
+        elif isinstance(cur, list) and seg.isdigit() and int(seg) < len(cur):
+            cur = cur[int(seg)]
+        else:
+            return _MISSING
+    return cur
+
+
+def _check(a: Assertion, doc) -> str | None:
+    """None when the assertion holds, else a message that groups well (no volatile values)."""
+    val = json_path(doc, a.path)
+    if a.equals is not None:
+        return None if val == a.equals else f"{a.path} != {a.equals!r} (got {val if val is not _MISSING else 'nothing'!r})"
+    if a.length is not None:
+        n = len(val) if isinstance(val, (list, dict, str)) else None
+        return None if n == a.length else f"len({a.path}) != {a.length} (got {n})"
+    if a.contains is not None:
+        return None if isinstance(val, list) and a.contains in val else f"{a.path} lacks {a.contains!r}"
+    return None if isinstance(val, list) and a.excludes not in val else f"{a.path} contains {a.excludes!r}"
+
+
+def _extract(spec: str, doc, headers: dict):
+    if spec.startswith("header:"):
+        return headers.get(spec[7:].lower())
+    if doc is None:
+        return None
+    if spec.startswith("len:"):
+        val = json_path(doc, spec[4:])
+        return len(val) if isinstance(val, (list, dict)) else None
+    val = json_path(doc, spec)
+    return None if val is _MISSING or isinstance(val, (list, dict)) else val
+
+
+def evaluate(probe: Probe, status: int, headers: dict, body: bytes) -> dict:
+    """Classify a complete response: outcome, error code, extracted values, failures."""
+    out = {"outcome": "ok", "error_code": None, "assertion_failures": [], "flags": None, "error": None}
+    doc, parse_error = None, None
+    if body:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            parse_error = f"body is not JSON: {exc}"
+    for col, spec in probe.extract.items():
+        val = _extract(spec, doc, headers)
+        out[col] = None if val is None else (str(val) if col in ("deployment_id", "health_status") else _as_int(val))
+    if probe.flags and doc is not None:
+        flags = {name: json_path(doc, spec) for name, spec in probe.flags.items()}
+        out["flags"] = json.dumps({k: (None if v is _MISSING else v) for k, v in flags.items()})
+    if status not in probe.expect_status:
+        code = json_path(doc, probe.error_code_path) if doc is not None else _MISSING
+        out["error_code"] = None if code is _MISSING or isinstance(code, (dict, list)) else str(code)
+        out["outcome"], out["error"] = "http_error", f"unexpected status {status}"
+        return out
+    if parse_error and (probe.asserts or probe.extract or probe.flags):
+        out["outcome"], out["error"] = "invalid_body", parse_error
+        return out
+    failures = [msg for a in probe.asserts if (msg := _check(a, doc)) is not None]
+    if failures:
+        out["outcome"], out["assertion_failures"] = "assertion_failed", failures
+    return out
+
+
+def _as_int(val):
+    try:
+        return int(val)
+    except (TypeError, ValueError):
+        return None
+
+
+def render(template: str, tenant: str | None) -> str:
+    return template.replace("{tenant}", tenant) if tenant is not None else template
+
+
+def run_probe(target: Target, probe: Probe, *, tenant: str | None = None, secrets=(),
+              keep_evidence: bool = False, run_id: str = "", now=None) -> dict:
+    """Probe once; always returns a sample row (failures are rows, not exceptions)."""
+    url = target.base_url + render(probe.path, tenant)
+    headers = {"User-Agent": "phasegate/0.1", "Accept": "application/json", "Connection": "close"}
+    headers.update({k: render(v, tenant) for k, v in target.headers.items()})
+    headers.update({k: render(v, tenant) for k, v in probe.headers.items()})
+    auth = target.auth_value()
+    if auth and target.auth_header:
+        headers[target.auth_header] = auth
+    body = None
+    if probe.body is not None:
+        body = json.dumps(probe.body).encode()
+        headers["Content-Type"] = "application/json"
+    ts = now or time.time()
+    ex = exchange(url, probe.method, headers, body, probe.timeout_s or target.timeout_s,
+                  target.max_body_bytes, target.verify_tls)
+    row = {
+        "ts": ts, "run_id": run_id, "source": "probe", "target": target.name, "tenant": tenant,
+        "probe": probe.name, "method": probe.method, "url": redact_url(url), "status": ex.status,
+        "bytes": len(ex.body), "assertion_failures": [], "simulated": False,
+        **{k: ex.phases.get(k) for k in ("latency_ms", "dns_ms", "connect_ms", "tls_ms", "processing_ms", "transfer_ms")},
+    }
+    if ex.outcome is None:
+        row.update(evaluate(probe, ex.status, ex.headers, ex.body))
+    else:
+        row.update(outcome=ex.outcome, error=ex.error, error_code=None)
+    if row.get("error"):
+        row["error"] = redact_text(row["error"], secrets)
+    if keep_evidence or row["outcome"] != "ok":
+        row["evidence"] = evidence_json(ex.status, ex.headers, ex.body, target.evidence_headers, secrets)
+    return row
+
+
+def evidence_json(status, headers: dict, body: bytes, keep_headers, secrets=()) -> str:
+    """The raw response as a reviewer re-checks it: redacted and truncated."""
+    text = body[: EVIDENCE_BODY_CHARS * 4].decode("utf-8", "replace")
+    return json.dumps({
+        "status": status,
+        "headers": redact_headers(headers, keep_headers),
+        "body": redact_text(text[:EVIDENCE_BODY_CHARS], secrets),
+        "body_bytes": len(body),
+        "truncated": len(text) > EVIDENCE_BODY_CHARS or len(body) > EVIDENCE_BODY_CHARS * 4,
+    }, sort_keys=True)

@@ -1,0 +1,380 @@
+"""Profiles: the target, its probes and the phase's decision criteria, from TOML.
+
+Every section is a frozen dataclass with defaults. Loading checks each key against
+the dataclass it fills and names the file and dotted key in every message, so a typo
+in a profile can never silently turn a criterion off.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ProfileError, WindowError
+from .window import parse_duration
+
+EXTRACT_COLUMNS = ("handlers_loaded", "handlers_total", "item_count", "deployment_id", "health_status")
+CRITERIA_IDS = (
+    "window_complete",
+    "no_5xx",
+    "no_feature_disabled",
+    "no_rollback",
+    "service_healthy",
+    "execute_p99",
+    "error_rate",
+    "no_anomalies",
+)
+_HARD = {"window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy"}
+_THRESHOLDS = {"no_5xx": 0.0, "no_feature_disabled": 0.0, "execute_p99": 10000.0, "error_rate": 0.01}
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+
+
+@dataclass(frozen=True)
+class Assertion:
+    """One check on the JSON body; exactly one of equals/length/contains/excludes."""
+
+    path: str
+    equals: Any = None
+    length: int | None = None
+    contains: Any = None
+    excludes: Any = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    path: str
+    method: str = "GET"
+    body: Any = None
+    expect_status: tuple[int, ...] = (200,)
+    error_code_path: str = "error.code"
+    headers: dict = field(default_factory=dict)
+    interval_s: float | None = None
+    timeout_s: float | None = None
+    asserts: tuple[Assertion, ...] = ()
+    extract: dict = field(default_factory=dict)
+    flags: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    base_url: str
+    interval_s: float = 30.0
+    timeout_s: float = 10.0
+    max_body_bytes: int = 1_048_576
+    headers: dict = field(default_factory=dict)
+    auth_header: str | None = None
+    auth_env: str | None = None
+    auth_scheme: str = ""
+    tenants: tuple[str, ...] = ()
+    evidence_headers: tuple[str, ...] = ("content-type", "x-deployment-id", "retry-after")
+    verify_tls: bool = True
+
+    def auth_value(self) -> str | None:
+        """The auth header's value, read from the environment at probe time only."""
+        if not self.auth_env:
+            return None
+        token = os.environ.get(self.auth_env)
+        if not token:
+            return None
+        return f"{self.auth_scheme} {token}".strip() if self.auth_scheme else token
+
+
+@dataclass(frozen=True)
+class Criterion:
+    id: str
+    kind: str
+    threshold: float | None = None
+    enabled: bool = True
+    runbook: str | None = None
+    probe: str | None = None
+    min_samples: int = 0
+
+
+@dataclass(frozen=True)
+class RunbookStep:
+    id: str
+    title: str
+    steps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Criteria:
+    duration_s: float = 86400.0
+    min_coverage: float = 0.9
+    max_gap_s: float = 1800.0
+    items: tuple[Criterion, ...] = ()
+
+    def get(self, cid: str) -> Criterion | None:
+        return next((c for c in self.items if c.id == cid and c.enabled), None)
+
+
+@dataclass(frozen=True)
+class Profile:
+    path: str
+    target: Target
+    probes: tuple[Probe, ...]
+    criteria: Criteria
+    runbook: dict = field(default_factory=dict)
+
+    def probe(self, name: str) -> Probe:
+        return next(p for p in self.probes if p.name == name)
+
+    def secret_values(self) -> list[str]:
+        """Values that must never be written anywhere (scrubbed from bodies and logs)."""
+        token = os.environ.get(self.target.auth_env) if self.target.auth_env else None
+        return [token] if token else []
+
+
+# -- loading ---------------------------------------------------------------------------
+
+
+class _Reader:
+    """Pops keys off a TOML table, checking types; leftovers are unknown keys."""
+
+    def __init__(self, src: str, table: Any, where: str):
+        self.src, self.where = src, where
+        if not isinstance(table, dict):
+            self.fail(where, f"must be a table, got {type(table).__name__}")
+        self.table = dict(table)
+
+    def fail(self, key: str, problem: str):
+        raise ProfileError(f"{self.src}: {key}: {problem}")
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def take(self, name, kinds, default=None, required=False):
+        if name not in self.table:
+            if required:
+                self.fail(self.key(name), "is required")
+            return default
+        value = self.table.pop(name)
+        if isinstance(value, bool) and bool not in kinds:
+            self.fail(self.key(name), f"must be {_kind_names(kinds)}, got {value!r}")
+        if not isinstance(value, kinds):
+            self.fail(self.key(name), f"must be {_kind_names(kinds)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def duration(self, name, default=None):
+        value = self.take(name, (str, int, float), None)
+        if value is None:
+            return default
+        try:
+            return parse_duration(value)
+        except WindowError:
+            self.fail(self.key(name), f"must be a duration like 30s, 15m or 24h, got {value!r}")
+
+    def str_list(self, name, default=()):
+        value = self.take(name, (list,), None)
+        if value is None:
+            return tuple(default)
+        if not all(isinstance(v, str) for v in value):
+            self.fail(self.key(name), "must be a list of strings")
+        return tuple(value)
+
+    def str_table(self, name):
+        value = self.take(name, (dict,), {})
+        for k, v in value.items():
+            if not isinstance(v, str):
+                self.fail(f"{self.key(name)}.{k}", f"must be a string, got {type(v).__name__}")
+        return dict(value)
+
+    def done(self):
+        if self.table:
+            bad = sorted(self.table)[0]
+            self.fail(self.key(bad), "unknown key")
+
+
+def _kind_names(kinds) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _read_toml(path: Path, seen: tuple = ()) -> dict:
+    if path in seen:
+        raise ProfileError(f"{path}: extends: cycle through {path.name}")
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ProfileError(f"profile not found: {path}") from None
+    except IsADirectoryError:
+        raise ProfileError(f"profile is a directory, not a file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read: {exc}") from None
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ProfileError(f"{path}: extends: must be a string, got {type(base).__name__}")
+    return _merge(_read_toml(path.parent / base, seen + (path,)), data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Tables merge key by key; anything else (probes list included) is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_profile(path: str | os.PathLike, base_url: str | None = None) -> Profile:
+    """Read and validate a profile; `base_url` overrides the target's (e.g. a simulator port)."""
+    p = Path(path)
+    src = str(path)
+    raw = _read_toml(p)
+    top = _Reader(src, raw, "")
+    target = _target(src, top.take("target", (dict,), required=True), base_url)
+    probe_tables = top.take("probes", (list,), required=True)
+    if not probe_tables:
+        top.fail("probes", "needs at least one probe")
+    probes = tuple(_probe(src, t, f"probes[{i}]", target) for i, t in enumerate(probe_tables))
+    names = [pr.name for pr in probes]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        top.fail("probes", f"probe name {dup!r} is used twice")
+    runbook = _runbook(src, top.take("runbook", (dict,), {}))
+    criteria = _criteria(src, top.take("criteria", (dict,), {}), set(names), set(runbook))
+    top.done()
+    return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook)
+
+
+def _target(src, table, base_url) -> Target:
+    r = _Reader(src, table, "target")
+    name = r.take("name", (str,), required=True)
+    url = base_url or r.take("base_url", (str,), required=True)
+    if base_url:
+        r.take("base_url", (str,))
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.fail("target.base_url", f"must be an http(s) URL, got {url!r}")
+    interval = r.duration("interval", 30.0)
+    timeout = r.duration("timeout", 10.0)
+    if timeout >= interval:
+        r.fail("target.timeout", f"must be below target.interval ({timeout:g}s >= {interval:g}s)")
+    max_body = r.take("max_body_bytes", (int,), 1_048_576)
+    if max_body < 1024:
+        r.fail("target.max_body_bytes", "must be at least 1024")
+    t = Target(
+        name=name,
+        base_url=url.rstrip("/"),
+        interval_s=interval,
+        timeout_s=timeout,
+        max_body_bytes=max_body,
+        headers=r.str_table("headers"),
+        auth_header=r.take("auth_header", (str,)),
+        auth_env=r.take("auth_env", (str,)),
+        auth_scheme=r.take("auth_scheme", (str,), ""),
+        tenants=r.str_list("tenants"),
+        evidence_headers=tuple(h.lower() for h in r.str_list("evidence_headers", Target.evidence_headers)),
+        verify_tls=r.take("verify_tls", (bool,), True),
+    )
+    if bool(t.auth_header) != bool(t.auth_env):
+        r.fail("target.auth_env", "auth_header and auth_env go together (the env var holds the value)")
+    r.done()
+    return t
+
+
+def _probe(src, table, where, target: Target) -> Probe:
+    r = _Reader(src, table, where)
+    name = r.take("name", (str,), required=True)
+    path = r.take("path", (str,), required=True)
+    if not path.startswith("/"):
+        r.fail(f"{where}.path", f"must start with '/', got {path!r}")
+    method = r.take("method", (str,), "GET").upper()
+    if method not in _METHODS:
+        r.fail(f"{where}.method", f"must be one of {', '.join(_METHODS)}, got {method!r}")
+    body = r.take("body", (dict, list), None)
+    expect = r.take("expect_status", (list, int), [200])
+    expect = [expect] if isinstance(expect, int) else expect
+    if not expect or not all(isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in expect):
+        r.fail(f"{where}.expect_status", "must be a list of HTTP status codes (100-599)")
+    interval = r.duration("interval", None)
+    timeout = r.duration("timeout", None)
+    if (timeout or target.timeout_s) >= (interval or target.interval_s):
+        r.fail(f"{where}.timeout", "must be below the probe's interval")
+    asserts = tuple(
+        _assertion(src, a, f"{where}.assert[{i}]") for i, a in enumerate(r.take("assert", (list,), []))
+    )
+    extract_tbl = r.take("extract", (dict,), {})
+    er = _Reader(src, extract_tbl, f"{where}.extract")
+    flags = er.str_table("flags")
+    extract = {}
+    for col in EXTRACT_COLUMNS:
+        spec = er.take(col, (str,))
+        if spec is not None:
+            extract[col] = spec
+    er.done()
+    p = Probe(
+        name=name, path=path, method=method, body=body, expect_status=tuple(expect),
+        error_code_path=r.take("error_code_path", (str,), "error.code"),
+        headers=r.str_table("headers"), interval_s=interval, timeout_s=timeout,
+        asserts=asserts, extract=extract, flags=flags,
+    )
+    r.done()
+    return p
+
+
+def _assertion(src, table, where) -> Assertion:
+    r = _Reader(src, table, where)
+    path = r.take("path", (str,), required=True)
+    kinds = {k: r.table.pop(k) for k in ("equals", "length", "contains", "excludes") if k in r.table}
+    r.done()
+    if len(kinds) != 1:
+        r.fail(where, "needs exactly one of equals, length, contains, excludes")
+    if "length" in kinds and (not isinstance(kinds["length"], int) or isinstance(kinds["length"], bool)):
+        r.fail(f"{where}.length", f"must be an integer, got {kinds['length']!r}")
+    return Assertion(path=path, **kinds)
+
+
+def _runbook(src, table) -> dict:
+    out = {}
+    for sid, body in table.items():
+        r = _Reader(src, body, f"runbook.{sid}")
+        out[sid] = RunbookStep(id=sid, title=r.take("title", (str,), required=True), steps=r.str_list("steps"))
+        r.done()
+    return out
+
+
+def _criteria(src, table, probe_names: set, runbook_ids: set) -> Criteria:
+    r = _Reader(src, table, "criteria")
+    duration = r.duration("duration", 86400.0)
+    min_cov = r.take("min_coverage", (int, float), 0.9)
+    if not 0 <= min_cov <= 1:
+        r.fail("criteria.min_coverage", f"must be between 0 and 1, got {min_cov!r}")
+    max_gap = r.duration("max_gap", 1800.0)
+    items = []
+    for cid in CRITERIA_IDS:
+        cr = _Reader(src, r.take(cid, (dict,), {}), f"criteria.{cid}")
+        kind = cr.take("kind", (str,), "hard" if cid in _HARD else "soft")
+        if kind not in ("hard", "soft"):
+            cr.fail(f"criteria.{cid}.kind", f"must be hard or soft, got {kind!r}")
+        threshold = cr.take("threshold", (int, float), _THRESHOLDS.get(cid))
+        if threshold is not None and threshold < 0:
+            cr.fail(f"criteria.{cid}.threshold", f"must not be negative, got {threshold!r}")
+        runbook = cr.take("runbook", (str,))
+        if runbook is not None and runbook not in runbook_ids:
+            cr.fail(f"criteria.{cid}.runbook", f"names no [runbook.{runbook}] section")
+        probe = cr.take("probe", (str,))
+        if probe is not None and probe not in probe_names:
+            cr.fail(f"criteria.{cid}.probe", f"names no probe called {probe!r}")
+        if cid == "execute_p99" and probe is None and "execute" in probe_names:
+            probe = "execute"
+        items.append(Criterion(
+            id=cid, kind=kind, threshold=None if threshold is None else float(threshold),
+            enabled=cr.take("enabled", (bool,), True), runbook=runbook, probe=probe,
+            min_samples=cr.take("min_samples", (int,), 100 if cid == "execute_p99" else 0),
+        ))
+        cr.done()
+    r.done()
+    return Criteria(duration_s=duration, min_coverage=float(min_cov), max_gap_s=max_gap, items=tuple(items))
+

@@ -1,0 +1,71 @@
+"""Redaction: what may leave the process in a URL, a header, a body or a message."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+MASK = "[REDACTED]"
+_SECRET_PARAM = re.compile(r"(key|token|secret|password|passwd|signature|sig|auth)", re.I)
+_SECRET_HEADER = re.compile(r"^(authorization|proxy-authorization|cookie|set-cookie|x-api-key|.*token.*|.*secret.*)$", re.I)
+_BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
+_PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.S)
+_QUERY_SECRET = re.compile(r"(?i)\b([\w-]*(?:key|token|secret|password|signature)[\w-]*)=([^&\s\"'<>]+)")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s:]+):([^/@\s]+)@")
+
+
+class Secret(str):
+    """A string that prints as redacted; use `.reveal()` where the value is really needed."""
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})"
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __format__(self, spec) -> str:
+        return MASK
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+def redact_url(url: str) -> str:
+    """Mask userinfo passwords and query parameters named like key/token/secret/password."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_text(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, MASK if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="[]")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_headers(headers: dict, keep: tuple[str, ...] | None = None) -> dict:
+    """Headers safe to store: secrets masked, and only `keep` names when given."""
+    out = {}
+    for name, value in headers.items():
+        low = name.lower()
+        if keep is not None and low not in keep:
+            continue
+        out[low] = MASK if _SECRET_HEADER.match(low) else value
+    return out
+
+
+def redact_text(text: str, secrets: list[str] | tuple = ()) -> str:
+    """Scrub known secret values, bearer tokens, PEM blocks, `key=` pairs and URL passwords."""
+    for value in secrets:
+        if value and len(value) >= 4:
+            text = text.replace(value, MASK)
+    text = _PEM.sub(MASK, text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={MASK}", text)
+    text = _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:{MASK}@", text)
+    return text

@@ -1,0 +1,403 @@
+"""A stand-in for the seed's backend: one latency/error model, served live or as history.
+
+`Model.respond` decides what a request gets at a time into the scenario. `serve`
+answers real HTTP on 127.0.0.1 with it (and logs each request as ground truth);
+`history` replays it over a window and classifies each response with the same
+`probe.evaluate` the collector uses, so synthetic and live data share one schema.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import select
+import socket
+import struct
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .errors import ScenarioError, WindowError
+from .probe import evaluate, evidence_json, render
+from .redact import redact_url
+from .window import parse_duration
+
+SIGNED_ACTION = "create_work_order_from_fault"
+FAULT_ACTIONS = [
+    "view_fault_details", "acknowledge_fault", "add_fault_note", "attach_fault_photo",
+    "assign_fault", "update_fault_severity", "link_fault_to_equipment", "close_fault",
+    "reopen_fault", "escalate_fault", "export_fault_report", SIGNED_ACTION,
+]
+FLAGS = ("FAULT_LENS_V1_ENABLED", "FAULT_LENS_SUGGESTIONS_ENABLED", "FAULT_LENS_SIGNED_ACTIONS_ENABLED")
+FIRST_DEPLOY, NEXT_DEPLOY = "dep-d5t1t6ngi27c73cllsr0", "dep-d6a2k8pqr31c73abcd10"
+# Median latency (ms) and lognormal sigma per endpoint.
+LATENCY = {"health": (12.0, 0.3), "list": (35.0, 0.35), "suggestions": (55.0, 0.4),
+           "execute": (250.0, 0.5), "other": (5.0, 0.2)}
+TRANSPORT_FAULTS = ("hang", "reset", "slow_drip", "oversized")
+FAULT_KINDS = ("server_error", "flags_off", "handler_loss", "deploy", "slow_execute", "count_drift",
+               "signed_leak", "malformed_json", "echo_auth", "outage", *TRANSPORT_FAULTS)
+
+
+@dataclass
+class Fault:
+    kind: str
+    start_s: float = 0.0
+    end_s: float | None = None
+    every_s: float | None = None
+    rate: float = 1.0
+    count: int | None = None
+    probes: tuple = ()
+    params: dict = field(default_factory=dict)
+    used: int = 0
+
+    def active(self, t: float, endpoint: str) -> bool:
+        if t < self.start_s or (self.end_s is not None and t >= self.end_s):
+            return False
+        if self.probes and endpoint not in self.probes:
+            return False
+        if self.every_s:  # periodic: active for the first `burst_s` of every period
+            burst = self.params.get("burst_s", self.every_s / 10)
+            return (t - self.start_s) % self.every_s < burst
+        return True
+
+
+@dataclass
+class SimResponse:
+    status: int | None
+    body: bytes
+    headers: dict
+    latency_s: float
+    transport: str | None = None
+    faults: tuple = ()
+
+
+def endpoint_of(path: str) -> str:
+    for name in ("health", "suggestions", "list", "execute"):
+        if f"/{name}" in path:
+            return name
+    return "other"
+
+
+class Model:
+    def __init__(self, faults: list[Fault], seed: int = 0):
+        self.faults = faults
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+
+    def _hit(self, f: Fault, t: float, endpoint: str) -> bool:
+        if not f.active(t, endpoint):
+            return False
+        if f.count is not None and f.used >= f.count:
+            return False
+        if f.rate < 1.0 and self.rng.random() >= f.rate:
+            return False
+        f.used += 1
+        return True
+
+    def respond(self, endpoint: str, t: float, headers: dict | None = None) -> SimResponse:
+        with self.lock:
+            hits = [f for f in self.faults if self._hit(f, t, endpoint)]
+            median, sigma = LATENCY.get(endpoint, LATENCY["other"])
+            latency = median / 1000.0 * math.exp(self.rng.gauss(0, sigma))
+            jitter = self.rng.random()
+        kinds = {f.kind: f for f in hits}
+        deploy = FIRST_DEPLOY
+        for f in self.faults:  # the latest deploy fault that has started wins
+            if f.kind == "deploy" and f.active(t, endpoint) and not f.probes:
+                deploy = f.params.get("deployment", NEXT_DEPLOY)
+        out_headers = {"Content-Type": "application/json", "X-Deployment-Id": deploy}
+        names = tuple(sorted(kinds))
+        for kind in TRANSPORT_FAULTS:
+            if kind in kinds:
+                return SimResponse(None, b"", out_headers, latency, transport=kind, faults=names)
+        if "outage" in kinds:
+            return SimResponse(None, b"", out_headers, 0.0, transport="outage", faults=names)
+        if "slow_execute" in kinds and endpoint == "execute":
+            lo, hi = kinds["slow_execute"].params.get("latency_s", (12.0, 15.0))
+            latency = lo + (hi - lo) * jitter
+        flags_on = "flags_off" not in kinds
+        if "server_error" in kinds:
+            return self._json(500, {"error": {"code": "INTERNAL_ERROR", "message": "unhandled exception"}},
+                              out_headers, latency, names)
+        if endpoint == "health":
+            loaded = 3 if "handler_loss" in kinds else 4
+            body = {"status": "healthy" if loaded == 4 else "degraded", "handlers_loaded": loaded,
+                    "handlers_total": 4, "deployment_id": deploy,
+                    "feature_flags": {name: flags_on for name in FLAGS}}
+        elif endpoint == "other":
+            return self._json(404, {"error": {"code": "NOT_FOUND"}}, out_headers, latency, names)
+        elif not flags_on:
+            return self._json(503, {"error": {"code": "FEATURE_DISABLED", "message": "Fault Lens is disabled"}},
+                              out_headers, latency, names)
+        elif endpoint in ("list", "suggestions"):
+            actions = list(FAULT_ACTIONS)
+            if endpoint == "suggestions" and "signed_leak" not in kinds:
+                actions.remove(SIGNED_ACTION)
+            if "count_drift" in kinds:
+                actions = actions[2:]
+            body = {"domain": "faults", "total": len(actions),
+                    "actions": [{"action_id": a, "variant": "SIGNED" if a == SIGNED_ACTION else "READ"}
+                                for a in actions]}
+        else:
+            body = {"status": "success", "action": "view_fault_details", "result": {"fault_id": "canary-probe"}}
+            if "echo_auth" in kinds:
+                body["request_headers"] = dict(headers or {})
+        if "malformed_json" in kinds:
+            return SimResponse(200, b'{"status": "healthy", "actions": [', out_headers, latency, faults=names)
+        return self._json(200, body, out_headers, latency, names)
+
+    @staticmethod
+    def _json(status, body, headers, latency, names) -> SimResponse:
+        return SimResponse(status, json.dumps(body).encode(), headers, latency, faults=names)
+
+
+# -- scenarios and fault schedules -----------------------------------------------------
+
+SCENARIOS = ("healthy", "server-errors", "flags-off", "handler-loss", "deploy-change", "rollback",
+             "slow-execute", "count-drift", "signed-leak", "malformed-json", "hang", "reset",
+             "slow-drip", "oversized")
+
+
+def scenario_faults(name: str, span_s: float = 60.0) -> list[Fault]:
+    """A named scenario over a span (a history's length, or a live server's cycle)."""
+    if name not in SCENARIOS:
+        raise ScenarioError(f"unknown scenario {name!r}; choose one of: {', '.join(SCENARIOS)}")
+    simple = {"flags-off": "flags_off", "handler-loss": "handler_loss", "count-drift": "count_drift",
+              "signed-leak": "signed_leak", "malformed-json": "malformed_json", "hang": "hang",
+              "reset": "reset", "slow-drip": "slow_drip", "oversized": "oversized"}
+    if name == "healthy":
+        return []
+    if name in simple:
+        return [Fault(simple[name])]
+    if name == "server-errors":
+        return [Fault("server_error", every_s=span_s / 6, rate=0.5, params={"burst_s": span_s / 60})]
+    if name == "slow-execute":
+        return [Fault("slow_execute", rate=0.05, probes=("execute",))]
+    if name == "deploy-change":
+        return [Fault("deploy", start_s=span_s / 2, params={"deployment": NEXT_DEPLOY})]
+    # rollback: a new deployment, then back to the first one.
+    return [Fault("deploy", start_s=span_s * 0.3, end_s=span_s * 0.6, params={"deployment": NEXT_DEPLOY})]
+
+
+def load_schedule(path) -> list[Fault]:
+    """A TOML fault schedule: [[fault]] kind, at, for, every, burst, rate, count, probes, deployment."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ScenarioError(f"fault schedule not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    extra = set(raw) - {"fault"}
+    if extra:
+        raise ScenarioError(f"{path}: {sorted(extra)[0]}: unknown key")
+    faults = []
+    allowed = {"kind", "at", "for", "every", "burst", "rate", "count", "probes", "deployment", "latency_s"}
+    for i, t in enumerate(raw.get("fault", [])):
+        where = f"{path}: fault[{i}]"
+        if not isinstance(t, dict):
+            raise ScenarioError(f"{where}: must be a table")
+        bad = set(t) - allowed
+        if bad:
+            raise ScenarioError(f"{where}.{sorted(bad)[0]}: unknown key")
+        kind = t.get("kind")
+        if kind not in FAULT_KINDS:
+            raise ScenarioError(f"{where}.kind: must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
+        try:
+            start = parse_duration(t["at"]) if t.get("at") not in (None, 0, "0") else 0.0
+            length = parse_duration(t["for"]) if "for" in t else None
+            every = parse_duration(t["every"]) if "every" in t else None
+            params = {"burst_s": parse_duration(t["burst"])} if "burst" in t else {}
+        except WindowError as exc:
+            raise ScenarioError(f"{where}: {exc}") from None
+        rate = t.get("rate", 1.0)
+        if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+            raise ScenarioError(f"{where}.rate: must be in (0, 1], got {rate!r}")
+        if "deployment" in t:
+            params["deployment"] = str(t["deployment"])
+        if "latency_s" in t:
+            params["latency_s"] = tuple(t["latency_s"])
+        faults.append(Fault(kind, start_s=start, end_s=None if length is None else start + length,
+                            every_s=every, rate=float(rate), count=t.get("count"),
+                            probes=tuple(t.get("probes", ())), params=params))
+    return faults
+
+
+# -- live server -----------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fault-lens-sim/1.0"
+
+    def log_message(self, *args):  # the request log replaces the stderr chatter
+        pass
+
+    def do_GET(self):
+        self._answer()
+
+    def do_POST(self):
+        self._answer()
+
+    def _answer(self):
+        srv = self.server
+        t0 = time.monotonic()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(min(length, 1 << 20))
+        endpoint = endpoint_of(self.path)
+        resp = srv.model.respond(endpoint, t0 - srv.started, dict(self.headers))
+        status = resp.status
+        try:
+            if resp.transport == "reset" or resp.transport == "outage":
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+            elif resp.transport == "hang":
+                self._wait_for_close(srv.hang_s)
+            elif resp.transport in ("slow_drip", "oversized"):
+                status = 200
+                self._stream(resp.transport)
+            else:
+                time.sleep(resp.latency_s)
+                self.send_response(status)
+                for k, v in resp.headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(resp.body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(resp.body)
+                self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        srv.log_request_line(t0, self.command, self.path, status if resp.transport not in ("reset", "hang", "outage") else None,
+                             (time.monotonic() - t0) * 1000.0, resp.faults)
+
+    def _wait_for_close(self, limit_s: float):
+        end = time.monotonic() + limit_s
+        while time.monotonic() < end and not self.server.closing.is_set():
+            r, _, _ = select.select([self.connection], [], [], 0.2)
+            if r and not self.connection.recv(1024):
+                return
+        self.close_connection = True
+
+    def _stream(self, kind: str):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        size = 64 * 1024 * 1024 if kind == "oversized" else 100_000
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        self.close_connection = True
+        sent, end = 0, time.monotonic() + self.server.hang_s
+        chunk = b" " * 65536
+        while sent < size and time.monotonic() < end and not self.server.closing.is_set():
+            if kind == "oversized":
+                self.wfile.write(chunk)
+                sent += len(chunk)
+            else:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                sent += 1
+                time.sleep(0.2)
+
+
+class SimServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, model: Model, request_log=None, hang_s: float = 60.0):
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.model = model
+        self.started = time.monotonic()
+        self.hang_s = hang_s
+        self.closing = threading.Event()
+        self._log_lock = threading.Lock()
+        self._log = open(request_log, "a", buffering=1) if request_log else None
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def log_request_line(self, t0, method, path, status, latency_ms, faults):
+        if self._log is None:
+            return
+        wall = time.time() - (time.monotonic() - t0)
+        line = json.dumps({"ts": round(wall, 6), "method": method, "path": redact_url(path), "status": status,
+                           "latency_ms": round(latency_ms, 3), "faults": list(faults)})
+        with self._log_lock:
+            self._log.write(line + "\n")
+
+    def server_close(self):
+        self.closing.set()
+        super().server_close()
+        if self._log:
+            self._log.close()
+
+
+def start_server(port: int = 0, scenario: str = "healthy", schedule=None, request_log=None,
+                 seed: int = 0, span_s: float = 60.0, hang_s: float = 60.0) -> SimServer:
+    """Start a simulator in a background thread; `server.shutdown()` stops it."""
+    faults = load_schedule(schedule) if schedule else scenario_faults(scenario, span_s)
+    srv = SimServer(port, Model(faults, seed), request_log, hang_s)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    return srv
+
+
+# -- synthetic history -----------------------------------------------------------------
+
+
+def history(profile, faults: list[Fault], start_ts: float, end_ts: float, data_dir,
+            seed: int = 0, now_ts: float | None = None) -> int:
+    """Write what the collector would have stored over [start, end); returns rows written."""
+    from .collector import probe_jobs
+    from .store import write_samples
+
+    model = Model(faults, seed)
+    rng = random.Random(seed + 1)
+    target = profile.target
+    events = []
+    for i, (probe, tenant) in enumerate(probe_jobs(profile)):
+        interval = probe.interval_s or target.interval_s
+        t = start_ts + rng.uniform(0, min(interval, 5.0))
+        while t < end_ts:
+            events.append((t, i, probe, tenant))
+            t += interval
+    events.sort(key=lambda e: (e[0], e[1]))
+    cache: dict = {}
+    evidence_hour: dict = {}
+    rows = []
+    run_id = f"sim-{seed}-{int(start_ts)}"
+    for t, _, probe, tenant in events:
+        resp = model.respond(endpoint_of(probe.path), t - start_ts)
+        if resp.transport == "outage":
+            continue
+        timeout = probe.timeout_s or target.timeout_s
+        row = {"ts": t, "run_id": run_id, "seq": len(rows) + 1, "source": "probe", "target": target.name,
+               "tenant": tenant, "probe": probe.name, "method": probe.method,
+               "url": redact_url(target.base_url + render(probe.path, tenant)), "simulated": True,
+               "status": resp.status, "bytes": len(resp.body), "latency_ms": resp.latency_s * 1000.0,
+               "assertion_failures": []}
+        if resp.transport in ("hang", "slow_drip") or resp.latency_s >= timeout:
+            row.update(outcome="timeout", status=200 if resp.transport == "slow_drip" else None, bytes=0,
+                       latency_ms=timeout * 1000.0, error=f"no complete response within {timeout:g}s")
+        elif resp.transport == "reset":
+            row.update(outcome="connection_error", status=None, error="connection reset or closed: ConnectionResetError")
+        elif resp.transport == "oversized":
+            row.update(outcome="body_too_large", error=f"body exceeds {target.max_body_bytes} bytes")
+        else:
+            key = (probe.name, resp.status, resp.body, resp.headers.get("X-Deployment-Id"))
+            if key not in cache:
+                cache[key] = evaluate(probe, resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.body)
+            row.update(cache[key])
+        hour_key = (probe.name, tenant)
+        if row["outcome"] != "ok" or evidence_hour.get(hour_key) != int(t // 3600):
+            evidence_hour[hour_key] = int(t // 3600)
+            row["evidence"] = evidence_json(row["status"], {k.lower(): v for k, v in resp.headers.items()},
+                                            resp.body, target.evidence_headers)
+        rows.append(row)
+    if rows:
+        write_samples(data_dir, rows, run_id)
+    return len(rows)
+

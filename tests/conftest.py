@@ -1,0 +1,62 @@
+"""Shared fixtures: real simulator servers on 127.0.0.1 and profiles pointed at them."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from phasegate.simulator import start_server
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ROOT / "profiles"
+SIM_PROFILE = PROFILES / "simulator.toml"
+
+
+@pytest.fixture
+def sim():
+    """Factory: sim(scenario=..., schedule=..., request_log=...) -> running server, stopped after."""
+    servers = []
+
+    def make(scenario="healthy", **kw):
+        srv = start_server(0, scenario, hang_s=kw.pop("hang_s", 10.0), **kw)
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def url(srv) -> str:
+    return f"http://127.0.0.1:{srv.port}"
+
+
+def write_profile(tmp_path: Path, body: str, name="p.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def fast_profile(tmp_path: Path, base_url: str, interval="1s", timeout="0.8s", extra="") -> Path:
+    """The simulator profile on a short schedule, for tests that need many samples quickly."""
+    return write_profile(tmp_path, f'''
+extends = "{SIM_PROFILE}"
+[target]
+name = "test-sim"
+base_url = "{base_url}"
+interval = "{interval}"
+timeout = "{timeout}"
+{extra}
+''')
+
+
+def phasegate(*args, env=None, timeout=120, check=False):
+    """Run the installed CLI as a user would; returns CompletedProcess with text output."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    cmd = [sys.executable, "-m", "phasegate.cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, check=check,
+                          cwd=ROOT)

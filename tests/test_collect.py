@@ -1,0 +1,171 @@
+"""Collector and check end to end, as subprocesses against a real simulator."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pyarrow.parquet as pq
+import pytest
+
+from phasegate.simulator import endpoint_of
+from phasegate.store import read_samples
+
+from conftest import ROOT, SIM_PROFILE, fast_profile, phasegate, url, write_profile
+
+EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+FAR = datetime(2100, 1, 1, tzinfo=timezone.utc)
+
+
+def _collector(profile, data, *extra, env=None):
+    return subprocess.Popen([sys.executable, "-m", "phasegate.cli", "collect", "--profile", str(profile),
+                             "--data", str(data), "--compact-every", "2s", *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("kill_after_s", [4.0, 6.5])
+def test_sigkill_loses_nothing_completed_2s_before(sim, tmp_path, kill_after_s):
+    log = tmp_path / "requests.jsonl"
+    srv = sim(request_log=log)
+    profile = fast_profile(tmp_path, url(srv), interval="0.25s", timeout="0.2s")
+    data = tmp_path / "data"
+    proc = _collector(profile, data, "--quiet")
+    time.sleep(kill_after_s)
+    killed_at = time.time()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # The restarted collector recovers what the killed one left in its journal.
+    again = phasegate("collect", "--profile", profile, "--data", data, "--for", "1s", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert "recovered" in again.stderr
+    time.sleep(0.3)
+    srv.shutdown()
+    df = read_samples(data, EPOCH, FAR)
+    assert df.attrs["excluded"] == []
+    assert not df.duplicated(["run_id", "seq"]).any()
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    done_before = Counter(endpoint_of(x["path"]) for x in lines
+                          if x["ts"] + x["latency_ms"] / 1000 < killed_at - 2.0)
+    rows_before = Counter(df[df["ts"] < datetime.fromtimestamp(killed_at - 2.0, timezone.utc)]["probe"])
+    assert sum(done_before.values()) >= 10
+    for probe, n in done_before.items():
+        assert rows_before[probe] >= n, (probe, rows_before[probe], n)
+    # No invented rows: never more rows than the server answered requests.
+    assert len(df) <= len(lines)
+    assert not list(data.glob("samples/*/.*.tmp-*"))
+
+
+def test_sigterm_flushes_everything(sim, tmp_path):
+    log = tmp_path / "requests.jsonl"
+    srv = sim(request_log=log)
+    profile = fast_profile(tmp_path, url(srv), interval="0.3s", timeout="0.25s")
+    data = tmp_path / "data"
+    proc = _collector(profile, data)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "collected" in out
+    time.sleep(0.3)
+    df = read_samples(data, EPOCH, FAR)
+    assert len(df) == len(log.read_text().splitlines())
+    assert not list((data / "journal").glob("*.jnl"))
+    assert "samples" in err  # live progress went to the terminal
+
+
+SECRET_TOKEN = "tok-9f8e7d6c5b4a39281706"
+SECRET_KEY = "urlkey-5a4b3c2d1e0f"
+
+
+def test_secrets_reach_no_file_and_no_output(sim, tmp_path):
+    sched = tmp_path / "faults.toml"
+    sched.write_text('[[fault]]\nkind = "echo_auth"\n')
+    srv = sim(schedule=sched)
+    profile = write_profile(tmp_path, f'''
+[target]
+name = "secret-test"
+base_url = "{url(srv)}"
+interval = "0.5s"
+timeout = "0.4s"
+auth_header = "Authorization"
+auth_env = "PG_TEST_TOKEN"
+auth_scheme = "Bearer"
+
+[[probes]]
+name = "execute"
+method = "POST"
+path = "/v1/actions/execute?key={SECRET_KEY}&fault=1"
+body = {{ action = "view_fault_details" }}
+  [[probes.assert]]
+  path = "status"
+  equals = "success"
+
+[[probes]]
+name = "health"
+path = "/v1/actions/health?token={SECRET_KEY}"
+''')
+    data = tmp_path / "data"
+    env = {"PG_TEST_TOKEN": SECRET_TOKEN}
+    outputs = []
+    for args in (["collect", "--for", "3s"], ["check"]):
+        res = phasegate(*args, "--profile", profile, "--data", data, env=env)
+        outputs += [res.stdout, res.stderr]
+    df = read_samples(data, EPOCH, FAR)
+    assert len(df) >= 6
+    assert any("[REDACTED]" in e for e in df["evidence"].dropna())  # the echoed body was scrubbed
+    assert all("key=[REDACTED]" in u or "token=[REDACTED]" in u for u in df["url"])
+    texts = outputs + [p.read_bytes().decode("latin-1") for p in data.rglob("*") if p.is_file()]
+    for f in data.rglob("*.parquet"):
+        texts.append(json.dumps(pq.read_table(f).to_pylist(), default=str))
+    for secret in (SECRET_TOKEN, SECRET_KEY):
+        assert not [t[:80] for t in texts if secret in t]
+
+
+def test_check_healthy_prints_the_seed_block(sim):
+    res = phasegate("check", "--profile", SIM_PROFILE, "--base-url", url(sim()))
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    for needle in ("CANARY HEALTH CHECK", "1. Service Health", "✅ HEALTHY", "Handlers Loaded: 4/4",
+                   "2. Feature Flags", "✅ FLAGS ON", "- FAULT_LENS_V1_ENABLED: true",
+                   "/list: ✅ 200 OK (12 actions)", "/suggestions: ✅ 200 OK (11 actions)",
+                   "OVERALL: ✅ CANARY HEALTHY"):
+        assert needle in out
+
+
+def test_check_flags_off_exits_1_naming_feature_disabled(sim, tmp_path):
+    data = tmp_path / "data"
+    res = phasegate("check", "--profile", SIM_PROFILE, "--base-url", url(sim("flags-off")), "--data", data)
+    assert res.returncode == 1
+    assert "❌ FLAGS OFF" in res.stdout
+    assert "/list: ❌ 503 FEATURE_DISABLED" in res.stdout
+    assert "OVERALL: ❌ CANARY UNHEALTHY" in res.stdout
+    df = read_samples(data, EPOCH, FAR)
+    assert sorted(df["probe"]) == ["execute", "health", "list", "suggestions"]
+    assert (df[df["probe"] == "list"]["error_code"] == "FEATURE_DISABLED").all()
+
+
+@pytest.mark.parametrize("verb", [[], ["collect"], ["check"], ["report"], ["simulate"],
+                                  ["simulate", "serve"], ["simulate", "history"]])
+def test_every_verb_has_help(verb):
+    res = phasegate(*verb, "--help")
+    assert res.returncode == 0 and "Usage:" in res.stdout
+
+
+def test_simulate_history_writes_marked_samples(tmp_path):
+    data = tmp_path / "data"
+    res = phasegate("simulate", "history", "--hours", "2", "--end", "2026-01-29T14:45:01Z", "--data", data)
+    assert res.returncode == 0, res.stderr
+    df = read_samples(data, EPOCH, FAR)
+    # 3 probes every 5 s and execute every 60 s over 2 h
+    assert len(df) == 3 * 1440 + 120
+    assert df["simulated"].all()
+    assert df["ts"].min() >= datetime(2026, 1, 29, 12, 45, 1, tzinfo=timezone.utc)
+    assert df["ts"].max() < datetime(2026, 1, 29, 14, 45, 1, tzinfo=timezone.utc)
+    assert set(df["outcome"]) == {"ok"}
+    bad = phasegate("simulate", "history", "--scenario", "nope", "--data", data)
+    assert bad.returncode == 2 and "unknown scenario 'nope'" in bad.stderr
