@@ -70,7 +70,7 @@ def summarize(rows: list[dict]) -> CheckResult:
     lines += ["", "2. Feature Flags"]
     if flags or disabled:
         lines.append("   ✅ FLAGS ON" if flags_ok else "   ❌ FLAGS OFF")
-        for name, value in sorted(flags.items()):
+        for name, value in flags.items():
             lines.append(f"   - {name}: {json.dumps(value)}")
         if disabled:
             lines.append(f"   - 503 FEATURE_DISABLED from: {', '.join(sorted({r['probe'] for r in disabled}))}")

@@ -121,6 +121,7 @@ class Profile:
     probes: tuple[Probe, ...]
     criteria: Criteria
     runbook: dict = field(default_factory=dict)
+    phases: tuple[str, ...] = ()
 
     def probe(self, name: str) -> Probe:
         return next(p for p in self.probes if p.name == name)
@@ -244,8 +245,9 @@ def load_profile(path: str | os.PathLike, base_url: str | None = None) -> Profil
         top.fail("probes", f"probe name {dup!r} is used twice")
     runbook = _runbook(src, top.take("runbook", (dict,), {}))
     criteria = _criteria(src, top.take("criteria", (dict,), {}), set(names), set(runbook))
+    phases = top.str_list("phases")
     top.done()
-    return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook)
+    return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook, phases=phases)
 
 
 def _target(src, table, base_url) -> Target:

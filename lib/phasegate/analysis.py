@@ -1,0 +1,270 @@
+"""Statistics of a window: samples in (through `store.read_samples`), numbers out.
+
+Everything the criteria and the notebook need is computed here, once. Counts are
+exact; percentiles are numpy's (linear interpolation) over samples that got an HTTP
+response (a timeout has no latency to rank: it is counted as an error instead).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .probe import ERROR_OUTCOMES
+from .profile import Profile
+from .store import read_samples, sha256
+from .window import Window, iso, utcnow
+
+COLUMNS = ["probe", "tenant", "status", "outcome", "error_code", "latency_ms", "health_status",
+           "handlers_loaded", "handlers_total", "item_count", "deployment_id", "flags",
+           "assertion_failures", "evidence", "simulated"]
+
+
+@dataclass
+class Analysis:
+    window: Window
+    observed_end: datetime
+    now: datetime
+    probes: dict
+    overall: dict
+    health: dict
+    flags: dict
+    deployments: dict
+    anomalies: dict
+    coverage: dict
+    evidence: list
+    inputs: dict
+    timeline: pd.DataFrame = field(repr=False)
+    coverage_hourly: pd.DataFrame = field(repr=False)
+    samples: pd.DataFrame = field(repr=False)
+
+    @property
+    def elapsed_s(self) -> float:
+        return max(0.0, (self.observed_end - self.window.start).total_seconds())
+
+
+def probe_stats(df: pd.DataFrame) -> dict:
+    """samples, counts by status and outcome, errors, 5xx, FEATURE_DISABLED, latency percentiles."""
+    n = len(df)
+    status = df["status"].dropna().astype("int64")
+    errors = int(df["outcome"].isin(ERROR_OUTCOMES).sum())
+    lat = df.loc[df["status"].notna(), "latency_ms"].dropna().to_numpy(dtype=float)
+    pct = np.percentile(lat, [50, 95, 99]) if len(lat) else [None] * 3
+    return {
+        "samples": n,
+        "status_counts": {str(k): int(v) for k, v in sorted(status.value_counts().items())},
+        "outcome_counts": {str(k): int(v) for k, v in sorted(df["outcome"].value_counts().items())},
+        "errors": errors,
+        "error_rate": errors / n if n else None,
+        # FEATURE_DISABLED 503s are judged by their own criterion (and runbook scenario).
+        "http_5xx": int((df["status"].between(500, 599).fillna(False).astype(bool)
+                         & (df["error_code"] != "FEATURE_DISABLED")).sum()),
+        "feature_disabled": int((df["error_code"] == "FEATURE_DISABLED").sum()),
+        "assertion_failed": int((df["outcome"] == "assertion_failed").sum()),
+        "latency_n": int(len(lat)),
+        "p50_ms": _f(pct[0]), "p95_ms": _f(pct[1]), "p99_ms": _f(pct[2]),
+        "max_ms": _f(lat.max()) if len(lat) else None,
+    }
+
+
+def _f(x):
+    return None if x is None else round(float(x), 3)
+
+
+def _ts(x) -> str | None:
+    return None if x is None or pd.isna(x) else iso(x.to_pydatetime())
+
+
+def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = None,
+            bucket_s: float = 300.0) -> Analysis:
+    now = now or utcnow()
+    observed_end = window.observed_end(now)
+    if observed_end <= window.start:
+        raise DataError(f"window starts in the future ({iso(window.start)}): nothing to analyse yet")
+    df = read_samples(data_dir, window.start, observed_end, columns=COLUMNS)
+    df = df.sort_values("ts", kind="stable").reset_index(drop=True)
+    inputs = {
+        "files": [{"path": str(f), "sha256": sha256(f)} for f in df.attrs.get("input_files", [])],
+        "excluded": list(df.attrs.get("excluded", [])),
+    }
+    if df.empty:
+        raise DataError(f"no samples in {data_dir} between {iso(window.start)} and {iso(observed_end)}"
+                        + (f" ({len(inputs['excluded'])} file(s) excluded as unreadable)" if inputs["excluded"] else ""))
+    probes = {name: probe_stats(g) for name, g in df.groupby("probe", sort=True)}
+    return Analysis(
+        window=window, observed_end=observed_end, now=now, probes=probes, overall=probe_stats(df),
+        health=_health(profile, df), flags=_flags(df), deployments=_deployments(df),
+        anomalies=_anomalies(df), coverage=_coverage(profile, df, window.start, observed_end),
+        evidence=_evidence(df), inputs=inputs, timeline=timeline(df, bucket_s),
+        coverage_hourly=coverage_hourly(profile, df, window.start, observed_end), samples=df,
+    )
+
+
+def _health(profile: Profile, df: pd.DataFrame) -> dict:
+    names = [p.name for p in profile.probes if "handlers_total" in p.extract or "health_status" in p.extract]
+    h = df[df["probe"].isin(names)]
+    answered = h[h["handlers_total"].notna() | h["health_status"].notna()]
+    bad = answered[(answered["handlers_loaded"] != answered["handlers_total"]).fillna(False)
+                   | (answered["health_status"].notna() & (answered["health_status"] != "healthy"))]
+    loaded = answered["handlers_loaded"].dropna()
+    return {
+        "probes": names, "samples": int(len(h)), "answered": int(len(answered)),
+        "unanswered": int(len(h) - len(answered)), "unhealthy": int(len(bad)),
+        "min_loaded": None if loaded.empty else int(loaded.min()),
+        "handlers_total": None if answered["handlers_total"].dropna().empty else int(answered["handlers_total"].max()),
+        "first_unhealthy": _ts(bad["ts"].iloc[0]) if len(bad) else None,
+        "last_unhealthy": _ts(bad["ts"].iloc[-1]) if len(bad) else None,
+    }
+
+
+def _flags(df: pd.DataFrame) -> dict:
+    obs = df[df["flags"].notna()]
+    states, changes, off, off_obs = {}, [], {}, 0
+    for ts, raw in zip(obs["ts"], obs["flags"]):
+        values = json.loads(raw)
+        off_obs += any(v is not True for v in values.values())
+        for name, value in values.items():
+            if name in states and states[name] != value:
+                changes.append({"ts": _ts(ts), "flag": name, "value": value})
+            if name not in states:
+                changes.append({"ts": _ts(ts), "flag": name, "value": value})
+            states[name] = value
+            if value is not True:
+                off[name] = off.get(name, 0) + 1
+    return {"observations": int(len(obs)), "off_observations": off_obs, "last": states, "off_samples": off,
+            "changes": changes}
+
+
+def _deployments(df: pd.DataFrame) -> dict:
+    d = df[df["deployment_id"].notna()][["ts", "deployment_id"]]
+    seen, runs = {}, []
+    for ts, dep in zip(d["ts"], d["deployment_id"]):
+        if dep not in seen:
+            seen[dep] = {"id": dep, "first": _ts(ts), "last": _ts(ts), "samples": 0}
+        seen[dep]["last"] = _ts(ts)
+        seen[dep]["samples"] += 1
+        if not runs or runs[-1]["id"] != dep:
+            runs.append({"id": dep, "from": _ts(ts)})
+    rollbacks = [
+        {"ts": r["from"], "to": r["id"], "from": runs[i - 1]["id"]}
+        for i, r in enumerate(runs) if i >= 2 and any(p["id"] == r["id"] for p in runs[: i - 1])
+    ]
+    return {"ids": list(seen.values()), "sequence": runs, "changes": max(0, len(runs) - 1), "rollbacks": rollbacks}
+
+
+def _anomalies(df: pd.DataFrame) -> dict:
+    fails = df[df["outcome"] == "assertion_failed"]
+    groups: dict[str, dict] = {}
+    for ts, probe, msgs in zip(fails["ts"], fails["probe"], fails["assertion_failures"]):
+        for msg in msgs if msgs is not None else ():
+            g = groups.setdefault(f"{probe}: {msg}", {"probe": probe, "message": msg, "count": 0, "first": _ts(ts)})
+            g["count"] += 1
+            g["last"] = _ts(ts)
+    return {"assertion_failures": sorted(groups.values(), key=lambda g: -g["count"])}
+
+
+def _expected(profile: Profile) -> dict:
+    from .collector import probe_jobs
+
+    out: dict[str, float] = {}
+    for probe, _tenant in probe_jobs(profile):
+        out[probe.name] = out.get(probe.name, 0.0) + 1.0 / (probe.interval_s or profile.target.interval_s)
+    return out  # samples per second per probe
+
+
+def _coverage(profile: Profile, df: pd.DataFrame, start: datetime, end: datetime) -> dict:
+    span = (end - start).total_seconds()
+    rate = _expected(profile)
+    expected = {p: r * span for p, r in rate.items()}
+    actual = df["probe"].value_counts().to_dict()
+    per_probe = {p: {"expected": round(e, 1), "actual": int(actual.get(p, 0)),
+                     "ratio": round(min(1.0, actual.get(p, 0) / e), 4) if e else None} for p, e in expected.items()}
+    total_e = sum(expected.values())
+    ratio = min(1.0, len(df) / total_e) if total_e else None
+    # Collector down: no attempts at all. Slack of two of the longest intervals tolerates jitter.
+    slack = 2.0 / min(rate.values()) if rate else 0
+    ts = df["ts"].astype("int64").to_numpy() / 1e6
+    edges = np.concatenate([[start.timestamp()], ts, [end.timestamp()]])
+    gaps = np.diff(edges)
+    i = int(np.argmax(gaps)) if len(gaps) else 0
+    longest = float(gaps[i]) if len(gaps) else 0.0
+    down_s = float(np.clip(gaps - slack, 0, None).sum())
+    # Service failing: the longest stretch in which every attempt failed.
+    failing = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()
+    run_s, best, run_start = 0.0, 0.0, None
+    for t, f in zip(ts, failing):
+        if f:
+            run_start = t if run_start is None else run_start
+            run_s = t - run_start
+            best = max(best, run_s)
+        else:
+            run_start = None
+    return {
+        "expected": round(total_e, 1), "actual": int(len(df)), "ratio": None if ratio is None else round(ratio, 4),
+        "per_probe": per_probe,
+        "longest_gap_s": round(longest, 3),
+        "longest_gap_start": iso(datetime.fromtimestamp(edges[i], start.tzinfo)) if len(gaps) else None,
+        "longest_gap_end": iso(datetime.fromtimestamp(edges[i + 1], start.tzinfo)) if len(gaps) else None,
+        "longest_gap_cause": "collector down (no attempts)" if longest > slack else "none",
+        "collector_down_s": round(down_s, 3),
+        "longest_failing_s": round(best, 3),
+        "min_coverage": profile.criteria.min_coverage, "max_gap_s": profile.criteria.max_gap_s,
+        "sufficient": bool(ratio is not None and ratio >= profile.criteria.min_coverage
+                           and longest <= profile.criteria.max_gap_s),
+    }
+
+
+def timeline(df: pd.DataFrame, bucket_s: float = 300.0) -> pd.DataFrame:
+    """Per bucket and probe: samples, errors, 5xx, latency p50/p95/p99 (ms)."""
+    if df.empty:
+        return pd.DataFrame()
+    b = df.assign(bucket=df["ts"].dt.floor(f"{int(bucket_s)}s"),
+                  error=df["outcome"].isin(ERROR_OUTCOMES),
+                  http_5xx=df["status"].between(500, 599).fillna(False).astype(bool)
+                  & (df["error_code"] != "FEATURE_DISABLED"),
+                  lat=df["latency_ms"].where(df["status"].notna()))
+    g = b.groupby(["bucket", "probe"])
+    out = g.agg(samples=("outcome", "size"), errors=("error", "sum"), http_5xx=("http_5xx", "sum"))
+    q = g["lat"].quantile([0.50, 0.95, 0.99]).unstack()
+    q.columns = ["p50_ms", "p95_ms", "p99_ms"]
+    out = out.join(q)
+    return out.reset_index()
+
+
+def coverage_hourly(profile: Profile, df: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame:
+    """Per hour and probe: actual samples, expected samples, availability (share ok or answered)."""
+    rate = _expected(profile)
+    hours = pd.date_range(pd.Timestamp(start).floor("h"), pd.Timestamp(end), freq="h")
+    rows = []
+    by = df.assign(hour=df["ts"].dt.floor("h"), good=~df["outcome"].isin(ERROR_OUTCOMES))
+    counts = by.groupby(["hour", "probe"]).agg(actual=("good", "size"), good=("good", "sum"))
+    for h in hours[hours < pd.Timestamp(end)]:
+        lo, hi = max(h, pd.Timestamp(start)), min(h + pd.Timedelta(hours=1), pd.Timestamp(end))
+        span = max(0.0, (hi - lo).total_seconds())
+        for p, r in rate.items():
+            actual, good = counts.loc[(h, p)] if (h, p) in counts.index else (0, 0)
+            rows.append({"hour": h, "probe": p, "expected": r * span, "actual": int(actual),
+                         "availability": (good / actual) if actual else np.nan})
+    return pd.DataFrame(rows)
+
+
+def _evidence(df: pd.DataFrame) -> list:
+    """Raw responses: the first failure of each kind, and one baseline per probe."""
+    out, seen = [], set()
+    ev = df[df["evidence"].notna()]
+    for ts, probe, outcome, status, code, raw in zip(ev["ts"], ev["probe"], ev["outcome"], ev["status"],
+                                                      ev["error_code"], ev["evidence"]):
+        kind = ("baseline", probe) if outcome == "ok" else ("failure", probe, outcome, None if pd.isna(status) else int(status),
+                                                           None if pd.isna(code) else code)
+        if kind in seen:
+            continue
+        seen.add(kind)
+        out.append({"kind": kind[0], "probe": probe, "ts": _ts(ts), "outcome": outcome,
+                    "status": None if pd.isna(status) else int(status),
+                    "error_code": None if pd.isna(code) else code, "response": json.loads(raw)})
+    return sorted(out, key=lambda e: (e["kind"] != "failure", e["ts"]))

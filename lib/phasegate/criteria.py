@@ -1,0 +1,184 @@
+"""Decision criteria: an Analysis in, a structured result out, the verdict derived from it.
+
+Each criterion yields {id, kind, passed, measured, threshold, detail, n}; `passed` is None
+when the evidence cannot support a decision either way. Rendering reads this result
+and never recomputes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .analysis import Analysis
+from .profile import Criterion, Profile
+from .window import format_duration, iso
+
+VERDICTS = ("GO", "NO-GO", "REVIEW", "PENDING", "INCONCLUSIVE")
+
+
+@dataclass
+class CriterionResult:
+    id: str
+    kind: str
+    passed: bool | None
+    measured: float | int | None
+    threshold: float | int | None
+    detail: str
+    n: int | None = None
+    unit: str = ""
+    runbook: dict | None = None
+
+
+@dataclass
+class Decision:
+    verdict: str
+    reason: str
+    criteria: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "reason": self.reason, "criteria": [asdict(c) for c in self.criteria]}
+
+
+def _window_complete(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    need = p.criteria.duration_s
+    got = a.elapsed_s
+    ok = got >= need
+    left = "" if ok else f"; {format_duration(need - got)} to go"
+    return CriterionResult(c.id, c.kind, ok, round(got / 3600, 3), round(need / 3600, 3),
+                           f"{format_duration(got)} of the required {format_duration(need)} observed{left}", unit="h")
+
+
+def _no_5xx(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    n5, n = a.overall["http_5xx"], a.overall["samples"]
+    where = ", ".join(f"{name} {s['http_5xx']}" for name, s in a.probes.items() if s["http_5xx"])
+    detail = f"{n5} of {n} samples answered 5xx (503 FEATURE_DISABLED is judged separately)" + \
+        (f": {where}" if where else "")
+    return CriterionResult(c.id, c.kind, n5 <= c.threshold, n5, c.threshold, detail, n=n)
+
+
+def _no_feature_disabled(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    fd, n = a.overall["feature_disabled"], a.overall["samples"]
+    off = a.flags["off_samples"]
+    obs = a.flags["observations"]
+    measured = fd + a.flags["off_observations"]
+    parts = [f"{fd} responses 503 FEATURE_DISABLED"]
+    if obs:
+        parts.append(f"flags seen off in {a.flags['off_observations']} of {obs} observations"
+                     + (f" ({', '.join(f'{k} {v}' for k, v in off.items())})" if off else ""))
+    else:
+        parts.append("flags never observed")
+    if measured > c.threshold:
+        passed = False
+    elif not obs:
+        passed = None
+    else:
+        passed = True
+    return CriterionResult(c.id, c.kind, passed, measured, c.threshold, "; ".join(parts), n=n)
+
+
+def _no_rollback(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    d = a.deployments
+    rb = d["rollbacks"]
+    if rb:
+        detail = "; ".join(f"{r['ts']}: back to {r['to']} from {r['from']}" for r in rb)
+    elif d["ids"]:
+        detail = f"{len(d['ids'])} deployment id(s) seen, none returned to an earlier one: " + \
+                 " → ".join(s["id"] for s in d["sequence"])
+    else:
+        detail = "no deployment id observed"
+    passed = None if not d["ids"] else not rb
+    return CriterionResult(c.id, c.kind, passed, len(rb), 0, detail, n=sum(i["samples"] for i in d["ids"]))
+
+
+def _service_healthy(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    h = a.health
+    if not h["answered"]:
+        return CriterionResult(c.id, c.kind, None, None, 0, "no health sample was answered", n=0)
+    detail = (f"{h['unhealthy']} of {h['answered']} health samples unhealthy; handlers loaded min "
+              f"{h['min_loaded']}/{h['handlers_total']}")
+    if h["unhealthy"]:
+        detail += f" (first {h['first_unhealthy']}, last {h['last_unhealthy']})"
+    if h["unanswered"]:
+        detail += f"; {h['unanswered']} health probes got no healthy answer"
+    return CriterionResult(c.id, c.kind, h["unhealthy"] == 0, h["unhealthy"], 0, detail, n=h["answered"])
+
+
+def _execute_p99(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    s = a.probes.get(c.probe or "")
+    if not s or s["p99_ms"] is None:
+        return CriterionResult(c.id, c.kind, None, None, c.threshold, f"no answered samples of probe {c.probe}",
+                               n=0, unit="ms")
+    n, p99 = s["latency_n"], s["p99_ms"]
+    if n < c.min_samples:
+        return CriterionResult(c.id, c.kind, None, p99, c.threshold,
+                               f"P99 of {c.probe} from {n} samples; at least {c.min_samples} needed", n=n, unit="ms")
+    return CriterionResult(c.id, c.kind, p99 < c.threshold, p99, c.threshold,
+                           f"P99 {p99 / 1000:.3f} s over {n} answered {c.probe} samples (max {s['max_ms'] / 1000:.3f} s)",
+                           n=n, unit="ms")
+
+
+def _error_rate(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    o = a.overall
+    rate = o["error_rate"]
+    kinds = ", ".join(f"{k} {v}" for k, v in o["outcome_counts"].items() if k not in ("ok", "assertion_failed"))
+    detail = f"{o['errors']} errors in {o['samples']} samples = {rate:.4%}" + (f" ({kinds})" if kinds else "")
+    return CriterionResult(c.id, c.kind, rate < c.threshold, round(rate, 6), c.threshold, detail, n=o["samples"],
+                           unit="ratio")
+
+
+def _no_anomalies(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    fails = a.anomalies["assertion_failures"]
+    changes = a.deployments["changes"]
+    parts = []
+    if changes:
+        parts.append(f"{changes} deployment change(s): " + " → ".join(s["id"] for s in a.deployments["sequence"]))
+    parts += [f"{g['probe']}: {g['message']} ×{g['count']}" for g in fails[:8]]
+    measured = changes + sum(g["count"] for g in fails)
+    detail = "; ".join(parts) if parts else "no unexpected deployment, no drift from the baseline"
+    return CriterionResult(c.id, c.kind, measured <= (c.threshold or 0), measured, c.threshold or 0, detail,
+                           n=a.overall["samples"])
+
+
+EVALUATORS = {
+    "window_complete": _window_complete, "no_5xx": _no_5xx, "no_feature_disabled": _no_feature_disabled,
+    "no_rollback": _no_rollback, "service_healthy": _service_healthy, "execute_p99": _execute_p99,
+    "error_rate": _error_rate, "no_anomalies": _no_anomalies,
+}
+
+
+def evaluate(profile: Profile, a: Analysis) -> Decision:
+    results = []
+    for c in profile.criteria.items:
+        if not c.enabled:
+            continue
+        r = EVALUATORS[c.id](c, a, profile)
+        if r.passed is False and c.runbook and c.runbook in profile.runbook:
+            step = profile.runbook[c.runbook]
+            r.runbook = {"id": step.id, "title": step.title, "steps": list(step.steps)}
+        results.append(r)
+    verdict, reason = decide(results, a)
+    return Decision(verdict, reason, results)
+
+
+def decide(results: list[CriterionResult], a: Analysis) -> tuple[str, str]:
+    """The verdict, by PRODUCT.md's rules, and one sentence saying why."""
+    hard_failed = [r.id for r in results if r.kind == "hard" and r.passed is False and r.id != "window_complete"]
+    if hard_failed:
+        return "NO-GO", f"hard requirement(s) failed: {', '.join(hard_failed)}"
+    soft_failed = [r.id for r in results if r.kind == "soft" and r.passed is False]
+    if soft_failed:
+        return "REVIEW", f"every hard requirement holds so far; soft target(s) missed: {', '.join(soft_failed)}"
+    complete = next((r for r in results if r.id == "window_complete"), None)
+    if complete is not None and not complete.passed:
+        if a.now < a.window.end:
+            return "PENDING", f"window still open ({complete.detail}); nothing has failed so far"
+        return "INCONCLUSIVE", f"the window ended before the required duration ({complete.detail})"
+    thin = [r.id for r in results if r.passed is None]
+    cov = a.coverage
+    if not cov["sufficient"]:
+        return "INCONCLUSIVE", (f"monitoring coverage too thin: {cov['ratio']:.1%} of expected samples "
+                                f"(need {cov['min_coverage']:.0%}), longest gap {format_duration(cov['longest_gap_s'])} "
+                                f"from {cov['longest_gap_start']} (allowed {format_duration(cov['max_gap_s'])})")
+    if thin:
+        return "INCONCLUSIVE", f"too little evidence to decide: {', '.join(thin)}"
+    return "GO", f"all {len(results)} criteria hold over {iso(a.window.start)} .. {iso(a.observed_end)}"

@@ -1,0 +1,140 @@
+"""The report's figures, drawn from an Analysis (its timelines) and the sign-off result."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import matplotlib
+import matplotlib.dates as mdates
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .analysis import Analysis
+
+# Figures are built without pyplot: no global state, and no second copy auto-displayed
+# by Jupyter's inline backend next to the PNG the notebook shows.
+STYLE = {"font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
+
+
+def _figure(w, h):
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(w, h), dpi=90)
+        return fig, fig.subplots()
+
+
+def png(fig) -> bytes:
+    """The figure as PNG bytes (embedded inline in the notebook, HTML and PDF)."""
+    buf = io.BytesIO()
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def image(fig):
+    """An IPython PNG image whose alt text is the figure's title (read by screen readers and exports)."""
+    from IPython.display import Image
+
+    title = fig.axes[0].get_title() if fig.axes else "figure"
+    return Image(png(fig), alt=title)
+
+
+def _fmt(ax, a: Analysis):
+    ax.set_xlim(a.window.start, a.observed_end)
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz="UTC"))
+    ax.set_xlabel("time (UTC)")
+
+
+def errors_over_time(a: Analysis):
+    fig, ax = _figure(10, 2.8)
+    t = a.timeline
+    width = (t["bucket"].iloc[1] - t["bucket"].iloc[0]) if len(t["bucket"].unique()) > 1 else pd.Timedelta("5min")
+    bottom = None
+    for probe, g in t.groupby("probe"):
+        s = g.set_index("bucket")["errors"]
+        base = bottom.reindex(s.index).fillna(0) if bottom is not None else 0
+        ax.bar(s.index, s.values, width=width, bottom=base, align="edge", label=probe)
+        bottom = s if bottom is None else bottom.add(s, fill_value=0)
+    five = t.groupby("bucket")["http_5xx"].sum()
+    five = five[five > 0]
+    if len(five):
+        ax.scatter(five.index, five.values, marker="v", color="black", zorder=5, label="5xx")
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("errors per bucket")
+    ax.set_title("Error events over time")
+    ax.legend(loc="upper left", fontsize=7, ncol=5)
+    _fmt(ax, a)
+    fig.tight_layout()
+    return fig
+
+
+def latency_over_time(a: Analysis, probe: str | None, threshold_ms: float | None):
+    fig, ax = _figure(10, 2.8)
+    t = a.timeline
+    g = t[t["probe"] == probe] if probe else t
+    for col, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
+        s = g.groupby("bucket")[col].max() / 1000.0
+        ax.plot(s.index, s.values, style, label=col.replace("_ms", ""))
+    if threshold_ms:
+        ax.axhline(threshold_ms / 1000.0, color="red", lw=1, label=f"{threshold_ms / 1000:g} s target")
+    ax.set_ylabel("seconds")
+    ax.set_title(f"Latency of {probe or 'all probes'} per bucket")
+    ax.legend(loc="upper left", fontsize=7, ncol=4)
+    _fmt(ax, a)
+    fig.tight_layout()
+    return fig
+
+
+def availability_heatmap(a: Analysis):
+    c = a.coverage_hourly
+    piv = c.pivot(index="probe", columns="hour", values="availability")
+    fig, ax = _figure(10, 0.5 + 0.4 * len(piv))
+    im = ax.imshow(piv.to_numpy(dtype=float), aspect="auto", cmap="RdYlGn", vmin=0.9, vmax=1.0,
+                   interpolation="nearest")
+    ax.set_yticks(range(len(piv)), piv.index)
+    step = max(1, len(piv.columns) // 12)
+    ax.set_xticks(range(0, len(piv.columns), step), [h.strftime("%m-%d %H") for h in piv.columns[::step]],
+                  rotation=30, fontsize=7)
+    ax.grid(False)
+    ax.set_title("Availability per probe per hour (share of attempts without error; blank = no attempts)")
+    fig.colorbar(im, ax=ax, fraction=0.02)
+    fig.tight_layout()
+    return fig
+
+
+def coverage_plot(a: Analysis):
+    c = a.coverage_hourly.groupby("hour")[["actual", "expected"]].sum()
+    fig, ax = _figure(10, 2.4)
+    ratio = np.where(c["expected"] > 0, c["actual"] / c["expected"].where(c["expected"] > 0), np.nan)
+    ax.bar(c.index, np.minimum(ratio, 1.2), width=pd.Timedelta("55min"), align="edge",
+           color=["#cf222e" if r < 0.9 else "#2da44e" for r in np.nan_to_num(ratio)])
+    ax.axhline(a.coverage["min_coverage"], color="black", lw=1, ls="--", label="required")
+    ax.set_ylabel("actual / expected")
+    ax.set_title("Monitoring coverage per hour (red: gap)")
+    ax.legend(loc="lower left", fontsize=7)
+    _fmt(ax, a)
+    fig.tight_layout()
+    return fig
+
+
+def state_timeline(a: Analysis):
+    """Deployment ids and flag states over the window, as coloured spans."""
+    df = a.samples
+    fig, ax = _figure(10, 1.8)
+    rows = []
+    dep = df[df["deployment_id"].notna()]
+    ids = list(dict.fromkeys(dep["deployment_id"]))
+    colors = matplotlib.colormaps["tab10"].colors
+    ax.scatter(dep["ts"], [1] * len(dep), c=[colors[ids.index(d) % 10] for d in dep["deployment_id"]], s=4)
+    rows.append("deployment")
+    fl = df[df["flags"].notna()]
+    off = [any(v is not True for v in json.loads(x).values()) for x in fl["flags"]]
+    ax.scatter(fl["ts"], [0] * len(fl), c=["#cf222e" if o else "#2da44e" for o in off], s=4)
+    rows.append("flags on (green) / off (red)")
+    ax.set_yticks([1, 0], rows)
+    ax.set_ylim(-0.6, 1.6)
+    ax.set_title("Deployments (" + ", ".join(f"{i}: colour {n + 1}" for n, i in enumerate(ids)) + ") and flags")
+    _fmt(ax, a)
+    fig.tight_layout()
+    return fig

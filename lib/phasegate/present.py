@@ -1,0 +1,151 @@
+"""HTML fragments of a sign-off document. Reads `signoff.json`'s dict; computes nothing.
+
+Words, not emoji, carry every state so the PDF reads the same without an emoji font.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+COLORS = {"GO": "#1a7f37", "NO-GO": "#cf222e", "REVIEW": "#9a6700", "PENDING": "#0969da", "INCONCLUSIVE": "#6e7781"}
+CSS = """
+<style>
+.pg table { border-collapse: collapse; font-size: 11px; margin: 6px 0 14px 0; max-width: 100%; }
+.pg th, .pg td { border: 1px solid #d0d7de; padding: 2px 5px; text-align: left !important; vertical-align: top;
+  white-space: nowrap; }
+.pg td:last-child { white-space: normal; overflow-wrap: anywhere; }
+.pg th { background: #f6f8fa; }
+.pg .pass { color: #1a7f37; font-weight: bold; } .pg .fail { color: #cf222e; font-weight: bold; }
+.pg .unknown { color: #6e7781; font-weight: bold; }
+.pg pre { white-space: pre-wrap; word-break: break-all; font-size: 11px; background: #f6f8fa; padding: 6px; }
+.pg .banner { color: white; padding: 12px 16px; border-radius: 6px; }
+.pg .banner h1 { margin: 0; font-size: 26px; color: white; } .pg .banner p { margin: 4px 0 0 0; }
+@media print { .pg table, .pg pre { page-break-inside: avoid; } }
+</style>
+"""
+
+
+def _state(passed) -> str:
+    if passed is True:
+        return '<span class="pass">PASS</span>'
+    if passed is False:
+        return '<span class="fail">FAIL</span>'
+    return '<span class="unknown">INCONCLUSIVE</span>'
+
+
+def _num(v, unit="") -> str:
+    if v is None:
+        return "–"
+    if unit == "ratio":
+        return f"{v:.4%}"
+    if isinstance(v, float):
+        return f"{v:,.3f}".rstrip("0").rstrip(".") + (f" {unit}" if unit and unit != "ratio" else "")
+    return f"{v:,}" + (f" {unit}" if unit and unit != "ratio" else "")
+
+
+def _table(headers, rows) -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<div class="pg"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def banner(doc: dict) -> str:
+    w = doc["window"]
+    sim = f" — {doc['simulated_samples']:,} simulated samples" if doc.get("simulated_samples") else ""
+    return CSS + (
+        f'<div class="pg"><div class="banner" style="background:{COLORS.get(doc["verdict"], "#333")}">'
+        f'<h1>VERDICT: {escape(doc["verdict"])}</h1>'
+        f'<p>{escape(doc["phase"])} · {escape(doc["target"]["name"])} · window {w["start"]} → {w["end"]}'
+        f' (observed to {w["observed_end"]}){escape(sim)}</p>'
+        f'<p>{escape(doc["reason"])}</p></div></div>'
+    )
+
+
+def criteria_table(doc: dict) -> str:
+    rows = []
+    for c in doc["criteria"]:
+        unit = c.get("unit", "")
+        rows.append([escape(c["id"]), c["kind"], _state(c["passed"]), _num(c["measured"], unit),
+                     _num(c["threshold"], unit), "–" if c.get("n") is None else f"{c['n']:,}", escape(c["detail"])])
+    return _table(["criterion", "kind", "result", "measured", "threshold", "n", "detail"], rows)
+
+
+def probe_table(doc: dict) -> str:
+    rows = []
+    for name, s in [*doc["probes"].items(), ("ALL", doc["overall"])]:
+        codes = ", ".join(f"{k}×{v}" for k, v in s["status_counts"].items())
+        rows.append([f"<b>{escape(name)}</b>", f"{s['samples']:,}", escape(codes), f"{s['errors']:,}",
+                     _num(s["error_rate"], "ratio"), f"{s['http_5xx']:,}", f"{s['feature_disabled']:,}",
+                     _num(s["p50_ms"]), _num(s["p95_ms"]), _num(s["p99_ms"]), _num(s["max_ms"])])
+    return _table(["probe", "samples", "status codes", "errors", "error rate", "5xx", "503 FEATURE_ DISABLED",
+                   "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)
+
+
+def coverage_text(doc: dict) -> str:
+    c = doc["coverage"]
+    rows = [[escape(p), f"{v['actual']:,}", f"{v['expected']:,.0f}", _num(v["ratio"], "ratio")]
+            for p, v in c["per_probe"].items()]
+    summary = (f"<p>{c['actual']:,} of {c['expected']:,.0f} expected samples ({c['ratio']:.1%}; need "
+               f"{c['min_coverage']:.0%}). Longest gap without any attempt: {c['longest_gap_s']:,.0f} s "
+               f"({c['longest_gap_start']} → {c['longest_gap_end']}; cause: {escape(c['longest_gap_cause'])}; "
+               f"allowed {c['max_gap_s']:,.0f} s). Longest stretch where every attempt failed (service failing): "
+               f"{c['longest_failing_s']:,.0f} s.</p>")
+    excluded = doc["inputs"]["excluded"]
+    if excluded:
+        summary += "<p><b>Excluded input:</b> " + "; ".join(
+            f"{escape(e['file'])} ({escape(e['reason'])})" for e in excluded) + "</p>"
+    return f'<div class="pg">{summary}</div>' + _table(["probe", "actual", "expected", "coverage"], rows)
+
+
+def state_tables(doc: dict) -> str:
+    deps = doc["deployments"]
+    dep_rows = [[escape(d["id"]), d["first"], d["last"], f"{d['samples']:,}"] for d in deps["ids"]]
+    out = "<h4>Deployments</h4>" + _table(["deployment id", "first seen", "last seen", "samples"], dep_rows)
+    if deps["rollbacks"]:
+        out += _table(["rollback at", "back to", "from"],
+                      [[r["ts"], escape(r["to"]), escape(r["from"])] for r in deps["rollbacks"]])
+    fl = doc["flags"]
+    flag_rows = [[c["ts"], escape(c["flag"]), escape(json.dumps(c["value"]))] for c in fl["changes"]]
+    out += "<h4>Feature flags (first value and every change)</h4>" + _table(["time", "flag", "value"], flag_rows)
+    h = doc["health"]
+    out += (f'<div class="pg"><p>Health: {h["answered"]:,} answered health samples, {h["unhealthy"]:,} unhealthy, '
+            f'handlers loaded min {h["min_loaded"]}/{h["handlers_total"]}.</p></div>')
+    fails = doc["anomalies"]["assertion_failures"]
+    if fails:
+        out += "<h4>Baseline drift (assertion failures by message)</h4>" + _table(
+            ["probe", "message", "count", "first", "last"],
+            [[escape(g["probe"]), escape(g["message"]), f"{g['count']:,}", g["first"], g["last"]] for g in fails])
+    return out
+
+
+def runbook(doc: dict) -> str:
+    if not doc["runbook"]:
+        return '<div class="pg"><p>No hard requirement failed: no runbook step applies.</p></div>'
+    parts = []
+    for r in doc["runbook"]:
+        steps = "".join(f"<li>{escape(s)}</li>" for s in r["steps"])
+        parts.append(f'<h4>{escape(r["title"])} (criterion {escape(r["criterion"])})</h4><ol>{steps}</ol>')
+    return '<div class="pg">' + "".join(parts) + "</div>"
+
+
+def evidence(doc: dict, limit: int = 12) -> str:
+    parts = []
+    for e in doc["evidence"][:limit]:
+        title = f"{e['kind']}: {e['probe']} at {e['ts']} — {e['outcome']}"
+        if e["status"] is not None:
+            title += f" HTTP {e['status']}"
+        if e["error_code"]:
+            title += f" {e['error_code']}"
+        parts.append(f"<h4>{escape(title)}</h4><pre>{escape(json.dumps(e['response'], indent=1))}</pre>")
+    more = len(doc["evidence"]) - limit
+    if more > 0:
+        parts.append(f"<p>{more} more in signoff.json.</p>")
+    return '<div class="pg">' + "".join(parts) + "</div>"
+
+
+def inputs(doc: dict) -> str:
+    rows = [[escape(f["path"]), f"<code>{f['sha256']}</code>"] for f in doc["inputs"]["files"]]
+    head = (f'<div class="pg"><p>Profile {escape(doc["profile"]["path"])} sha256 <code>{doc["profile"]["sha256"]}</code>. '
+            f'Generated {doc["generated_at"]}, as of {doc["as_of"]}.</p></div>')
+    return head + _table(["input file", "sha256"], rows)

@@ -1,0 +1,163 @@
+"""`phasegate report`: run the sign-off notebook with papermill, export HTML and PDF.
+
+The executed notebook is the one source of truth: the HTML is nbconvert's export of it
+without code, and the PDF is WeasyPrint's rendering of that same HTML. WeasyPrint is a
+PyPI wheel that uses the system's pango (present on a fresh machine of this kind), so
+PDFs need no root step, no browser download and no LaTeX.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from html import escape as html_escape
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DataError, ProfileError, ReportError, WindowError
+from .profile import load_profile
+from .redact import redact_text
+from .signoff import check_phase, window_of
+from .window import parse_duration, parse_time, utcnow
+
+EXIT_CODES = {"GO": 0, "NO-GO": 10, "REVIEW": 11, "PENDING": 12, "INCONCLUSIVE": 13}
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "phase_signoff.ipynb"
+FORMATS = ("html", "pdf")
+_EXTERNAL = re.compile(r"<script[^>]+src=\"https?://[^\"]*\"[^>]*>\s*</script>|<link[^>]+href=\"https?://[^\"]*\"[^>]*>", re.I)
+_PRINT_CSS = """<style>
+@page { size: A4; margin: 14mm 12mm; }
+@media print { body { font-size: 10px; } .jp-OutputArea-output img { max-width: 100%; } }
+</style>"""
+# Errors raised inside the notebook that mean bad input, not a crash.
+_INPUT_ERRORS = {cls.__name__: cls for cls in (DataError, ProfileError, WindowError)}
+
+
+@dataclass
+class ReportResult:
+    verdict: str
+    folder: Path
+    files: dict
+    doc: dict
+    summary: str
+
+
+def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_root="reports",
+                formats="html,pdf", bucket="5m", notebook=NOTEBOOK, as_of=None) -> ReportResult:
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in wanted if f not in FORMATS]
+    if bad:
+        raise ReportError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    # Validate everything cheap before starting a kernel: bad input is exit 2 in milliseconds.
+    profile = load_profile(profile_path)
+    check_phase(profile, phase)
+    now = parse_time(as_of, name="as_of") if as_of else utcnow()
+    window = window_of(profile, start, end, hours, now)
+    if window.start >= now:
+        raise WindowError(f"window starts in the future ({window.start.isoformat()}): nothing to report yet")
+    parse_duration(bucket)
+    if not Path(data_dir).is_dir():
+        raise DataError(f"data dir does not exist: {data_dir}")
+    folder = Path(out_root) / phase / window.end.strftime("%Y%m%dT%H%M%SZ")
+    folder.mkdir(parents=True, exist_ok=True)
+    params = {
+        "profile": str(Path(profile_path).resolve()), "data_dir": str(Path(data_dir).resolve()),
+        "phase": phase, "start": window.start.isoformat(), "end": window.end.isoformat(), "hours": "",
+        "out_dir": str(folder.resolve()), "bucket": bucket, "as_of": now.isoformat(),
+    }
+    for key, value in params.items():  # papermill writes parameters into the notebook
+        if redact_text(value) != value:
+            raise ReportError(f"parameter {key} looks like it holds a secret; refusing to write it into the notebook")
+    files = {"ipynb": folder / "signoff.ipynb", "json": folder / "signoff.json"}
+    (folder / "signoff.json").unlink(missing_ok=True)
+    _execute(notebook, files["ipynb"], params)
+    doc = json.loads(files["json"].read_text())
+    if "html" in wanted or "pdf" in wanted:
+        html = export_html(files["ipynb"])
+        if "html" in wanted:
+            files["html"] = folder / "signoff.html"
+            files["html"].write_text(html, encoding="utf-8")
+        if "pdf" in wanted:
+            files["pdf"] = folder / "signoff.pdf"
+            export_pdf(html, files["pdf"])
+    return ReportResult(doc["verdict"], folder, files, doc, summarize(doc, files))
+
+
+def _execute(notebook: Path, out: Path, params: dict) -> None:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="phasegate-kernel-") as sockets:
+            pm.execute_notebook(str(notebook), str(out), parameters=params, kernel_name="python3",
+                                progress_bar=False, log_output=False, cwd=str(notebook.parent),
+                                kernel_manager_class=_ipc_kernel_manager(sockets))
+    except PapermillExecutionError as exc:
+        cls = _INPUT_ERRORS.get(exc.ename)
+        if cls is not None:
+            raise cls(exc.evalue) from None
+        raise ReportError(f"the sign-off notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+                          f"(see {out})") from None
+
+
+def _ipc_kernel_manager(socket_dir: str):
+    """A kernel manager speaking over Unix sockets: nothing listens on TCP, and no warning says so."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport = "ipc"
+            self.ip = str(Path(socket_dir) / "kernel")
+
+    return IpcKernelManager
+
+
+def export_html(ipynb: Path) -> str:
+    """Self-contained HTML of the executed notebook, without code cells or prompts."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(ipynb, as_version=4)
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True, embed_images=True)
+    exporter.log.setLevel(logging.ERROR)  # its "alt text missing" warning: we put the alt back below
+    body, _ = exporter.from_notebook_node(nb)
+    # The lab template drops each image's alt text (our figure titles); restore it in order.
+    alts = iter([o.get("metadata", {}).get("image/png", {}).get("alt", "figure")
+                 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})])
+    body = re.sub(r'alt="No description has been provided for this image"',
+                  lambda _m: f'alt="{html_escape(next(alts, "figure"))}"', body)
+    # Offline and self-contained: drop CDN scripts (require.js, MathJax) the template links.
+    body = _EXTERNAL.sub("", body)
+    return body.replace("</head>", _PRINT_CSS + "</head>", 1)
+
+
+def export_pdf(html: str, dest: Path) -> None:
+    from weasyprint import HTML
+
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)  # the lab CSS has rules it ignores
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    try:
+        HTML(string=html, base_url=str(dest.parent)).write_pdf(str(dest))
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"PDF export failed: {exc}") from None
+
+
+def summarize(doc: dict, files: dict) -> str:
+    marks = {True: "PASS", False: "FAIL", None: "----"}
+    w = doc["window"]
+    lines = [f"VERDICT: {doc['verdict']}  ({doc['phase']}, {w['start']} → {w['end']}, observed to {w['observed_end']})",
+             f"  {doc['reason']}"]
+    for c in doc["criteria"]:
+        lines.append(f"  [{marks[c['passed']]}] {c['kind']:4} {c['id']:<20} {c['detail']}")
+    for r in doc["runbook"]:
+        lines.append(f"  runbook: {r['title']}: " + "; ".join(r["steps"][:2]))
+    for e in doc["inputs"]["excluded"]:
+        lines.append(f"  excluded: {e['file']} ({e['reason']})")
+    for kind, path in files.items():
+        lines.append(f"  {kind:5} {path}")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,128 @@
+"""The sign-off computation the notebook makes: analysis → criteria → `signoff.json`.
+
+`run` is the one call behind the notebook, so executing the notebook with papermill
+directly and through `phasegate report` gives the same document.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from .analysis import Analysis, analyze
+from .criteria import Decision, evaluate
+from .errors import DataError, ProfileError
+from .profile import Profile, load_profile
+from .store import sha256
+from .window import Window, iso, parse_duration, parse_time, utcnow
+
+SCHEMA_VERSION = 1
+_PHASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+@dataclass
+class Signoff:
+    profile: Profile
+    analysis: Analysis
+    decision: Decision
+    doc: dict
+    path: Path | None
+
+
+def find_path(path: str | os.PathLike) -> Path:
+    """A relative path as given, else from the project root (the notebook runs in notebooks/)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    for parent in Path.cwd().parents[:3]:
+        if (parent / p).exists():
+            return parent / p
+    return p
+
+
+def check_phase(profile: Profile, phase: str) -> None:
+    if not isinstance(phase, str) or not _PHASE.match(phase):
+        raise ProfileError(f"phase name must be letters, digits, '.', '_' or '-' (got {phase!r})")
+    if profile.phases and phase not in profile.phases:
+        raise ProfileError(f"unknown phase {phase!r} for {profile.path}; known: {', '.join(profile.phases)}")
+
+
+def window_of(profile: Profile, start=None, end=None, hours=None, now=None) -> Window:
+    """The window from the parameters; with no start, it ends at end (or now)."""
+    def blank(v):
+        return v is None or v == ""
+
+    if not blank(start):
+        if not blank(end):
+            return Window.from_args(start, end=end)
+        if not blank(hours):
+            return Window.from_args(start, hours=hours)
+        return Window.from_args(start, duration=profile.criteria.duration_s)
+    e = (now or utcnow()) if blank(end) else parse_time(end, name="end")
+    length = Window.from_args(e, hours=hours).duration_s if not blank(hours) else profile.criteria.duration_s
+    return Window(e - timedelta(seconds=length), e)
+
+
+def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir=None, bucket="5m",
+        as_of=None) -> Signoff:
+    """Analyse the window, evaluate the criteria, and write `signoff.json` into out_dir."""
+    profile_file = find_path(profile_path)
+    profile = load_profile(profile_file)
+    check_phase(profile, phase)
+    now = parse_time(as_of, name="as_of") if as_of not in (None, "") else utcnow()
+    window = window_of(profile, start, end, hours, now)
+    data = find_path(data_dir)
+    if not data.is_dir():
+        raise DataError(f"data dir does not exist: {data_dir}")
+    analysis = analyze(profile, data, window, now=now, bucket_s=parse_duration(bucket))
+    decision = evaluate(profile, analysis)
+    doc = build_doc(profile, profile_file, data, phase, analysis, decision, bucket)
+    path = None
+    if out_dir not in (None, ""):
+        path = Path(out_dir) / "signoff.json"
+        write_json(doc, path)
+    return Signoff(profile, analysis, decision, doc, path)
+
+
+def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: Analysis, d: Decision,
+              bucket: str) -> dict:
+    failed_hard = [c for c in d.criteria if c.runbook]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": iso(utcnow()),
+        "as_of": iso(a.now),
+        "verdict": d.verdict,
+        "reason": d.reason,
+        "phase": phase,
+        "target": {"name": profile.target.name, "base_url": profile.target.base_url},
+        "profile": {"path": str(profile_file), "sha256": sha256(profile_file)},
+        "window": {
+            "start": iso(a.window.start), "end": iso(a.window.end), "observed_end": iso(a.observed_end),
+            "required_duration_s": profile.criteria.duration_s, "elapsed_s": round(a.elapsed_s, 3),
+            "complete": a.elapsed_s >= profile.criteria.duration_s,
+        },
+        "criteria": d.to_dict()["criteria"],
+        "runbook": [c.runbook | {"criterion": c.id} for c in failed_hard],
+        "overall": a.overall,
+        "probes": a.probes,
+        "coverage": a.coverage,
+        "health": a.health,
+        "flags": a.flags,
+        "deployments": a.deployments,
+        "anomalies": a.anomalies,
+        "evidence": a.evidence,
+        "simulated_samples": int(a.samples["simulated"].fillna(False).astype(bool).sum()),
+        "inputs": {"data_dir": str(data), **a.inputs},
+        "parameters": {"bucket": bucket},
+    }
+
+
+def write_json(doc: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,225 @@
+"""Verdicts on simulator histories with known ground truth, and the rendered report."""
+
+import json
+import re
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from pypdf import PdfReader
+
+from phasegate import signoff
+from phasegate.profile import load_profile
+from phasegate.simulator import Fault, history
+from phasegate.store import read_samples
+
+from conftest import ROOT, SIM_PROFILE, phasegate
+
+START = datetime(2026, 1, 28, 14, 45, 1, tzinfo=timezone.utc)  # the seed's window
+END = START + timedelta(hours=24)
+AFTER = END + timedelta(minutes=1)
+PHASE = "phase1-staging-canary"
+H = 3600.0
+
+
+def make(tmp_path, faults, hours=24.0, seed=5):
+    data = tmp_path / "data"
+    history(load_profile(SIM_PROFILE), faults, START.timestamp(), START.timestamp() + hours * H, data, seed=seed)
+    return data
+
+
+def run(data, as_of=AFTER, **kw):
+    return signoff.run(SIM_PROFILE, data, PHASE, start=START.isoformat(), end=END.isoformat(),
+                       as_of=as_of.isoformat(), **kw)
+
+
+def crit(doc, cid):
+    return next(c for c in doc["criteria"] if c["id"] == cid)
+
+
+def failed(doc):
+    return sorted(c["id"] for c in doc["criteria"] if c["passed"] is False)
+
+
+def test_clean_24h_is_go(tmp_path):
+    doc = run(make(tmp_path, [])).doc
+    assert doc["verdict"] == "GO", doc["reason"]
+    assert all(c["passed"] for c in doc["criteria"])
+    assert doc["overall"]["samples"] == 3 * 17280 + 1440
+    assert doc["coverage"]["ratio"] == 1.0
+
+
+def test_single_500_is_no_go_with_scenario_1(tmp_path):
+    f = Fault("server_error", start_s=5 * H, count=1, probes=("list",))
+    doc = run(make(tmp_path, [f])).doc
+    assert f.used == 1
+    assert doc["verdict"] == "NO-GO"
+    assert failed(doc) == ["no_5xx"]
+    assert crit(doc, "no_5xx")["measured"] == 1
+    assert doc["probes"]["list"]["status_counts"]["500"] == 1
+    assert doc["runbook"][0]["title"] == "Scenario 1: 5xx Errors Detected"
+    assert doc["runbook"][0]["criterion"] == "no_5xx"
+
+
+def test_flags_off_period_is_no_go_on_feature_disabled(tmp_path):
+    f = Fault("flags_off", start_s=6 * H, end_s=6.5 * H, probes=("list", "suggestions", "execute"))
+    doc = run(make(tmp_path, [f])).doc
+    assert doc["verdict"] == "NO-GO"
+    assert "no_feature_disabled" in failed(doc)
+    assert doc["overall"]["feature_disabled"] == f.used > 0
+    assert crit(doc, "no_feature_disabled")["measured"] == f.used
+    assert doc["runbook"][0]["title"].startswith("Scenario 2")
+
+
+def test_flags_seen_off_on_health_is_no_go(tmp_path):
+    f = Fault("flags_off", start_s=2 * H, end_s=2.25 * H, probes=("health",))
+    doc = run(make(tmp_path, [f])).doc
+    assert doc["verdict"] == "NO-GO"
+    assert crit(doc, "no_feature_disabled")["measured"] == f.used  # each health sample showed flags off
+    assert doc["flags"]["off_samples"] == {name: f.used for name in doc["flags"]["last"]}
+
+
+def test_handler_loss_is_no_go(tmp_path):
+    f = Fault("handler_loss", start_s=10 * H, end_s=10.5 * H, probes=("health",))
+    doc = run(make(tmp_path, [f])).doc
+    assert doc["verdict"] == "NO-GO"
+    assert failed(doc) == ["no_anomalies", "service_healthy"]
+    assert crit(doc, "service_healthy")["measured"] == f.used
+    assert doc["health"]["min_loaded"] == 3
+
+
+def test_rollback_is_no_go(tmp_path):
+    f = Fault("deploy", start_s=8 * H, end_s=9 * H, params={"deployment": "dep-new"})
+    doc = run(make(tmp_path, [f])).doc
+    assert doc["verdict"] == "NO-GO"
+    assert "no_rollback" in failed(doc)
+    assert [s["id"] for s in doc["deployments"]["sequence"]] == ["dep-d5t1t6ngi27c73cllsr0", "dep-new",
+                                                                 "dep-d5t1t6ngi27c73cllsr0"]
+    assert crit(doc, "no_rollback")["measured"] == 1
+
+
+def test_deploy_change_without_return_is_review(tmp_path):
+    doc = run(make(tmp_path, [Fault("deploy", start_s=8 * H, params={"deployment": "dep-new"})])).doc
+    assert doc["verdict"] == "REVIEW"
+    assert failed(doc) == ["no_anomalies"]
+
+
+def test_execute_p99_12s_is_review_and_matches_numpy(tmp_path):
+    f = Fault("slow_execute", rate=0.03, probes=("execute",), params={"latency_s": (12.0, 12.5)})
+    data = make(tmp_path, [f])
+    doc = run(data).doc
+    assert doc["verdict"] == "REVIEW"
+    assert failed(doc) == ["execute_p99"]
+    df = read_samples(data, START, END)
+    for probe in ("execute", "health", "list", "suggestions"):
+        lat = df[(df["probe"] == probe) & df["status"].notna()]["latency_ms"].to_numpy()
+        p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+        s = doc["probes"][probe]
+        assert (s["p50_ms"], s["p95_ms"], s["p99_ms"]) == (round(p50, 3), round(p95, 3), round(p99, 3))
+    assert 12000 <= crit(doc, "execute_p99")["measured"] <= 12500
+
+
+def test_two_percent_timeouts_is_review(tmp_path):
+    f = Fault("hang", rate=0.02)
+    doc = run(make(tmp_path, [f])).doc
+    assert doc["verdict"] == "REVIEW", doc["reason"]
+    assert failed(doc) == ["error_rate"]
+    assert doc["overall"]["outcome_counts"]["timeout"] == doc["overall"]["errors"] == f.used
+    assert 0.015 < crit(doc, "error_rate")["measured"] < 0.025
+
+
+def test_twelve_hours_into_clean_window_is_pending(tmp_path):
+    data = make(tmp_path, [], hours=12)
+    doc = run(data, as_of=START + timedelta(hours=12)).doc
+    assert doc["verdict"] == "PENDING"
+    assert crit(doc, "window_complete")["passed"] is False
+    assert "12 h 0 m to go" in crit(doc, "window_complete")["detail"]
+
+
+def test_six_hour_collector_outage_is_inconclusive(tmp_path):
+    f = Fault("outage", start_s=9 * H, end_s=15 * H)
+    doc = run(make(tmp_path, [f])).doc
+    assert doc["verdict"] == "INCONCLUSIVE"
+    assert failed(doc) == []
+    assert doc["coverage"]["longest_gap_s"] == pytest.approx(6 * H, abs=10)
+    assert doc["coverage"]["longest_gap_cause"].startswith("collector down")
+    assert "coverage too thin" in doc["reason"]
+
+
+def test_too_few_execute_samples_is_inconclusive_not_pass(tmp_path):
+    data = make(tmp_path, [])
+    doc = signoff.run(SIM_PROFILE, data, PHASE, start=START.isoformat(), hours=1,
+                      as_of=AFTER.isoformat()).doc
+    assert crit(doc, "execute_p99")["passed"] is None
+    assert "at least 100 needed" in crit(doc, "execute_p99")["detail"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--start", END.isoformat(), "--end", START.isoformat()], "is not after its start"),
+    (["--start", "yesterday", "--hours", "24"], "start is not an ISO 8601 time: 'yesterday'"),
+    (["--start", START.isoformat(), "--hours", "24", "--phase", "phase9"], "unknown phase 'phase9'"),
+    (["--start", START.isoformat(), "--hours", "24", "--profile", "profiles/nope.toml"],
+     "profile not found: profiles/nope.toml"),
+    (["--start", START.isoformat(), "--hours", "24", "--data", "/nonexistent/pg"],
+     "data dir does not exist: /nonexistent/pg"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    base = {"--profile": str(SIM_PROFILE), "--data": str(tmp_path), "--phase": PHASE}
+    for k in list(base):
+        if k in args:
+            base.pop(k)
+    res = phasegate("report", *[x for kv in base.items() for x in kv], *args, "--out", tmp_path / "r")
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("phasegate: error: ") and message in lines[0]
+
+
+@pytest.mark.slow
+def test_empty_window_exits_2_naming_it(tmp_path):
+    data = make(tmp_path, [], hours=1)
+    res = phasegate("report", "--profile", SIM_PROFILE, "--data", data, "--phase", PHASE,
+                    "--start", (START + timedelta(days=3)).isoformat(), "--hours", "24",
+                    "--out", tmp_path / "r", "--formats", "html")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("phasegate: error: no samples in ")
+
+
+@pytest.mark.slow
+def test_report_renders_four_files_and_papermill_agrees(tmp_path):
+    data = make(tmp_path, [Fault("server_error", start_s=5 * H, count=1, probes=("list",))])
+    # A corrupt file inside the window: the report still renders and names it.
+    bad = data / "samples" / "date=2026-01-29" / "torn.parquet"
+    bad.write_bytes(b"PAR1 this is not a parquet file")
+    res = phasegate("report", "--profile", SIM_PROFILE, "--data", data, "--phase", PHASE,
+                    "--start", START.isoformat(), "--end", END.isoformat(), "--out", tmp_path / "reports",
+                    timeout=300)
+    assert res.returncode == 10, res.stdout + res.stderr
+    folder = tmp_path / "reports" / PHASE / "20260129T144501Z"
+    assert sorted(p.name for p in folder.iterdir()) == ["signoff.html", "signoff.ipynb", "signoff.json", "signoff.pdf"]
+    doc = json.loads((folder / "signoff.json").read_text())
+    assert doc["verdict"] == "NO-GO"
+    assert doc["inputs"]["excluded"][0]["file"] == str(bad)
+    assert str(bad) in res.stdout
+    assert all(len(f["sha256"]) == 64 for f in doc["inputs"]["files"])
+    pdf_text = "".join(page.extract_text() for page in PdfReader(folder / "signoff.pdf").pages)
+    assert "VERDICT: NO-GO" in pdf_text
+    for c in doc["criteria"]:
+        assert c["id"] in pdf_text
+    assert "Scenario 1: 5xx Errors Detected" in pdf_text
+    html = (folder / "signoff.html").read_text()
+    assert "signoff.run(" not in html and "display(HTML" not in html  # no code cells
+    assert not re.search(r'<(script|img|link|iframe)[^>]+(src|href)="(https?:)?//', html)  # self-contained
+    assert "<img" in html and all("src=\"data:image/png;base64," in t for t in html.split("<img")[1:])
+    # The same notebook run by papermill alone gives the same verdict and counts.
+    out = tmp_path / "direct.ipynb"
+    subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "phase_signoff.ipynb"), str(out),
+                    "-p", "profile", str(SIM_PROFILE), "-p", "data_dir", str(data), "-p", "phase", PHASE,
+                    "-p", "start", START.isoformat(), "-p", "end", END.isoformat(),
+                    "-p", "out_dir", str(tmp_path / "direct"), "-p", "as_of", doc["as_of"]],
+                   check=True, capture_output=True, cwd=ROOT / "notebooks", timeout=300)
+    direct = json.loads((tmp_path / "direct" / "signoff.json").read_text())
+    assert direct["verdict"] == doc["verdict"]
+    assert direct["criteria"] == doc["criteria"]
+    assert direct["probes"] == doc["probes"] and direct["overall"] == doc["overall"]
