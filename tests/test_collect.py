@@ -169,3 +169,65 @@ def test_simulate_history_writes_marked_samples(tmp_path):
     assert set(df["outcome"]) == {"ok"}
     bad = phasegate("simulate", "history", "--scenario", "nope", "--data", data)
     assert bad.returncode == 2 and "unknown scenario 'nope'" in bad.stderr
+
+
+def test_two_collectors_on_one_data_dir_keep_every_row(sim, tmp_path):
+    log = tmp_path / "requests.jsonl"
+    srv = sim(request_log=log)
+    profile = fast_profile(tmp_path, url(srv), interval="0.3s", timeout="0.25s")
+    data = tmp_path / "data"
+    procs = [_collector(profile, data, "--for", "4s", "--quiet") for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    time.sleep(0.3)
+    df = read_samples(data, EPOCH, FAR)
+    assert df["run_id"].nunique() == 2
+    assert len(df) == len(log.read_text().splitlines())
+    assert not df.duplicated(["run_id", "seq"]).any()
+
+
+def test_tenant_templated_probe_runs_once_per_tenant(sim, tmp_path):
+    log = tmp_path / "requests.jsonl"
+    srv = sim(request_log=log)
+    profile = write_profile(tmp_path, f'''
+[target]
+name = "fleet"
+base_url = "{url(srv)}"
+interval = "2s"
+timeout = "1s"
+tenants = ["yacht-a", "yacht-b", "yacht-c"]
+headers = {{ "X-Yacht-Id" = "{{tenant}}" }}
+
+[[probes]]
+name = "list"
+path = "/v1/actions/list?domain=faults&yacht={{tenant}}"
+''')
+    data = tmp_path / "data"
+    res = phasegate("check", "--profile", profile, "--data", data)
+    assert res.returncode == 0, res.stdout
+    df = read_samples(data, EPOCH, FAR)
+    assert sorted(df["tenant"]) == ["yacht-a", "yacht-b", "yacht-c"]
+    assert sorted(json.loads(x)["path"].rsplit("=", 1)[1] for x in log.read_text().splitlines()) == \
+        ["yacht-a", "yacht-b", "yacht-c"]
+
+
+@pytest.mark.parametrize("scenario,expect", [
+    ("deploy-change", ["dep-d5t1t6ngi27c73cllsr0", "dep-d6a2k8pqr31c73abcd10"]),
+    ("rollback", ["dep-d5t1t6ngi27c73cllsr0", "dep-d6a2k8pqr31c73abcd10", "dep-d5t1t6ngi27c73cllsr0"]),
+])
+def test_live_deployment_scenarios(tmp_path, scenario, expect):
+    from phasegate.collector import Collector
+    from phasegate.profile import load_profile
+    from phasegate.simulator import start_server
+    profile = load_profile(fast_profile(tmp_path, "http://127.0.0.1:9", interval="0.2s", timeout="0.15s"))
+    data = tmp_path / "data"
+    srv = start_server(0, scenario, span_s=3.0)  # new deployment at 0.9 s (and back at 1.8 s)
+    try:
+        profile = load_profile(profile.path, base_url=url(srv))
+        Collector(profile, data, until_ts=time.time() + 3.5).run()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    df = read_samples(data, EPOCH, FAR).sort_values("ts")
+    seq = [d for i, d in enumerate(df["deployment_id"].dropna()) if i == 0 or d != df["deployment_id"].dropna().iloc[i - 1]]
+    assert seq == expect

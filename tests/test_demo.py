@@ -1,0 +1,36 @@
+"""`make demo`'s job in a scratch folder, and the notebook with its default parameters."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_demo_leaves_four_files_and_notebook_defaults_run(tmp_path):
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    env = {**os.environ, "PHASEGATE_DEMO_COLLECT": "4s"}
+    res = subprocess.run([sys.executable, "-m", "phasegate.demo"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    folders = list((tmp_path / "reports" / "phase1-staging-canary").iterdir())
+    assert len(folders) == 1
+    names = sorted(p.name for p in folders[0].iterdir())
+    assert names == ["signoff.html", "signoff.ipynb", "signoff.json", "signoff.pdf"]
+    verdict = json.loads((folders[0] / "signoff.json").read_text())["verdict"]
+    assert f"VERDICT: {verdict}" in res.stdout
+    for name in names:
+        assert str(folders[0] / name) in res.stdout
+    # The notebook with no parameters at all, from a notebooks/ folder beside the demo data.
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks" / "phase_signoff.ipynb", tmp_path / "notebooks")
+    subprocess.run([sys.executable, "-m", "papermill", "phase_signoff.ipynb", "out.ipynb"],
+                   cwd=tmp_path / "notebooks", check=True, capture_output=True, timeout=300)
+    out = json.loads((tmp_path / "notebooks" / "out.ipynb").read_text())
+    last = "".join("".join(o["text"]) for o in out["cells"][-1]["outputs"] if o.get("name") == "stdout")
+    assert last.strip() == f"verdict: {verdict}"
