@@ -81,6 +81,9 @@ def collect(profile_path, data_dir, run_for, until, compact_every, quiet, base_u
     for note in stats.recovered:
         click.echo(f"phasegate: {note}", err=True)
     click.echo(f"collected {stats.samples} samples ({stats.errors} not ok) into {data_dir}, run {stats.run_id}")
+    if stats.store_dropped:
+        click.echo(f"phasegate: error: {stats.store_dropped} samples could not be stored and were dropped", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -108,13 +111,14 @@ def check(profile_path, data_dir, base_url):
 @click.option("--out", "out_root", default="reports", show_default=True, help="Root folder for report folders.")
 @click.option("--formats", default="html,pdf", show_default=True, help="Exports besides the notebook and JSON.")
 @click.option("--bucket", default="5m", show_default=True, help="Timeline bucket size.")
+@click.option("--as-of", help="Evaluate as if it were this time (re-run a recorded report exactly).")
 @_guard
-def report(profile_path, data_dir, phase, start, end, hours, out_root, formats, bucket):
+def report(profile_path, data_dir, phase, start, end, hours, out_root, formats, bucket, as_of):
     """Run the sign-off notebook; exit 0 GO, 10 NO-GO, 11 REVIEW, 12 PENDING, 13 INCONCLUSIVE."""
     from .report import EXIT_CODES, make_report
 
     result = make_report(profile_path=profile_path, data_dir=data_dir, phase=phase, start=start, end=end,
-                         hours=hours, out_root=out_root, formats=formats, bucket=bucket)
+                         hours=hours, out_root=out_root, formats=formats, bucket=bucket, as_of=as_of)
     click.echo(result.summary)
     sys.exit(EXIT_CODES[result.verdict])
 

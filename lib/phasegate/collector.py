@@ -30,6 +30,9 @@ class CollectStats:
     last: dict = field(default_factory=dict)
     missed_slots: int = 0
     recovered: list = field(default_factory=list)
+    store_pending: int = 0
+    store_dropped: int = 0
+    store_error: str | None = None
 
     @property
     def errors(self) -> int:
@@ -90,6 +93,8 @@ class Collector:
             self.stats.by_outcome[row["outcome"]] += 1
             key = probe.name if tenant is None else f"{probe.name}[{tenant}]"
             self.stats.last[key] = row["status"] if row["outcome"] in ("ok", "http_error", "assertion_failed") else row["outcome"]
+            self.stats.store_pending, self.stats.store_dropped = writer.pending, writer.dropped
+            self.stats.store_error = writer.last_error
 
     def _wants_evidence(self, probe: Probe, tenant, now: float) -> bool:
         hour = int(now // 3600)
@@ -134,8 +139,9 @@ class Collector:
                         nxt += skipped * interval
                     heapq.heappush(heap, (nxt, i))
         finally:
-            writer.close()
             self._stop.set()
+            writer.close(wait_s=5.0)  # a disk that is full right now gets a few seconds to recover
+            self.stats.store_pending, self.stats.store_dropped = writer.pending, writer.dropped
         if self.progress:
             ticker.join(timeout=2)
             self.progress(self.stats, time.monotonic() - start, final=True)
@@ -152,8 +158,11 @@ def terminal_progress(stats: CollectStats, elapsed: float, final: bool, stream=s
     errs = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_outcome.items()) if k != "ok") or "none"
     last = " ".join(f"{k}={v}" for k, v in sorted(stats.last.items()))
     line = f"[{elapsed:6.0f}s] samples {stats.samples}  errors: {errs}  last: {last}"
+    if stats.store_error or stats.store_dropped:
+        line += (f"  STORE ERROR: {stats.store_error or 'recovered'}; {stats.store_pending} waiting, "
+                 f"{stats.store_dropped} dropped")
     if stream.isatty() and not final:
         stream.write("\r\x1b[K" + line)
-    elif final or int(elapsed) % 10 == 0:
+    elif final or int(elapsed) % 10 == 0 or stats.store_error:
         stream.write(("\n" if stream.isatty() else "") + line + "\n")
     stream.flush()

@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 import time
+import uuid
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -229,7 +230,10 @@ def run_probe(target: Target, probe: Probe, *, tenant: str | None = None, secret
               keep_evidence: bool = False, run_id: str = "", now=None) -> dict:
     """Probe once; always returns a sample row (failures are rows, not exceptions)."""
     url = target.base_url + render(probe.path, tenant)
-    headers = {"User-Agent": "phasegate/0.1", "Accept": "application/json", "Connection": "close"}
+    # X-Request-Id lets a sample be matched to the server's own log line.
+    request_id = uuid.uuid4().hex[:16]
+    headers = {"User-Agent": "phasegate/0.1", "Accept": "application/json", "Connection": "close",
+               "X-Request-Id": request_id}
     headers.update({k: render(v, tenant) for k, v in target.headers.items()})
     headers.update({k: render(v, tenant) for k, v in probe.headers.items()})
     auth = target.auth_value()
@@ -243,7 +247,7 @@ def run_probe(target: Target, probe: Probe, *, tenant: str | None = None, secret
     ex = exchange(url, probe.method, headers, body, probe.timeout_s or target.timeout_s,
                   target.max_body_bytes, target.verify_tls)
     row = {
-        "ts": ts, "run_id": run_id, "source": "probe", "target": target.name, "tenant": tenant,
+        "ts": ts, "run_id": run_id, "request_id": request_id, "source": "probe", "target": target.name, "tenant": tenant,
         "probe": probe.name, "method": probe.method, "url": redact_url(url), "status": ex.status,
         "bytes": len(ex.body), "assertion_failures": [], "simulated": False,
         **{k: ex.phases.get(k) for k in ("latency_ms", "dns_ms", "connect_ms", "tls_ms", "processing_ms", "transfer_ms")},

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ProfileError, WindowError
+from .redact import Secret
 from .window import parse_duration
 
 EXTRACT_COLUMNS = ("handlers_loaded", "handlers_total", "item_count", "deployment_id", "health_status")
@@ -82,7 +83,7 @@ class Target:
         token = os.environ.get(self.auth_env)
         if not token:
             return None
-        return f"{self.auth_scheme} {token}".strip() if self.auth_scheme else token
+        return Secret(f"{self.auth_scheme} {token}".strip() if self.auth_scheme else token)
 
 
 @dataclass(frozen=True)

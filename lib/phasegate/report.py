@@ -52,7 +52,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     # Validate everything cheap before starting a kernel: bad input is exit 2 in milliseconds.
     profile = load_profile(profile_path)
     check_phase(profile, phase)
-    now = parse_time(as_of, name="as_of") if as_of else utcnow()
+    now = parse_time(as_of, name="as_of") if as_of else utcnow().replace(microsecond=0)
     window = window_of(profile, start, end, hours, now)
     if window.start >= now:
         raise WindowError(f"window starts in the future ({window.start.isoformat()}): nothing to report yet")

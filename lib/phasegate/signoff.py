@@ -118,6 +118,9 @@ def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: A
         "simulated_samples": int(a.samples["simulated"].fillna(False).astype(bool).sum()),
         "inputs": {"data_dir": str(data), **a.inputs},
         "parameters": {"bucket": bucket},
+        # What a reviewer runs to reproduce this document from the same inputs.
+        "rerun": (f"phasegate report --profile {profile_file} --data {data} --phase {phase} "
+                  f"--start {iso(a.window.start)} --end {iso(a.window.end)} --bucket {bucket} --as-of {iso(a.now)}"),
     }
 
 

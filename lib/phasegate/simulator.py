@@ -13,6 +13,7 @@ import math
 import random
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -273,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
         srv.log_request_line(t0, self.command, self.path, status if resp.transport not in ("reset", "hang", "outage") else None,
-                             (time.monotonic() - t0) * 1000.0, resp.faults)
+                             (time.monotonic() - t0) * 1000.0, resp.faults, self.headers.get("X-Request-Id"))
 
     def _wait_for_close(self, limit_s: float):
         end = time.monotonic() + limit_s
@@ -307,8 +308,12 @@ class SimServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, port: int, model: Model, request_log=None, hang_s: float = 60.0):
+    def __init__(self, port: int, model: Model, request_log=None, hang_s: float = 60.0, tls=None):
         super().__init__(("127.0.0.1", port), _Handler)
+        if tls:  # (certfile, keyfile): serve HTTPS, e.g. with a self-signed certificate
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.model = model
         self.started = time.monotonic()
         self.hang_s = hang_s
@@ -320,12 +325,20 @@ class SimServer(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
-    def log_request_line(self, t0, method, path, status, latency_ms, faults):
+    def handle_error(self, request, client_address):
+        # A client that hangs up or refuses our certificate is part of the game, not a server bug.
+        import sys
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (OSError, ssl.SSLError)):
+            super().handle_error(request, client_address)
+
+    def log_request_line(self, t0, method, path, status, latency_ms, faults, request_id=None):
         if self._log is None:
             return
         wall = time.time() - (time.monotonic() - t0)
         line = json.dumps({"ts": round(wall, 6), "method": method, "path": redact_url(path), "status": status,
-                           "latency_ms": round(latency_ms, 3), "faults": list(faults)})
+                           "latency_ms": round(latency_ms, 3), "faults": list(faults),
+                           "request_id": request_id})
         with self._log_lock:
             self._log.write(line + "\n")
 
@@ -337,10 +350,10 @@ class SimServer(ThreadingHTTPServer):
 
 
 def start_server(port: int = 0, scenario: str = "healthy", schedule=None, request_log=None,
-                 seed: int = 0, span_s: float = 60.0, hang_s: float = 60.0) -> SimServer:
+                 seed: int = 0, span_s: float = 60.0, hang_s: float = 60.0, tls=None) -> SimServer:
     """Start a simulator in a background thread; `server.shutdown()` stops it."""
     faults = load_schedule(schedule) if schedule else scenario_faults(scenario, span_s)
-    srv = SimServer(port, Model(faults, seed), request_log, hang_s)
+    srv = SimServer(port, Model(faults, seed), request_log, hang_s, tls)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     return srv
 

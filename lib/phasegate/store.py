@@ -25,6 +25,7 @@ import struct
 import threading
 import time
 import zlib
+from collections import deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -40,6 +41,7 @@ SCHEMA = pa.schema([
     ("ts", pa.timestamp("us", tz="UTC")),
     ("run_id", pa.string()),
     ("seq", pa.int64()),
+    ("request_id", pa.string()),
     ("source", pa.string()),
     ("target", pa.string()),
     ("tenant", pa.string()),
@@ -128,7 +130,12 @@ def _record_at(data: bytes, pos: int):
 # -- durable file operations -----------------------------------------------------------
 
 
+def _step(name: str) -> None:
+    """Called before each durable step of compaction; tests replace it to crash there."""
+
+
 def fsync_dir(path: Path) -> None:
+    _step("fsync_dir")
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -149,12 +156,15 @@ def write_parquet_atomic(table: pa.Table, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
+        _step("write_temp")
         pq.write_table(table, tmp, compression="zstd")
+        _step("fsync_temp")
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        _step("rename")
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
     except BaseException:
@@ -182,6 +192,7 @@ def compact_segment(data_dir, seg: Path) -> tuple[int, int]:
     rows, dropped = decode_journal(data)
     if rows:
         write_samples(data_dir, rows, seg.stem)
+    _step("delete_journal")
     seg.unlink(missing_ok=True)
     fsync_dir(seg.parent)
     return len(rows), dropped
@@ -230,85 +241,165 @@ def _alive(pid: int) -> bool:
 
 
 class SampleWriter:
-    """A collector's append path: journal now, parquet every `compact_every_s`."""
+    """A collector's append path: journal now, parquet every `compact_every_s`.
 
-    def __init__(self, data_dir, run_id: str, compact_every_s: float = 60.0, fsync_every_s: float = 0.5):
+    A failed write (disk full, I/O error) never stops probing: the record waits in a
+    bounded queue and is retried; when the queue is full the oldest record is dropped
+    and counted in `dropped`, and every failure is logged as an error.
+    """
+
+    def __init__(self, data_dir, run_id: str, compact_every_s: float = 60.0, fsync_every_s: float = 0.5,
+                 max_pending: int = 50_000):
         self.root = Path(data_dir)
         self.run_id = run_id
         self.compact_every_s = compact_every_s
         self.fsync_every_s = fsync_every_s
+        self.max_pending = max_pending
         self.seq = 0
         self.seg_no = 0
         self.written = 0
+        self.dropped = 0
+        self.write_errors = 0
+        self.last_error: str | None = None
+        self._pending: deque[bytes] = deque()
+        self._closed_segments: list[tuple[int, Path]] = []
         self._lock = threading.Lock()
         self._dirty = False
         self._stop = threading.Event()
         try:
             (self.root / "journal").mkdir(parents=True, exist_ok=True)
             (self.root / "samples").mkdir(parents=True, exist_ok=True)
+            self.recovered = recover(self.root)
+            self._open_segment()
         except OSError as exc:
-            raise StoreError(f"cannot create data dir {self.root}: {exc.strerror}") from None
-        self.recovered = recover(self.root)
-        self._open_segment()
+            raise StoreError(f"cannot open data dir {self.root}: {exc.strerror or exc}") from None
         self._last_compact = time.monotonic()
         self._thread = threading.Thread(target=self._background, name="store-flush", daemon=True)
         self._thread.start()
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def _open_segment(self):
         self.seg_no += 1
-        self.seg_path = self.root / "journal" / f"{self.run_id}-{self.seg_no:06d}.jnl"
-        fd = os.open(self.seg_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, _FILE_MAGIC)
-        self.fd = fd
-        fsync_dir(self.seg_path.parent)
+        path = self.root / "journal" / f"{self.run_id}-{self.seg_no:06d}.jnl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _write_all(fd, _FILE_MAGIC)
+            fsync_dir(path.parent)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self.fd, self.seg_path = fd, path
+
+    def _fail(self, exc: OSError, what: str) -> None:
+        self.write_errors += 1
+        msg = f"{what}: {exc.strerror or exc}"
+        if msg != self.last_error:
+            log.error("store: %s — %d samples waiting in memory, %d dropped so far", msg, len(self._pending), self.dropped)
+        self.last_error = msg
+
+    def _drain(self) -> None:
+        """Write queued records in order; stop at the first failure (caller holds the lock)."""
+        while self._pending:
+            try:
+                _write_all(self.fd, self._pending[0])
+            except OSError as exc:
+                self._fail(exc, "journal write failed")
+                while len(self._pending) > self.max_pending:
+                    self._pending.popleft()
+                    self.dropped += 1
+                return
+            self._pending.popleft()
+            self.written += 1
+            self._dirty = True
+        self.last_error = None
 
     def append(self, row: dict) -> None:
         with self._lock:
             self.seq += 1
             row["run_id"], row["seq"] = self.run_id, self.seq
-            os.write(self.fd, encode_record(row))
-            self._dirty = True
-            self.written += 1
+            self._pending.append(encode_record(row))
+            self._drain()
 
     def flush(self) -> None:
         with self._lock:
+            self._drain()
             if self._dirty:
-                os.fsync(self.fd)
-                self._dirty = False
+                try:
+                    os.fsync(self.fd)
+                    self._dirty = False
+                except OSError as exc:
+                    self._fail(exc, "journal fsync failed")
+
+    def _rotate(self) -> None:
+        """Start a new segment; the old one joins the segments waiting for compaction."""
+        old = (self.fd, self.seg_path)
+        os.fsync(self.fd)
+        self._open_segment()  # if this fails the old segment simply stays current
+        self._closed_segments.append(old)
+        self._dirty = False
+
+    def _compact_closed(self) -> None:
+        for fd, path in list(self._closed_segments):
+            try:
+                compact_segment(self.root, path)
+            except (OSError, pa.ArrowException) as exc:
+                self._fail(exc if isinstance(exc, OSError) else OSError(str(exc)), f"compaction of {path.name} failed")
+                continue  # the segment stays on disk and is retried next time
+            os.close(fd)
+            with self._lock:
+                self._closed_segments.remove((fd, path))
 
     def compact(self) -> None:
-        """Close the current segment, start a new one, compact the closed one."""
         with self._lock:
-            os.fsync(self.fd)
-            old_fd, old_path = self.fd, self.seg_path
-            self._open_segment()
-            self._dirty = False
-        try:
-            compact_segment(self.root, old_path)
-        finally:
-            os.close(old_fd)
+            self._drain()
+            try:
+                self._rotate()
+            except OSError as exc:
+                self._fail(exc, "journal rotation failed")
+        self._compact_closed()
         self._last_compact = time.monotonic()
 
     def _background(self):
         while not self._stop.wait(self.fsync_every_s):
-            try:
-                self.flush()
-                if time.monotonic() - self._last_compact >= self.compact_every_s:
-                    self.compact()
-            except OSError as exc:
-                log.error("store: %s (samples stay in the journal and are retried)", exc)
+            self.flush()
+            if time.monotonic() - self._last_compact >= self.compact_every_s:
+                self.compact()
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 0.0) -> None:
+        """Flush and compact everything; with `wait_s`, keep retrying a failing disk that long."""
         self._stop.set()
         self._thread.join()
+        deadline = time.monotonic() + wait_s
+        self.flush()
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.2)
+            self.flush()
         with self._lock:
-            os.fsync(self.fd)
-            fd, path = self.fd, self.seg_path
-        try:
-            compact_segment(self.root, path)
-        finally:
+            if self._pending:
+                log.error("store: %d samples could not be written and are lost", len(self._pending))
+            self.dropped += len(self._pending)
+            self._pending.clear()
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                self._fail(exc, "journal fsync failed")
+            self._closed_segments.append((self.fd, self.seg_path))
+        self._compact_closed()
+        for fd, path in self._closed_segments:
+            log.error("store: %s stays in the journal; the next start recovers it", path.name)
             os.close(fd)
+        self._closed_segments.clear()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    n = os.write(fd, data)
+    if n != len(data):  # a short write leaves a torn record that recovery skips; retry it whole
+        raise OSError(28, f"short write ({n} of {len(data)} bytes)")
 
 
 # -- reading ---------------------------------------------------------------------------
