@@ -60,3 +60,22 @@ def phasegate(*args, env=None, timeout=120, check=False):
     cmd = [sys.executable, "-m", "phasegate.cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, check=check,
                           cwd=ROOT)
+
+
+@pytest.fixture
+def sim_proc():
+    """Factory: a simulator in its own process (no GIL shared with the probes); returns its base URL."""
+    procs = []
+
+    def make(*args):
+        proc = subprocess.Popen([sys.executable, "-m", "phasegate.cli", "simulate", "serve", "--port", "0", *map(str, args)],
+                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        line = proc.stderr.readline()
+        assert line.startswith("simulator on "), line
+        return line.split()[2]
+
+    yield make
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)

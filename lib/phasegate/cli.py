@@ -13,6 +13,7 @@ import traceback
 import click
 
 from .errors import PhasegateError
+from .redact import redact_text
 
 EXIT_BAD_INPUT = 2
 
@@ -24,7 +25,7 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except PhasegateError as exc:
-            click.echo(f"phasegate: error: {exc}", err=True)
+            click.echo(f"phasegate: error: {redact_text(str(exc))}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             click.echo("phasegate: interrupted", err=True)
@@ -32,7 +33,7 @@ def _guard(fn):
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if os.environ.get("PHASEGATE_DEBUG"):
                 traceback.print_exc()
-            click.echo(f"phasegate: internal error: {type(exc).__name__}: {exc}", err=True)
+            click.echo(f"phasegate: internal error: {type(exc).__name__}: {redact_text(str(exc))}", err=True)
             sys.exit(1)
     return wrapper
 
@@ -135,18 +136,24 @@ def simulate():
 @click.option("--span", default="60s", show_default=True, help="Length over which a scenario plays out.")
 @click.option("--request-log", type=click.Path(), help="Write one JSON line per request answered.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tls-cert", type=click.Path(), help="Serve HTTPS with this certificate (PEM) ...")
+@click.option("--tls-key", type=click.Path(), help="... and this key (PEM).")
+@click.option("--hang", "hang_for", default="60s", show_default=True, help="How long hang/slow-drip faults hold a connection.")
 @_guard
-def serve(port, scenario, schedule, span, request_log, seed):
+def serve(port, scenario, schedule, span, request_log, seed, tls_cert, tls_key, hang_for):
     """Serve the simulated backend on 127.0.0.1 until interrupted."""
     from .errors import ScenarioError
     from .simulator import start_server
     from .window import parse_duration
 
     try:
-        srv = start_server(port, scenario, schedule, request_log, seed, parse_duration(span))
+        tls = (tls_cert, tls_key) if tls_cert or tls_key else None
+        srv = start_server(port, scenario, schedule, request_log, seed, parse_duration(span),
+                           parse_duration(hang_for), tls)
     except OSError as exc:
-        raise ScenarioError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
-    click.echo(f"simulator on http://127.0.0.1:{srv.port} scenario={'schedule' if schedule else scenario}", err=True)
+        raise ScenarioError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+    scheme = "https" if tls else "http"
+    click.echo(f"simulator on {scheme}://127.0.0.1:{srv.port} scenario={'schedule' if schedule else scenario}", err=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while True:

@@ -13,6 +13,7 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -59,6 +60,22 @@ class _Deadline:
         return ms
 
 
+_TLS_LOCK = threading.Lock()
+_TLS_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+
+
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    """One context per mode, built once: loading the CA store costs ~30 ms, and a burst of
+    first probes building it in parallel would eat each other's deadlines."""
+    with _TLS_LOCK:
+        if verify not in _TLS_CONTEXTS:
+            ctx = ssl.create_default_context()
+            if not verify:
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            _TLS_CONTEXTS[verify] = ctx
+        return _TLS_CONTEXTS[verify]
+
+
 def exchange(url: str, method: str, headers: dict, body: bytes | None, timeout_s: float,
              max_body: int, verify_tls: bool = True) -> Exchange:
     """One HTTP request on a fresh connection, every socket call bounded by the deadline."""
@@ -77,9 +94,7 @@ def exchange(url: str, method: str, headers: dict, body: bytes | None, timeout_s
         sock.connect(addr)
         ex.phases["connect_ms"] = dl.lap()
         if https:
-            ctx = ssl.create_default_context()
-            if not verify_tls:
-                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            ctx = _tls_context(verify_tls)
             sock.settimeout(dl.remaining())
             sock = ctx.wrap_socket(sock, server_hostname=host)
             ex.phases["tls_ms"] = dl.lap()
@@ -206,7 +221,9 @@ def evaluate(probe: Probe, status: int, headers: dict, body: bytes) -> dict:
         out["error_code"] = None if code is _MISSING or isinstance(code, (dict, list)) else str(code)
         out["outcome"], out["error"] = "http_error", f"unexpected status {status}"
         return out
-    if parse_error and (probe.asserts or probe.extract or probe.flags):
+    # Malformed JSON matters when the probe reads the body or the server claims it is JSON.
+    claims_json = "json" in headers.get("content-type", "")
+    if parse_error and (probe.asserts or probe.extract or probe.flags or claims_json):
         out["outcome"], out["error"] = "invalid_body", parse_error
         return out
     failures = [msg for a in probe.asserts if (msg := _check(a, doc)) is not None]

@@ -12,10 +12,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ProfileError, WindowError
-from .redact import Secret
+from .redact import Secret, is_secret_header, is_secret_name, redact_text
 from .window import parse_duration
 
 EXTRACT_COLUMNS = ("handlers_loaded", "handlers_total", "item_count", "deployment_id", "health_status")
@@ -128,9 +128,17 @@ class Profile:
         return next(p for p in self.probes if p.name == name)
 
     def secret_values(self) -> list[str]:
-        """Values that must never be written anywhere (scrubbed from bodies and logs)."""
+        """Values that must never be written anywhere (scrubbed from bodies and logs): the auth
+        token, and secret-named headers and query parameters written into the profile."""
+        out = []
         token = os.environ.get(self.target.auth_env) if self.target.auth_env else None
-        return [token] if token else []
+        if token:
+            out.append(token)
+        for headers in (self.target.headers, *(p.headers for p in self.probes)):
+            out += [v for k, v in headers.items() if is_secret_header(k)]
+        for p in self.probes:
+            out += [v for k, v in parse_qsl(urlsplit(p.path).query) if is_secret_name(k)]
+        return [v for v in out if v]
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -146,7 +154,8 @@ class _Reader:
         self.table = dict(table)
 
     def fail(self, key: str, problem: str):
-        raise ProfileError(f"{self.src}: {key}: {problem}")
+        # Values are echoed to help fix typos; a URL's password or key= must not be among them.
+        raise ProfileError(redact_text(f"{self.src}: {key}: {problem}"))
 
     def key(self, name: str) -> str:
         return f"{self.where}.{name}" if self.where else name

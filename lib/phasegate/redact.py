@@ -6,11 +6,13 @@ import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "[REDACTED]"
-_SECRET_PARAM = re.compile(r"(key|token|secret|password|passwd|signature|sig|auth)", re.I)
+_SECRET_NAMES = {"key", "apikey", "token", "secret", "password", "passwd", "pwd", "signature", "sig", "auth",
+                 "access_token", "refresh_token", "client_secret", "api_key", "private_key"}
+_SECRET_SUFFIX = re.compile(r"[_\-.](key|token|secret|password|passwd|signature|sig)$", re.I)
 _SECRET_HEADER = re.compile(r"^(authorization|proxy-authorization|cookie|set-cookie|x-api-key|.*token.*|.*secret.*)$", re.I)
 _BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.S)
-_QUERY_SECRET = re.compile(r"(?i)\b([\w-]*(?:key|token|secret|password|signature)[\w-]*)=([^&\s\"'<>]+)")
+_QUERY_PAIR = re.compile(r"([A-Za-z0-9_.\-]+)=([^&\s\"'<>]+)")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s:]+):([^/@\s]+)@")
 
 
@@ -30,6 +32,16 @@ class Secret(str):
         return str.__str__(self)
 
 
+def is_secret_name(name: str) -> bool:
+    """key, token, api_key, X-Amz-Signature...: yes; keyboard, monkey, domain: no."""
+    low = name.lower()
+    return low in _SECRET_NAMES or bool(_SECRET_SUFFIX.search(low))
+
+
+def is_secret_header(name: str) -> bool:
+    return bool(_SECRET_HEADER.match(name)) or is_secret_name(name)
+
+
 def redact_url(url: str) -> str:
     """Mask userinfo passwords and query parameters named like key/token/secret/password."""
     try:
@@ -44,7 +56,7 @@ def redact_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, MASK if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="[]")
+        query = urlencode([(k, MASK if is_secret_name(k) else v) for k, v in pairs], safe="[]")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -55,7 +67,7 @@ def redact_headers(headers: dict, keep: tuple[str, ...] | None = None) -> dict:
         low = name.lower()
         if keep is not None and low not in keep:
             continue
-        out[low] = MASK if _SECRET_HEADER.match(low) else value
+        out[low] = MASK if is_secret_header(low) else value
     return out
 
 
@@ -66,6 +78,6 @@ def redact_text(text: str, secrets: list[str] | tuple = ()) -> str:
             text = text.replace(value, MASK)
     text = _PEM.sub(MASK, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
-    text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={MASK}", text)
+    text = _QUERY_PAIR.sub(lambda m: f"{m.group(1)}={MASK}" if is_secret_name(m.group(1)) else m.group(0), text)
     text = _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:{MASK}@", text)
     return text

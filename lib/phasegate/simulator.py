@@ -307,6 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
 class SimServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # the default 5 drops SYNs under a burst of probes
 
     def __init__(self, port: int, model: Model, request_log=None, hang_s: float = 60.0, tls=None):
         super().__init__(("127.0.0.1", port), _Handler)

@@ -289,7 +289,7 @@ class SampleWriter:
             fcntl.flock(fd, fcntl.LOCK_EX)
             _write_all(fd, _FILE_MAGIC)
             fsync_dir(path.parent)
-        except OSError:
+        except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise

@@ -1,0 +1,149 @@
+"""Redaction rules (each with true and false positives) and a canary secret through every output."""
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+
+import pyarrow.parquet as pq
+import pytest
+from pypdf import PdfReader
+
+from phasegate.errors import ProfileError
+from phasegate.profile import load_profile
+from phasegate.redact import MASK, Secret, redact_headers, redact_text, redact_url
+from phasegate.report import make_report
+from phasegate.errors import ReportError
+
+from conftest import phasegate, url, write_profile
+
+URLS_SECRET = [
+    ("https://h/p?key=abc123&x=1", "https://h/p?key=[REDACTED]&x=1"),
+    ("https://h/p?api_key=abc123", "https://h/p?api_key=[REDACTED]"),
+    ("https://h/p?access_token=abc&domain=faults", "https://h/p?access_token=[REDACTED]&domain=faults"),
+    ("https://h/p?X-Amz-Signature=deadbeef", "https://h/p?X-Amz-Signature=[REDACTED]"),
+    ("https://h/p?password=hunter2", "https://h/p?password=[REDACTED]"),
+    ("https://admin:hunter2@h/p", "https://admin:[REDACTED]@h/p"),
+]
+URLS_CLEAN = [
+    "https://h/v1/actions/list?domain=faults",
+    "https://h/p?keyboard=qwerty&monkey=1",
+    "https://h:8443/p?tokens_used=3",
+    "https://h/p?yacht=y1&page=2",
+]
+
+
+@pytest.mark.parametrize("raw,expected", URLS_SECRET)
+def test_url_secrets_are_masked(raw, expected):
+    assert redact_url(raw) == expected
+
+
+@pytest.mark.parametrize("raw", URLS_CLEAN)
+def test_clean_urls_are_untouched(raw):
+    assert redact_url(raw) == raw
+
+
+TEXT_SECRET = [
+    ("Authorization: Bearer abcdefgh12345678", "abcdefgh12345678"),
+    ("token Zm9vYmFyYmF6cXV4", "Zm9vYmFyYmF6cXV4"),
+    ("curl -X POST 'https://api.render.com/deploy/srv-1?key=s3cr3tDeployKey'", "s3cr3tDeployKey"),
+    ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
+    ("-----BEGIN CERTIFICATE-----\nMIIDazCCAlOgAwIBAgIUX\n-----END CERTIFICATE-----", "MIIDazCCAlOgAwIBAgIUX"),
+    ("postgres://app:pa55word@db:5432/x", "pa55word"),
+    ('{"echo": "my-literal-env-secret-value"}', "my-literal-env-secret-value"),
+    ("client_secret=abc123xyz&grant=1", "abc123xyz"),
+]
+TEXT_CLEAN = [
+    "the bearer of bad news",
+    "monkey=banana keyboard=us domain=faults",
+    "-----BEGIN notes without an end",
+    "http://127.0.0.1:8765/v1/actions/health",
+    '{"status": "healthy", "handlers_loaded": 4}',
+    "token count 5",
+]
+
+
+@pytest.mark.parametrize("raw,secret", TEXT_SECRET)
+def test_text_secrets_are_scrubbed(raw, secret):
+    out = redact_text(raw, secrets=["my-literal-env-secret-value"])
+    assert secret not in out and MASK in out
+
+
+@pytest.mark.parametrize("raw", TEXT_CLEAN)
+def test_clean_text_is_untouched(raw):
+    assert redact_text(raw, secrets=["unrelated-secret-value"]) == raw
+
+
+def test_headers_and_secret_type():
+    h = redact_headers({"Authorization": "Bearer x", "X-Api-Key": "k", "Cookie": "c", "Content-Type": "json",
+                        "X-Deployment-Id": "dep-1", "Retry-After": "5"})
+    assert h == {"authorization": MASK, "x-api-key": MASK, "cookie": MASK, "content-type": "json",
+                 "x-deployment-id": "dep-1", "retry-after": "5"}
+    s = Secret("Bearer abc")
+    assert str(s) == MASK and repr(s) == f"Secret({MASK!r})" and f"{s}" == MASK and s.reveal() == "Bearer abc"
+
+
+def test_profile_error_does_not_echo_a_url_password(tmp_path):
+    p = write_profile(tmp_path, '[target]\nname = "t"\nbase_url = "ftp://u:hunter22@h"\n[[probes]]\nname = "a"\npath = "/"\n')
+    with pytest.raises(ProfileError) as err:
+        load_profile(p)
+    assert "hunter22" not in str(err.value)
+
+
+TOKEN = "canary-token-7f3a9b2c4d5e6f70"
+URLKEY = "canary-urlkey-1a2b3c4d5e"
+
+
+@pytest.mark.slow
+def test_canary_secret_reaches_no_output(sim, tmp_path):
+    sched = tmp_path / "faults.toml"
+    sched.write_text('[[fault]]\nkind = "echo_auth"\n[[fault]]\nkind = "server_error"\ncount = 2\nprobes = ["execute"]\n')
+    srv = sim(schedule=sched)
+    profile = write_profile(tmp_path, f'''
+[target]
+name = "canary"
+base_url = "{url(srv)}"
+interval = "0.5s"
+timeout = "0.4s"
+auth_header = "Authorization"
+auth_env = "PG_CANARY_TOKEN"
+auth_scheme = "Bearer"
+headers = {{ "X-Api-Key" = "{URLKEY}" }}
+
+[[probes]]
+name = "execute"
+method = "POST"
+path = "/v1/actions/execute?key={URLKEY}"
+body = {{ action = "view_fault_details" }}
+''')
+    data = tmp_path / "data"
+    env = {"PG_CANARY_TOKEN": TOKEN}
+    outputs = []
+    start = datetime.now(timezone.utc) - timedelta(seconds=5)
+    for args in (["collect", "--for", "3s"], ["check"]):
+        r = phasegate(*args, "--profile", profile, "--data", data, env=env)
+        outputs += [r.stdout, r.stderr]
+    r = phasegate("report", "--profile", profile, "--data", data, "--phase", "canary", "--start", start.isoformat(),
+                  "--hours", "1", "--out", tmp_path / "reports", env=env, timeout=300)
+    outputs += [r.stdout, r.stderr]
+    assert r.returncode in (10, 11, 12, 13), r.stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "p.toml" and p.name != "faults.toml"]
+    texts = list(outputs)
+    for f in files:
+        texts.append(f.read_bytes().decode("latin-1"))
+        if f.suffix == ".parquet":
+            texts.append(json.dumps(pq.read_table(f).to_pylist(), default=str))
+        if f.suffix == ".pdf":
+            texts.append("".join(p.extract_text() for p in PdfReader(f).pages))
+    assert any(f.suffix == ".pdf" for f in files) and any(f.suffix == ".html" for f in files)
+    assert any(MASK in t for t in texts)  # the echoed header came back, and was scrubbed
+    for secret in (TOKEN, URLKEY):
+        leaks = [t[:60] for t in texts if secret in t]
+        assert leaks == []
+
+
+def test_report_refuses_secret_looking_parameters(tmp_path):
+    with pytest.raises(ReportError, match="looks like it holds a secret"):
+        data = tmp_path / "d?token=abcdef123"
+        data.mkdir()
+        make_report(profile_path="profiles/simulator.toml", data_dir=str(data),
+                    phase="phase1-staging-canary", start="2026-01-28T14:45:01Z", hours=24, out_root=str(tmp_path))
