@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +224,22 @@ def test_report_renders_four_files_and_papermill_agrees(tmp_path):
     assert direct["verdict"] == doc["verdict"]
     assert direct["criteria"] == doc["criteria"]
     assert direct["probes"] == doc["probes"] and direct["overall"] == doc["overall"]
+
+
+def test_same_inputs_same_signoff_and_hashes_track_bytes(tmp_path):
+    data = make(tmp_path, [Fault("server_error", start_s=5 * H, count=3)])
+    a = run(data).doc
+    b = run(data).doc
+    a.pop("generated_at"), b.pop("generated_at")
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert a["rerun"].startswith("phasegate report --profile ") and f"--as-of {AFTER:%Y-%m-%dT%H:%M:%SZ}" in a["rerun"]
+    # One changed byte in an input (inside the footer's created_by string: still a valid file).
+    f = Path(a["inputs"]["files"][0]["path"])
+    raw = bytearray(f.read_bytes())
+    i = raw.index(b"parquet-cpp-arrow")
+    raw[i] = ord("P")
+    f.write_bytes(bytes(raw))
+    c = run(data).doc
+    assert c["inputs"]["files"][0]["sha256"] != a["inputs"]["files"][0]["sha256"]
+    assert c["inputs"]["files"][1:] == a["inputs"]["files"][1:]
+    assert c["verdict"] == a["verdict"] and c["overall"] == a["overall"]

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import traceback
+from datetime import timedelta
 
 import click
 
@@ -44,12 +45,12 @@ profile_opt = click.option("--profile", "profile_path", required=True, help="Pro
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log store and collector details to stderr.")
-def main(verbose):
+def cli(verbose):
     """phasegate: decide from evidence whether a rollout phase may proceed."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="phasegate: %(message)s")
 
 
-@main.command()
+@cli.command()
 @profile_opt
 @click.option("--data", "data_dir", required=True, help="Data directory for the parquet dataset.")
 @click.option("--for", "run_for", help="Stop after this long (90s, 15m, 24h).")
@@ -87,7 +88,7 @@ def collect(profile_path, data_dir, run_for, until, compact_every, quiet, base_u
         sys.exit(1)
 
 
-@main.command()
+@cli.command()
 @profile_opt
 @click.option("--data", "data_dir", help="Also store the samples in this data directory.")
 @base_url_opt
@@ -102,7 +103,7 @@ def check(profile_path, data_dir, base_url):
     sys.exit(0 if result.healthy else 1)
 
 
-@main.command()
+@cli.command()
 @profile_opt
 @click.option("--data", "data_dir", required=True, help="Data directory with collected samples.")
 @click.option("--phase", required=True, help="Phase name, e.g. phase1-staging-canary.")
@@ -124,13 +125,13 @@ def report(profile_path, data_dir, phase, start, end, hours, out_root, formats, 
     sys.exit(EXIT_CODES[result.verdict])
 
 
-@main.group()
+@cli.group()
 def simulate():
     """The built-in simulator of the seed's service."""
 
 
 @simulate.command("serve")
-@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
 @click.option("--scenario", default="healthy", show_default=True, help="A named scenario.")
 @click.option("--schedule", type=click.Path(), help="A TOML fault schedule (instead of --scenario).")
 @click.option("--span", default="60s", show_default=True, help="Length over which a scenario plays out.")
@@ -176,10 +177,10 @@ def history_cmd(profile_path, scenario, schedule, hours, end, data_dir, seed):
     """Write a synthetic dataset (marked simulated) in the collector's schema."""
     from .profile import load_profile
     from .simulator import history, load_schedule, scenario_faults
-    from .window import Window, iso, parse_time
+    from .window import Window, iso, parse_duration, parse_time
 
     end_dt = parse_time(end, name="--end")
-    window = Window.from_args(_start(end_dt, hours), end=end_dt)
+    window = Window.from_args(end_dt - timedelta(seconds=parse_duration(hours * 3600.0)), end=end_dt)
     profile = load_profile(profile_path)
     faults = load_schedule(schedule) if schedule else scenario_faults(scenario, window.duration_s)
     n = history(profile, faults, window.start.timestamp(), window.end.timestamp(), data_dir, seed)
@@ -190,13 +191,24 @@ def _raise_interrupt(*_args):
     raise KeyboardInterrupt
 
 
-def _start(end_dt, hours):
-    from datetime import timedelta
-
-    from .errors import WindowError
-    if not hours > 0:
-        raise WindowError(f"--hours must be positive, got {hours:g}")
-    return end_dt - timedelta(hours=hours)
+def main(argv=None) -> None:
+    """Entry point: click's usage errors become one line and exit 2, like every other bad input."""
+    try:
+        code = cli.main(args=argv, prog_name="phasegate", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
+    except click.UsageError as exc:
+        hint = f" (see: phasegate {exc.ctx.command_path.partition(' ')[2]} --help)".replace("  ", " ") if exc.ctx else ""
+        click.echo(f"phasegate: error: {redact_text(exc.format_message())}{hint}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.ClickException as exc:
+        click.echo(f"phasegate: error: {redact_text(exc.format_message())}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.Abort:
+        click.echo("phasegate: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -240,9 +240,11 @@ def _merge(base: dict, over: dict) -> dict:
 
 def load_profile(path: str | os.PathLike, base_url: str | None = None) -> Profile:
     """Read and validate a profile; `base_url` overrides the target's (e.g. a simulator port)."""
-    p = Path(path)
-    src = str(path)
-    raw = _read_toml(p)
+    return build_profile(_read_toml(Path(path)), str(path), base_url)
+
+
+def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None) -> Profile:
+    """Validate an already-parsed profile table; `src` names it in messages."""
     top = _Reader(src, raw, "")
     target = _target(src, top.take("target", (dict,), required=True), base_url)
     probe_tables = top.take("probes", (list,), required=True)

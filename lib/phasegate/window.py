@@ -61,7 +61,7 @@ def utcnow() -> datetime:
 
 def iso(dt: datetime) -> str:
     """Second-precision ISO 8601 with a Z, as written in reports."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 @dataclass(frozen=True)
