@@ -91,8 +91,8 @@ def test_secrets_reach_no_file_and_no_output(sim, tmp_path):
 [target]
 name = "secret-test"
 base_url = "{url(srv)}"
-interval = "0.5s"
-timeout = "0.4s"
+interval = "1s"
+timeout = "0.9s"  # the execute echo is slow-ish; its first sample carries the evidence
 auth_header = "Authorization"
 auth_env = "PG_TEST_TOKEN"
 auth_scheme = "Bearer"
@@ -113,7 +113,7 @@ path = "/v1/actions/health?token={SECRET_KEY}"
     data = tmp_path / "data"
     env = {"PG_TEST_TOKEN": SECRET_TOKEN}
     outputs = []
-    for args in (["collect", "--for", "3s"], ["check"]):
+    for args in (["collect", "--for", "4s"], ["check"]):
         res = phasegate(*args, "--profile", profile, "--data", data, env=env)
         outputs += [res.stdout, res.stderr]
     df = read_samples(data, EPOCH, FAR)

@@ -64,6 +64,8 @@ def test_240_probes_against_bad_targets_end_within_bound(tmp_path, self_signed, 
     with ThreadPoolExecutor(24) as pool:
         results = list(pool.map(one, jobs))
     assert len(results) == 240
+    worst = {n: max(e for m, _, e in results if m == n) for n in expected}
+    print("worst elapsed (s) for timeout 0.6 s:", {n: round(e, 3) for n, e in worst.items()})
     for name, row, elapsed in results:
         assert row["outcome"] == expected[name], (name, row["outcome"], row.get("error"))
         assert elapsed <= timeout + 0.5, (name, elapsed)

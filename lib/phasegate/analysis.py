@@ -123,38 +123,46 @@ def _health(profile: Profile, df: pd.DataFrame) -> dict:
 
 
 def _flags(df: pd.DataFrame) -> dict:
-    obs = df[df["flags"].notna()]
-    states, changes, off, off_obs = {}, [], {}, 0
-    for ts, raw in zip(obs["ts"], obs["flags"]):
-        values = json.loads(raw)
-        off_obs += any(v is not True for v in values.values())
-        for name, value in values.items():
-            if name in states and states[name] != value:
-                changes.append({"ts": _ts(ts), "flag": name, "value": value})
-            if name not in states:
-                changes.append({"ts": _ts(ts), "flag": name, "value": value})
+    obs = df.loc[df["flags"].notna(), ["ts", "flags"]]
+    # Flag JSON repeats: decode each distinct value once, and walk only the rows where it changes.
+    decoded = {raw: json.loads(raw) for raw in obs["flags"].unique()}
+    counts = obs["flags"].value_counts()
+    off: dict[str, int] = {}
+    off_obs = 0
+    for raw, n in counts.items():
+        values = decoded[raw]
+        if any(v is not True for v in values.values()):
+            off_obs += int(n)
+        for name, v in values.items():
+            if v is not True:
+                off[name] = off.get(name, 0) + int(n)
+    change = (obs["flags"] != obs["flags"].shift()).to_numpy()
+    states, changes = {}, []
+    for ts, raw in zip(obs["ts"].to_numpy()[change], obs["flags"].to_numpy()[change]):
+        for name, value in decoded[raw].items():
+            if states.get(name, _UNSET) != value:
+                changes.append({"ts": _ts(pd.Timestamp(ts)), "flag": name, "value": value})
             states[name] = value
-            if value is not True:
-                off[name] = off.get(name, 0) + 1
     return {"observations": int(len(obs)), "off_observations": off_obs, "last": states, "off_samples": off,
             "changes": changes}
 
 
+_UNSET = object()
+
+
 def _deployments(df: pd.DataFrame) -> dict:
-    d = df[df["deployment_id"].notna()][["ts", "deployment_id"]]
-    seen, runs = {}, []
-    for ts, dep in zip(d["ts"], d["deployment_id"]):
-        if dep not in seen:
-            seen[dep] = {"id": dep, "first": _ts(ts), "last": _ts(ts), "samples": 0}
-        seen[dep]["last"] = _ts(ts)
-        seen[dep]["samples"] += 1
-        if not runs or runs[-1]["id"] != dep:
-            runs.append({"id": dep, "from": _ts(ts)})
+    d = df.loc[df["deployment_id"].notna(), ["ts", "deployment_id"]]
+    g = d.groupby("deployment_id", sort=False)["ts"].agg(["min", "max", "size"]).sort_values("min")
+    ids = [{"id": dep, "first": _ts(r["min"]), "last": _ts(r["max"]), "samples": int(r["size"])}
+           for dep, r in g.iterrows()]
+    change = (d["deployment_id"] != d["deployment_id"].shift()).to_numpy()
+    runs = [{"id": dep, "from": _ts(pd.Timestamp(ts))}
+            for ts, dep in zip(d["ts"].to_numpy()[change], d["deployment_id"].to_numpy()[change])]
     rollbacks = [
         {"ts": r["from"], "to": r["id"], "from": runs[i - 1]["id"]}
         for i, r in enumerate(runs) if i >= 2 and any(p["id"] == r["id"] for p in runs[: i - 1])
     ]
-    return {"ids": list(seen.values()), "sequence": runs, "changes": max(0, len(runs) - 1), "rollbacks": rollbacks}
+    return {"ids": ids, "sequence": runs, "changes": max(0, len(runs) - 1), "rollbacks": rollbacks}
 
 
 def _anomalies(df: pd.DataFrame) -> dict:
@@ -195,15 +203,10 @@ def _coverage(profile: Profile, df: pd.DataFrame, start: datetime, end: datetime
     longest = float(gaps[i]) if len(gaps) else 0.0
     down_s = float(np.clip(gaps - slack, 0, None).sum())
     # Service failing: the longest stretch in which every attempt failed.
-    failing = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()
-    run_s, best, run_start = 0.0, 0.0, None
-    for t, f in zip(ts, failing):
-        if f:
-            run_start = t if run_start is None else run_start
-            run_s = t - run_start
-            best = max(best, run_s)
-        else:
-            run_start = None
+    failing = df["outcome"].isin(ERROR_OUTCOMES).to_numpy().astype(np.int8)
+    edges_f = np.diff(np.concatenate([[0], failing, [0]]))
+    starts, ends = np.flatnonzero(edges_f == 1), np.flatnonzero(edges_f == -1) - 1
+    best = float((ts[ends] - ts[starts]).max()) if len(starts) else 0.0
     return {
         "expected": round(total_e, 1), "actual": int(len(df)), "ratio": None if ratio is None else round(ratio, 4),
         "per_probe": per_probe,

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -184,6 +185,46 @@ def write_samples(data_dir, rows: list[dict], name: str) -> list[Path]:
         write_parquet_atomic(rows_to_table(group), dest)
         out.append(dest)
     return out
+
+
+def write_tables(data_dir, tables, name: str) -> int:
+    """Stream Arrow tables (in time order) into one parquet file per UTC date, each written
+    under a temporary name and renamed when its date is complete; returns rows written."""
+    root = Path(data_dir)
+    open_day, writer, tmp, dest, total = None, None, None, None, 0
+
+    def finish():
+        writer.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+
+    try:
+        for table in tables:
+            days = pa.compute.strftime(table["ts"], format="%Y-%m-%d").to_pylist()
+            for day in dict.fromkeys(days):
+                part = table.filter(pa.array([d == day for d in days])) if len(set(days)) > 1 else table
+                if day != open_day:
+                    if writer is not None:
+                        finish()
+                    dest = root / "samples" / f"date={day}" / f"{name}.parquet"
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+                    writer = pq.ParquetWriter(tmp, SCHEMA, compression="zstd")
+                    open_day = day
+                writer.write_table(part)
+                total += part.num_rows
+        if writer is not None:
+            finish()
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+    return total
 
 
 def compact_segment(data_dir, seg: Path) -> tuple[int, int]:
