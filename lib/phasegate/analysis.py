@@ -21,8 +21,7 @@ from .store import read_samples, sha256
 from .window import Window, iso, utcnow
 
 COLUMNS = ["probe", "tenant", "status", "outcome", "error_code", "latency_ms", "health_status",
-           "handlers_loaded", "handlers_total", "item_count", "deployment_id", "flags",
-           "assertion_failures", "evidence", "simulated"]
+           "handlers_loaded", "handlers_total", "deployment_id", "flags", "simulated"]
 
 
 @dataclass
@@ -57,8 +56,8 @@ def probe_stats(df: pd.DataFrame) -> dict:
     pct = np.percentile(lat, [50, 95, 99]) if len(lat) else [None] * 3
     return {
         "samples": n,
-        "status_counts": {str(k): int(v) for k, v in sorted(status.value_counts().items())},
-        "outcome_counts": {str(k): int(v) for k, v in sorted(df["outcome"].value_counts().items())},
+        "status_counts": {str(k): int(v) for k, v in sorted(status.value_counts().items()) if v},
+        "outcome_counts": {str(k): int(v) for k, v in sorted(df["outcome"].value_counts().items()) if v},
         "errors": errors,
         "error_rate": errors / n if n else None,
         # FEATURE_DISABLED 503s are judged by their own criterion (and runbook scenario).
@@ -86,8 +85,13 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     observed_end = window.observed_end(now)
     if observed_end <= window.start:
         raise DataError(f"window starts in the future ({iso(window.start)}): nothing to analyse yet")
-    df = read_samples(data_dir, window.start, observed_end, columns=COLUMNS)
+    df = read_samples(data_dir, window.start, observed_end, columns=COLUMNS, categorical=True)
     df = df.sort_values("ts", kind="stable").reset_index(drop=True)
+    # The heavy columns are only needed on few rows: read those rows alone.
+    fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
+                         columns=["probe", "assertion_failures"]).sort_values("ts", kind="stable")
+    evid = read_samples(data_dir, window.start, observed_end, nonnull="evidence",
+                        columns=["probe", "status", "outcome", "error_code", "evidence"]).sort_values("ts", kind="stable")
     inputs = {
         "files": [{"path": str(f), "sha256": sha256(f)} for f in df.attrs.get("input_files", [])],
         "excluded": list(df.attrs.get("excluded", [])),
@@ -99,8 +103,8 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     return Analysis(
         window=window, observed_end=observed_end, now=now, probes=probes, overall=probe_stats(df),
         health=_health(profile, df), flags=_flags(df), deployments=_deployments(df),
-        anomalies=_anomalies(df), coverage=_coverage(profile, df, window.start, observed_end),
-        evidence=_evidence(df), inputs=inputs, timeline=timeline(df, bucket_s),
+        anomalies=_anomalies(fails), coverage=_coverage(profile, df, window.start, observed_end),
+        evidence=_evidence(evid), inputs=inputs, timeline=timeline(df, bucket_s),
         coverage_hourly=coverage_hourly(profile, df, window.start, observed_end), samples=df,
     )
 
@@ -165,8 +169,7 @@ def _deployments(df: pd.DataFrame) -> dict:
     return {"ids": ids, "sequence": runs, "changes": max(0, len(runs) - 1), "rollbacks": rollbacks}
 
 
-def _anomalies(df: pd.DataFrame) -> dict:
-    fails = df[df["outcome"] == "assertion_failed"]
+def _anomalies(fails: pd.DataFrame) -> dict:
     groups: dict[str, dict] = {}
     for ts, probe, msgs in zip(fails["ts"], fails["probe"], fails["assertion_failures"]):
         for msg in msgs if msgs is not None else ():
@@ -256,10 +259,9 @@ def coverage_hourly(profile: Profile, df: pd.DataFrame, start: datetime, end: da
     return pd.DataFrame(rows)
 
 
-def _evidence(df: pd.DataFrame) -> list:
+def _evidence(ev: pd.DataFrame) -> list:
     """Raw responses: the first failure of each kind, and one baseline per probe."""
     out, seen = [], set()
-    ev = df[df["evidence"].notna()]
     for ts, probe, outcome, status, code, raw in zip(ev["ts"], ev["probe"], ev["outcome"], ev["status"],
                                                       ev["error_code"], ev["evidence"]):
         kind = ("baseline", probe) if outcome == "ok" else ("failure", probe, outcome, None if pd.isna(status) else int(status),

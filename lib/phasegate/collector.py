@@ -33,6 +33,7 @@ class CollectStats:
     store_pending: int = 0
     store_dropped: int = 0
     store_error: str | None = None
+    lag_ms: list = field(default_factory=list)  # start of each probe minus its scheduled time (last 100k)
 
     @property
     def errors(self) -> int:
@@ -84,11 +85,15 @@ class Collector:
     def _interval(self, probe: Probe) -> float:
         return probe.interval_s or self.profile.target.interval_s
 
-    def _one(self, writer: SampleWriter, probe: Probe, tenant, keep_evidence: bool) -> None:
+    def _one(self, writer: SampleWriter, probe: Probe, tenant, keep_evidence: bool, due: float) -> None:
+        lag_ms = (time.monotonic() - due) * 1000.0
         row = run_probe(self.profile.target, probe, tenant=tenant, secrets=self.profile.secret_values(),
                         keep_evidence=keep_evidence, run_id=self.stats.run_id)
         writer.append(row)
         with self._lock:
+            if len(self.stats.lag_ms) >= 100_000:
+                del self.stats.lag_ms[:50_000]
+            self.stats.lag_ms.append(lag_ms)
             self.stats.samples += 1
             self.stats.by_outcome[row["outcome"]] += 1
             key = probe.name if tenant is None else f"{probe.name}[{tenant}]"
@@ -129,7 +134,7 @@ class Collector:
                         continue
                     heapq.heappop(heap)
                     probe, tenant = self.jobs[i]
-                    pool.submit(self._one, writer, probe, tenant, self._wants_evidence(probe, tenant, time.time()))
+                    pool.submit(self._one, writer, probe, tenant, self._wants_evidence(probe, tenant, time.time()), due)
                     interval = self._interval(probe)
                     nxt = due + interval
                     now = time.monotonic()

@@ -467,8 +467,10 @@ def list_files(data_dir, start: datetime | None = None, end: datetime | None = N
 
 
 def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=None,
-                 include_journal: bool = True):
-    """Samples with start <= ts < end as a DataFrame (ts tz-aware UTC).
+                 include_journal: bool = True, outcomes=None, nonnull: str | None = None,
+                 categorical: bool = False):
+    """Samples with start <= ts < end as a DataFrame (ts tz-aware UTC); `probes`, `outcomes` and
+    `nonnull` (a column that must be set) narrow the rows inside the parquet scan.
 
     `df.attrs["input_files"]` lists the files read, `df.attrs["excluded"]` the ones
     skipped with the reason (corrupt, unreadable) — never silently.
@@ -484,6 +486,10 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
     flt = (ds.field("ts") >= start_us) & (ds.field("ts") < end_us)
     if probes:
         flt = flt & ds.field("probe").isin(list(probes))
+    if outcomes:
+        flt = flt & ds.field("outcome").isin(list(outcomes))
+    if nonnull:
+        flt = flt & ds.field(nonnull).is_valid()
     excluded, good = [], []
     for f in list_files(root, start, end):
         try:
@@ -520,7 +526,8 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
             if dropped:
                 excluded.append({"file": str(seg), "reason": f"{dropped} unreadable journal bytes skipped"})
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table().select(cols)
-    df = table.to_pandas(types_mapper={pa.int32(): _int_dtype()}.get)
+    # Categoricals keep repeated strings (probe, outcome, tenant...) small and fast to group.
+    df = table.to_pandas(types_mapper={pa.int32(): _int_dtype()}.get, strings_to_categorical=categorical)
     df.attrs["input_files"] = inputs
     df.attrs["excluded"] = excluded
     for item in excluded:
