@@ -154,7 +154,7 @@ def test_too_few_execute_samples_is_inconclusive_not_pass(tmp_path):
     doc = signoff.run(SIM_PROFILE, data, PHASE, start=START.isoformat(), hours=1,
                       as_of=AFTER.isoformat()).doc
     assert crit(doc, "execute_p99")["passed"] is None
-    assert "at least 100 needed" in crit(doc, "execute_p99")["detail"]
+    assert "at least 299 needed for a 95% upper bound" in crit(doc, "execute_p99")["detail"]
 
 
 @pytest.mark.parametrize("args,message", [

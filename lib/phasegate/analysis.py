@@ -17,6 +17,7 @@ import pandas as pd
 from .errors import DataError
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
+from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_interval, quantile_upper_rank
 from .store import read_samples, sha256
 from .window import Window, iso, utcnow
 
@@ -38,22 +39,32 @@ class Analysis:
     coverage: dict
     evidence: list
     inputs: dict
+    quality: dict
+    baseline: dict | None
     timeline: pd.DataFrame = field(repr=False)
     coverage_hourly: pd.DataFrame = field(repr=False)
     samples: pd.DataFrame = field(repr=False)
+    baseline_samples: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def elapsed_s(self) -> float:
         return max(0.0, (self.observed_end - self.window.start).total_seconds())
 
 
-def probe_stats(df: pd.DataFrame) -> dict:
-    """samples, counts by status and outcome, errors, 5xx, FEATURE_DISABLED, latency percentiles."""
+def _latencies(df: pd.DataFrame) -> np.ndarray:
+    return df.loc[df["status"].notna(), "latency_ms"].dropna().to_numpy(dtype=float)
+
+
+def probe_stats(df: pd.DataFrame, confidence: float = 0.95) -> dict:
+    """samples, counts by status and outcome, errors, 5xx, FEATURE_DISABLED, latency percentiles
+    with distribution-free confidence intervals (None where n is too small for one)."""
     n = len(df)
     status = df["status"].dropna().astype("int64")
     errors = int(df["outcome"].isin(ERROR_OUTCOMES).sum())
-    lat = df.loc[df["status"].notna(), "latency_ms"].dropna().to_numpy(dtype=float)
+    lat = np.sort(_latencies(df))
     pct = np.percentile(lat, [50, 95, 99]) if len(lat) else [None] * 3
+    cis = {f"p{q}_ci_ms": _pair(quantile_interval(lat, q / 100, confidence)) for q in (50, 95, 99)}
+    up = quantile_upper_rank(len(lat), 0.99, confidence)
     return {
         "samples": n,
         "status_counts": {str(k): int(v) for k, v in sorted(status.value_counts().items()) if v},
@@ -68,7 +79,13 @@ def probe_stats(df: pd.DataFrame) -> dict:
         "latency_n": int(len(lat)),
         "p50_ms": _f(pct[0]), "p95_ms": _f(pct[1]), "p99_ms": _f(pct[2]),
         "max_ms": _f(lat.max()) if len(lat) else None,
+        **cis,
+        "p99_upper_ms": None if up is None else _f(lat[up - 1]),
     }
+
+
+def _pair(ci):
+    return None if ci is None else [_f(ci[0]), _f(ci[1])]
 
 
 def _f(x):
@@ -80,7 +97,9 @@ def _ts(x) -> str | None:
 
 
 def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = None,
-            bucket_s: float = 300.0) -> Analysis:
+            bucket_s: float = 300.0, baseline: tuple | None = None) -> Analysis:
+    """`baseline`: (data_dir, Window) of the control (yachts without the flags, or the previous
+    phase's window) to compare the canary against."""
     now = now or utcnow()
     observed_end = window.observed_end(now)
     if observed_end <= window.start:
@@ -99,14 +118,57 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     if df.empty:
         raise DataError(f"no samples in {data_dir} between {iso(window.start)} and {iso(observed_end)}"
                         + (f" ({len(inputs['excluded'])} file(s) excluded as unreadable)" if inputs["excluded"] else ""))
-    probes = {name: probe_stats(g) for name, g in df.groupby("probe", sort=True)}
+    conf = profile.criteria.confidence
+    probes = {name: probe_stats(g, conf) for name, g in df.groupby("probe", sort=True, observed=True)}
+    hourly = coverage_hourly(profile, df, window.start, observed_end)
+    base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
+                                                         columns=["probe", "status", "outcome", "latency_ms"])
     return Analysis(
-        window=window, observed_end=observed_end, now=now, probes=probes, overall=probe_stats(df),
+        window=window, observed_end=observed_end, now=now, probes=probes, overall=probe_stats(df, conf),
         health=_health(profile, df), flags=_flags(df), deployments=_deployments(df),
         anomalies=_anomalies(fails), coverage=_coverage(profile, df, window.start, observed_end),
-        evidence=_evidence(evid), inputs=inputs, timeline=timeline(df, bucket_s),
-        coverage_hourly=coverage_hourly(profile, df, window.start, observed_end), samples=df,
+        evidence=_evidence(evid), inputs=inputs, quality=_quality(df, hourly),
+        baseline=None if base_df is None else compare(df, base_df),
+        timeline=timeline(df, bucket_s), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
     )
+
+
+def _quality(df: pd.DataFrame, hourly: pd.DataFrame) -> dict:
+    """Thin hours (under half the expected samples) and flapping (ok/failed alternating) per probe."""
+    full = hourly[hourly["expected"] >= 1]
+    thin = full[full["actual"] < 0.5 * full["expected"]].groupby("probe").size()
+    out = {}
+    for (probe, _tenant), g in df.groupby(["probe", "tenant"], sort=True, observed=True, dropna=False):
+        bad = g["outcome"].isin(ERROR_OUTCOMES).to_numpy()
+        flips = int((bad[1:] != bad[:-1]).sum())
+        q = out.setdefault(probe, {"thin_hours": int(thin.get(probe, 0)), "transitions": 0, "failures": 0})
+        q["transitions"] += flips
+        q["failures"] += int(bad.sum())
+    for q in out.values():
+        # Flapping: failures come and go one at a time rather than in bursts.
+        q["flapping"] = q["transitions"] >= 10 and q["transitions"] >= q["failures"]
+    return out
+
+
+def compare(canary: pd.DataFrame, base: pd.DataFrame) -> dict:
+    """Per probe: Mann-Whitney U on latency, Hodges-Lehmann shift, p99 ratio, Fisher on errors."""
+    out = {}
+    for probe in sorted(set(canary["probe"]) & set(base["probe"])):
+        c, b = canary[canary["probe"] == probe], base[base["probe"] == probe]
+        x, y = _latencies(c), _latencies(b)
+        kc, kb = int(c["outcome"].isin(ERROR_OUTCOMES).sum()), int(b["outcome"].isin(ERROR_OUTCOMES).sum())
+        if len(x) < 2 or len(y) < 2:
+            continue
+        _u, p_lat = mann_whitney_greater(x, y)
+        shift = hodges_lehmann(x, y)
+        out[probe] = {
+            "n_canary": int(len(c)), "n_base": int(len(b)),
+            "median_canary_ms": _f(np.median(x)), "median_base_ms": _f(np.median(y)),
+            "hl_shift_ms": _f(shift), "rel_shift": round(shift / float(np.median(y)), 4) if np.median(y) else 0.0,
+            "p_latency": p_lat, "p99_ratio": round(float(np.percentile(x, 99) / np.percentile(y, 99)), 4),
+            "err_canary": kc / len(c), "err_base": kb / len(b), "p_errors": fisher_greater(kc, len(c), kb, len(b)),
+        }
+    return {"probes": out}
 
 
 def _health(profile: Profile, df: pd.DataFrame) -> dict:

@@ -114,13 +114,18 @@ def check(profile_path, data_dir, base_url):
 @click.option("--formats", default="html,pdf", show_default=True, help="Exports besides the notebook and JSON.")
 @click.option("--bucket", default="5m", show_default=True, help="Timeline bucket size.")
 @click.option("--as-of", help="Evaluate as if it were this time (re-run a recorded report exactly).")
+@click.option("--baseline-data", help="Data dir of the baseline (control yachts, or the previous phase).")
+@click.option("--baseline-start", help="Baseline window start (default: the same window).")
+@click.option("--baseline-end", help="Baseline window end (default: start + the window's length).")
 @_guard
-def report(profile_path, data_dir, phase, start, end, hours, out_root, formats, bucket, as_of):
+def report(profile_path, data_dir, phase, start, end, hours, out_root, formats, bucket, as_of,
+           baseline_data, baseline_start, baseline_end):
     """Run the sign-off notebook; exit 0 GO, 10 NO-GO, 11 REVIEW, 12 PENDING, 13 INCONCLUSIVE."""
     from .report import EXIT_CODES, make_report
 
     result = make_report(profile_path=profile_path, data_dir=data_dir, phase=phase, start=start, end=end,
-                         hours=hours, out_root=out_root, formats=formats, bucket=bucket, as_of=as_of)
+                         hours=hours, out_root=out_root, formats=formats, bucket=bucket, as_of=as_of,
+                         baseline=(baseline_data, baseline_start, baseline_end))
     click.echo(result.summary)
     sys.exit(EXIT_CODES[result.verdict])
 

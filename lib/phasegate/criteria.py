@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from .analysis import Analysis
 from .profile import Criterion, Profile
+from .stats import n_for_quantile, n_for_rate, rate_upper
 from .window import format_duration, iso
 
 VERDICTS = ("GO", "NO-GO", "REVIEW", "PENDING", "INCONCLUSIVE")
@@ -27,6 +28,9 @@ class CriterionResult:
     n: int | None = None
     unit: str = ""
     runbook: dict | None = None
+    bound: float | None = None  # one-sided upper confidence bound of `measured`
+    interval: list | None = None  # two-sided confidence interval of `measured`
+    dry_run: bool = False
 
 
 @dataclass
@@ -53,7 +57,10 @@ def _no_5xx(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     where = ", ".join(f"{name} {s['http_5xx']}" for name, s in a.probes.items() if s["http_5xx"])
     detail = f"{n5} of {n} samples answered 5xx (503 FEATURE_DISABLED is judged separately)" + \
         (f": {where}" if where else "")
-    return CriterionResult(c.id, c.kind, n5 <= c.threshold, n5, c.threshold, detail, n=n)
+    ub = rate_upper(n5, n, p.criteria.confidence)
+    if ub is not None:
+        detail += f"; 5xx rate ≤ {ub:.4%} at {p.criteria.confidence:.0%} confidence"
+    return CriterionResult(c.id, c.kind, n5 <= c.threshold, n5, c.threshold, detail, n=n, bound=ub)
 
 
 def _no_feature_disabled(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
@@ -73,7 +80,8 @@ def _no_feature_disabled(c: Criterion, a: Analysis, p: Profile) -> CriterionResu
         passed = None
     else:
         passed = True
-    return CriterionResult(c.id, c.kind, passed, measured, c.threshold, "; ".join(parts), n=n)
+    ub = rate_upper(fd, n, p.criteria.confidence)
+    return CriterionResult(c.id, c.kind, passed, measured, c.threshold, "; ".join(parts), n=n, bound=ub)
 
 
 def _no_rollback(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
@@ -105,25 +113,71 @@ def _service_healthy(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
 
 def _execute_p99(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     s = a.probes.get(c.probe or "")
+    conf = p.criteria.confidence
     if not s or s["p99_ms"] is None:
         return CriterionResult(c.id, c.kind, None, None, c.threshold, f"no answered samples of probe {c.probe}",
                                n=0, unit="ms")
-    n, p99 = s["latency_n"], s["p99_ms"]
-    if n < c.min_samples:
+    n, p99, ub = s["latency_n"], s["p99_ms"], s.get("p99_upper_ms")
+    need = max(c.min_samples, n_for_quantile(0.99, conf))
+    base = dict(n=n, unit="ms", bound=ub, interval=s.get("p99_ci_ms"))
+    if p99 >= c.threshold:
+        return CriterionResult(c.id, c.kind, False, p99, c.threshold,
+                               f"P99 {p99 / 1000:.3f} s over {n} answered {c.probe} samples (max {s['max_ms'] / 1000:.3f} s)",
+                               **base)
+    if n < need or ub is None:
         return CriterionResult(c.id, c.kind, None, p99, c.threshold,
-                               f"P99 of {c.probe} from {n} samples; at least {c.min_samples} needed", n=n, unit="ms")
-    return CriterionResult(c.id, c.kind, p99 < c.threshold, p99, c.threshold,
-                           f"P99 {p99 / 1000:.3f} s over {n} answered {c.probe} samples (max {s['max_ms'] / 1000:.3f} s)",
-                           n=n, unit="ms")
+                               f"P99 of {c.probe} from {n} samples; at least {need} needed for a "
+                               f"{conf:.0%} upper bound (never a pass on the maximum of {n})", **base)
+    if p.criteria.rate_mode == "bound" and ub >= c.threshold:
+        return CriterionResult(c.id, c.kind, None, p99, c.threshold,
+                               f"P99 {p99 / 1000:.3f} s but its {conf:.0%} upper bound {ub / 1000:.3f} s is not below "
+                               f"{c.threshold / 1000:g} s over {n} samples", **base)
+    return CriterionResult(c.id, c.kind, True, p99, c.threshold,
+                           f"P99 {p99 / 1000:.3f} s (≤ {ub / 1000:.3f} s at {conf:.0%}) over {n} answered {c.probe} "
+                           f"samples (max {s['max_ms'] / 1000:.3f} s)", **base)
 
 
 def _error_rate(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     o = a.overall
-    rate = o["error_rate"]
-    kinds = ", ".join(f"{k} {v}" for k, v in o["outcome_counts"].items() if k not in ("ok", "assertion_failed"))
-    detail = f"{o['errors']} errors in {o['samples']} samples = {rate:.4%}" + (f" ({kinds})" if kinds else "")
-    return CriterionResult(c.id, c.kind, rate < c.threshold, round(rate, 6), c.threshold, detail, n=o["samples"],
-                           unit="ratio")
+    k, n, rate = o["errors"], o["samples"], o["error_rate"]
+    conf = p.criteria.confidence
+    ub = rate_upper(k, n, conf)
+    kinds = ", ".join(f"{name} {v}" for name, v in o["outcome_counts"].items() if name not in ("ok", "assertion_failed"))
+    detail = (f"{k} errors in {n} samples = {rate:.4%}; upper bound {ub:.4%} at {conf:.0%}"
+              + (f" ({kinds})" if kinds else ""))
+    flaky = [name for name, q in a.quality.items() if q["flapping"]]
+    if flaky:
+        detail += f"; flapping: {', '.join(flaky)}"
+    if rate >= c.threshold:
+        passed = False
+    elif p.criteria.rate_mode == "observed" or ub < c.threshold:
+        passed = True
+    else:
+        passed = None
+        need = n_for_rate(k, c.threshold, conf)
+        detail += (f"; the bound is not below {c.threshold:.2%}: n ≥ {need} needed"
+                   f" ({need - n} more clean samples)" if need else "; no sample count can settle it")
+    return CriterionResult(c.id, c.kind, passed, round(rate, 6), c.threshold, detail, n=n, unit="ratio", bound=ub)
+
+
+def _no_regression(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    """Canary against baseline: a significant slowdown or error increase beyond the allowance fails."""
+    alpha = 1.0 - p.criteria.confidence
+    worse, lines, n = [], [], 0
+    for probe, cmp in a.baseline["probes"].items():
+        n += cmp["n_canary"]
+        lat_bad = cmp["p_latency"] is not None and cmp["p_latency"] < alpha and cmp["rel_shift"] > c.threshold
+        err_bad = cmp["p_errors"] is not None and cmp["p_errors"] < alpha and \
+            cmp["err_canary"] > cmp["err_base"] + c.threshold * max(cmp["err_base"], 0.001)
+        if lat_bad or err_bad:
+            worse.append(probe)
+        lines.append(f"{probe}: median shift {cmp['hl_shift_ms']:+.1f} ms ({cmp['rel_shift']:+.1%}), "
+                     f"p={cmp['p_latency']:.3g}, p99 ×{cmp['p99_ratio']:.2f}, errors {cmp['err_canary']:.3%} vs "
+                     f"{cmp['err_base']:.3%} (p={cmp['p_errors']:.3g})")
+    measured = max((cmp["rel_shift"] for cmp in a.baseline["probes"].values()), default=None)
+    detail = ("regressed: " + ", ".join(worse) + " — " if worse else "") + "; ".join(lines)
+    return CriterionResult(c.id, c.kind, not worse if a.baseline["probes"] else None,
+                           None if measured is None else round(measured, 4), c.threshold, detail, n=n, unit="ratio")
 
 
 def _no_anomalies(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
@@ -142,16 +196,17 @@ def _no_anomalies(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
 EVALUATORS = {
     "window_complete": _window_complete, "no_5xx": _no_5xx, "no_feature_disabled": _no_feature_disabled,
     "no_rollback": _no_rollback, "service_healthy": _service_healthy, "execute_p99": _execute_p99,
-    "error_rate": _error_rate, "no_anomalies": _no_anomalies,
+    "error_rate": _error_rate, "no_anomalies": _no_anomalies, "no_regression": _no_regression,
 }
 
 
 def evaluate(profile: Profile, a: Analysis) -> Decision:
     results = []
     for c in profile.criteria.items:
-        if not c.enabled:
+        if not c.enabled or (c.id == "no_regression" and a.baseline is None):
             continue
         r = EVALUATORS[c.id](c, a, profile)
+        r.dry_run = c.dry_run
         if r.passed is False and c.runbook and c.runbook in profile.runbook:
             step = profile.runbook[c.runbook]
             r.runbook = {"id": step.id, "title": step.title, "steps": list(step.steps)}
@@ -161,7 +216,9 @@ def evaluate(profile: Profile, a: Analysis) -> Decision:
 
 
 def decide(results: list[CriterionResult], a: Analysis) -> tuple[str, str]:
-    """The verdict, by PRODUCT.md's rules, and one sentence saying why."""
+    """The verdict, by PRODUCT.md's rules, and one sentence saying why. Dry-run criteria are shown
+    in the report but never move the verdict."""
+    results = [r for r in results if not r.dry_run]
     hard_failed = [r.id for r in results if r.kind == "hard" and r.passed is False and r.id != "window_complete"]
     if hard_failed:
         return "NO-GO", f"hard requirement(s) failed: {', '.join(hard_failed)}"

@@ -138,3 +138,19 @@ def state_timeline(a: Analysis):
     _fmt(ax, a)
     fig.tight_layout()
     return fig
+
+
+def ecdf_canary_vs_baseline(a: Analysis, probe: str):
+    """Both latency distributions of one probe, as empirical CDFs on a log scale."""
+    fig, ax = _figure(10, 2.8)
+    for label, df in (("canary", a.samples), ("baseline", a.baseline_samples)):
+        x = np.sort(df.loc[(df["probe"] == probe) & df["status"].notna(), "latency_ms"].to_numpy(dtype=float))
+        if len(x):
+            ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=f"{label} (n={len(x):,})")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("share of samples ≤ x")
+    ax.set_title(f"Latency of {probe}: canary vs baseline (ECDF)")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return fig

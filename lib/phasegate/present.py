@@ -66,20 +66,51 @@ def criteria_table(doc: dict) -> str:
     rows = []
     for c in doc["criteria"]:
         unit = c.get("unit", "")
-        rows.append([escape(c["id"]), c["kind"], _state(c["passed"]), _num(c["measured"], unit),
+        unc = "–"
+        if c.get("bound") is not None:
+            unc = "≤ " + _num(c["bound"], unit)
+        if c.get("interval"):
+            unc += f" (CI {_num(c['interval'][0], unit)} – {_num(c['interval'][1], unit)})"
+        kind = c["kind"] + (" <b>dry-run</b>" if c.get("dry_run") else "")
+        rows.append([escape(c["id"]), kind, _state(c["passed"]), _num(c["measured"], unit), unc,
                      _num(c["threshold"], unit), "–" if c.get("n") is None else f"{c['n']:,}", escape(c["detail"])])
-    return _table(["criterion", "kind", "result", "measured", "threshold", "n", "detail"], rows)
+    note = (f'<div class="pg"><p>Upper bounds are one-sided at {doc["parameters"]["confidence"]:.0%} confidence '
+            f'(rates: Clopper-Pearson; percentiles: order statistics); a rate or P99 passes only when its bound is '
+            f'below the threshold (mode: {doc["parameters"]["rate_mode"]}). Dry-run criteria never move the verdict.</p></div>')
+    return _table(["criterion", "kind", "result", "measured", "upper bound", "threshold", "n", "detail"], rows) + note
 
 
 def probe_table(doc: dict) -> str:
     rows = []
     for name, s in [*doc["probes"].items(), ("ALL", doc["overall"])]:
         codes = ", ".join(f"{k}×{v}" for k, v in s["status_counts"].items())
+        ci = s.get("p99_ci_ms")
         rows.append([f"<b>{escape(name)}</b>", f"{s['samples']:,}", escape(codes), f"{s['errors']:,}",
                      _num(s["error_rate"], "ratio"), f"{s['http_5xx']:,}", f"{s['feature_disabled']:,}",
-                     _num(s["p50_ms"]), _num(s["p95_ms"]), _num(s["p99_ms"]), _num(s["max_ms"])])
+                     _num(s["p50_ms"]), _num(s["p95_ms"]), _num(s["p99_ms"]),
+                     "n too small" if ci is None else f"{_num(ci[0])} – {_num(ci[1])}", _num(s["max_ms"])])
     return _table(["probe", "samples", "status codes", "errors", "error rate", "5xx", "503 FEATURE_ DISABLED",
-                   "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)
+                   "p50 ms", "p95 ms", "p99 ms", "p99 95% CI", "max ms"], rows)
+
+
+def quality_table(doc: dict) -> str:
+    rows = [[escape(p), f"{q['thin_hours']:,}", f"{q['transitions']:,}", f"{q['failures']:,}",
+             '<span class="fail">FLAPPING</span>' if q["flapping"] else "no"] for p, q in doc["quality"].items()]
+    return _table(["probe", "thin hours (< 50 % of expected samples)", "ok/failed transitions", "failures",
+                   "flapping"], rows)
+
+
+def baseline_table(doc: dict) -> str:
+    if not doc.get("baseline"):
+        return '<div class="pg"><p>No baseline was given: canary-vs-baseline comparison not run.</p></div>'
+    rows = []
+    for p, c in doc["baseline"]["probes"].items():
+        rows.append([escape(p), f"{c['n_canary']:,} / {c['n_base']:,}", f"{c['median_canary_ms']:.1f} / {c['median_base_ms']:.1f}",
+                     f"{c['hl_shift_ms']:+.1f} ({c['rel_shift']:+.1%})", f"{c['p_latency']:.3g}", f"{c['p99_ratio']:.2f}",
+                     f"{c['err_canary']:.3%} / {c['err_base']:.3%}", f"{c['p_errors']:.3g}"])
+    return _table(["probe", "n canary / baseline", "median ms canary / baseline", "Hodges-Lehmann shift ms",
+                   "Mann-Whitney p (canary slower)", "p99 ratio", "error rate canary / baseline",
+                   "Fisher p (canary worse)"], rows)
 
 
 def coverage_text(doc: dict) -> str:

@@ -28,9 +28,11 @@ CRITERIA_IDS = (
     "execute_p99",
     "error_rate",
     "no_anomalies",
+    "no_regression",
 )
 _HARD = {"window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy"}
-_THRESHOLDS = {"no_5xx": 0.0, "no_feature_disabled": 0.0, "execute_p99": 10000.0, "error_rate": 0.01}
+_THRESHOLDS = {"no_5xx": 0.0, "no_feature_disabled": 0.0, "execute_p99": 10000.0, "error_rate": 0.01,
+               "no_regression": 0.10}
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 
 
@@ -95,6 +97,7 @@ class Criterion:
     runbook: str | None = None
     probe: str | None = None
     min_samples: int = 0
+    dry_run: bool = False  # evaluated and shown, never moves the verdict
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ class RunbookStep:
 @dataclass(frozen=True)
 class Criteria:
     duration_s: float = 86400.0
+    confidence: float = 0.95
+    rate_mode: str = "bound"  # "bound": a rate passes when its upper bound is below the threshold
     min_coverage: float = 0.9
     max_gap_s: float = 1800.0
     items: tuple[Criterion, ...] = ()
@@ -366,6 +371,12 @@ def _criteria(src, table, probe_names: set, runbook_ids: set) -> Criteria:
     if not 0 <= min_cov <= 1:
         r.fail("criteria.min_coverage", f"must be between 0 and 1, got {min_cov!r}")
     max_gap = r.duration("max_gap", 1800.0)
+    confidence = r.take("confidence", (float,), 0.95)
+    if not 0.5 <= confidence < 1:
+        r.fail("criteria.confidence", f"must be in [0.5, 1), got {confidence!r}")
+    rate_mode = r.take("rate_mode", (str,), "bound")
+    if rate_mode not in ("bound", "observed"):
+        r.fail("criteria.rate_mode", f"must be bound or observed, got {rate_mode!r}")
     items = []
     for cid in CRITERIA_IDS:
         cr = _Reader(src, r.take(cid, (dict,), {}), f"criteria.{cid}")
@@ -387,8 +398,10 @@ def _criteria(src, table, probe_names: set, runbook_ids: set) -> Criteria:
             id=cid, kind=kind, threshold=None if threshold is None else float(threshold),
             enabled=cr.take("enabled", (bool,), True), runbook=runbook, probe=probe,
             min_samples=cr.take("min_samples", (int,), 100 if cid == "execute_p99" else 0),
+            dry_run=cr.take("dry_run", (bool,), False),
         ))
         cr.done()
     r.done()
-    return Criteria(duration_s=duration, min_coverage=float(min_cov), max_gap_s=max_gap, items=tuple(items))
+    return Criteria(duration_s=duration, min_coverage=float(min_cov), max_gap_s=max_gap, confidence=confidence,
+                    rate_mode=rate_mode, items=tuple(items))
 

@@ -44,7 +44,8 @@ class ReportResult:
 
 
 def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_root="reports",
-                formats="html,pdf", bucket="5m", notebook=NOTEBOOK, as_of=None) -> ReportResult:
+                formats="html,pdf", bucket="5m", notebook=NOTEBOOK, as_of=None,
+                baseline=(None, None, None)) -> ReportResult:
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
     bad = [f for f in wanted if f not in FORMATS]
     if bad:
@@ -65,7 +66,11 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         "profile": str(Path(profile_path).resolve()), "data_dir": str(Path(data_dir).resolve()),
         "phase": phase, "start": window.start.isoformat(), "end": window.end.isoformat(), "hours": "",
         "out_dir": str(folder.resolve()), "bucket": bucket, "as_of": now.isoformat(),
+        "baseline_data": str(Path(baseline[0]).resolve()) if baseline[0] else "",
+        "baseline_start": baseline[1] or "", "baseline_end": baseline[2] or "",
     }
+    if baseline[0] and not Path(baseline[0]).is_dir():
+        raise DataError(f"baseline data dir does not exist: {baseline[0]}")
     for key, value in params.items():  # papermill writes parameters into the notebook
         if redact_text(value) != value:
             raise ReportError(f"parameter {key} looks like it holds a secret; refusing to write it into the notebook")

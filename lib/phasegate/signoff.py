@@ -68,7 +68,7 @@ def window_of(profile: Profile, start=None, end=None, hours=None, now=None) -> W
 
 
 def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir=None, bucket="5m",
-        as_of=None) -> Signoff:
+        as_of=None, baseline_data=None, baseline_start=None, baseline_end=None) -> Signoff:
     """Analyse the window, evaluate the criteria, and write `signoff.json` into out_dir."""
     profile_file = find_path(profile_path)
     profile = load_profile(profile_file)
@@ -78,9 +78,21 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
     data = find_path(data_dir)
     if not data.is_dir():
         raise DataError(f"data dir does not exist: {data_dir}")
-    analysis = analyze(profile, data, window, now=now, bucket_s=parse_duration(bucket))
+    baseline = None
+    if baseline_data not in (None, ""):
+        bdir = find_path(baseline_data)
+        if not bdir.is_dir():
+            raise DataError(f"baseline data dir does not exist: {baseline_data}")
+        bwin = window if baseline_start in (None, "") else Window.from_args(
+            baseline_start, end=baseline_end if baseline_end not in (None, "") else None,
+            duration=None if baseline_end not in (None, "") else window.duration_s)
+        baseline = (bdir, bwin)
+    analysis = analyze(profile, data, window, now=now, bucket_s=parse_duration(bucket), baseline=baseline)
     decision = evaluate(profile, analysis)
     doc = build_doc(profile, profile_file, data, phase, analysis, decision, bucket)
+    if baseline is not None:
+        doc["rerun"] += f" --baseline-data {baseline[0]} --baseline-start {iso(baseline[1].start)} " \
+                        f"--baseline-end {iso(baseline[1].end)}"
     path = None
     if out_dir not in (None, ""):
         path = Path(out_dir) / "signoff.json"
@@ -115,9 +127,12 @@ def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: A
         "deployments": a.deployments,
         "anomalies": a.anomalies,
         "evidence": a.evidence,
+        "quality": a.quality,
+        "baseline": a.baseline,
         "simulated_samples": int(a.samples["simulated"].fillna(False).astype(bool).sum()),
         "inputs": {"data_dir": str(data), **a.inputs},
-        "parameters": {"bucket": bucket},
+        "parameters": {"bucket": bucket, "confidence": profile.criteria.confidence,
+                       "rate_mode": profile.criteria.rate_mode},
         # What a reviewer runs to reproduce this document from the same inputs.
         "rerun": (f"phasegate report --profile {profile_file} --data {data} --phase {phase} "
                   f"--start {iso(a.window.start)} --end {iso(a.window.end)} --bucket {bucket} --as-of {iso(a.now)}"),

@@ -40,7 +40,7 @@ FIRST_DEPLOY, NEXT_DEPLOY = "dep-d5t1t6ngi27c73cllsr0", "dep-d6a2k8pqr31c73abcd1
 LATENCY = {"health": (12.0, 0.3), "list": (35.0, 0.35), "suggestions": (55.0, 0.4),
            "execute": (250.0, 0.5), "other": (5.0, 0.2)}
 TRANSPORT_FAULTS = ("hang", "reset", "slow_drip", "oversized")
-FAULT_KINDS = ("server_error", "flags_off", "handler_loss", "deploy", "slow_execute", "count_drift",
+FAULT_KINDS = ("server_error", "latency_scale", "flags_off", "handler_loss", "deploy", "slow_execute", "count_drift",
                "signed_leak", "malformed_json", "echo_auth", "outage", *TRANSPORT_FAULTS)
 
 
@@ -118,6 +118,8 @@ class Model:
                 return SimResponse(None, b"", out_headers, latency, transport=kind, faults=names)
         if "outage" in kinds:
             return SimResponse(None, b"", out_headers, 0.0, transport="outage", faults=names)
+        if "latency_scale" in kinds:  # e.g. a canary 30 % slower than its baseline
+            latency *= kinds["latency_scale"].params.get("factor", 1.3)
         if "slow_execute" in kinds and endpoint == "execute":
             lo, hi = kinds["slow_execute"].params.get("latency_s", (12.0, 15.0))
             latency = lo + (hi - lo) * jitter
@@ -198,7 +200,7 @@ def load_schedule(path) -> list[Fault]:
     if extra:
         raise ScenarioError(f"{path}: {sorted(extra)[0]}: unknown key")
     faults = []
-    allowed = {"kind", "at", "for", "every", "burst", "rate", "count", "probes", "deployment", "latency_s"}
+    allowed = {"kind", "at", "for", "every", "burst", "rate", "count", "probes", "deployment", "latency_s", "factor"}
     for i, t in enumerate(raw.get("fault", [])):
         where = f"{path}: fault[{i}]"
         if not isinstance(t, dict):
@@ -223,6 +225,8 @@ def load_schedule(path) -> list[Fault]:
             params["deployment"] = str(t["deployment"])
         if "latency_s" in t:
             params["latency_s"] = tuple(t["latency_s"])
+        if "factor" in t:
+            params["factor"] = float(t["factor"])
         faults.append(Fault(kind, start_s=start, end_s=None if length is None else start + length,
                             every_s=every, rate=float(rate), count=t.get("count"),
                             probes=tuple(t.get("probes", ())), params=params))

@@ -1,0 +1,153 @@
+"""Issue 7: bounds and intervals against scipy and published values; verdicts that never claim
+more than the data supports; canary vs baseline on histories with known ground truth."""
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from phasegate import signoff
+from phasegate.profile import load_profile
+from phasegate.simulator import Fault, history
+from phasegate.stats import (fisher_greater, hodges_lehmann, mann_whitney_greater, n_for_quantile, n_for_rate,
+                             quantile_interval, quantile_upper_rank, rate_upper)
+
+from conftest import SIM_PROFILE, write_profile
+from test_report import AFTER, END, H, PHASE, START, crit, failed, make, run
+
+
+def test_rule_of_three_and_299():
+    assert rate_upper(0, 299) < 0.01 <= rate_upper(0, 298)
+    assert rate_upper(0, 299) == pytest.approx(1 - 0.05 ** (1 / 299))
+    assert n_for_rate(0, 0.01) == 299
+    assert rate_upper(0, 100) == pytest.approx(0.0295, abs=1e-4)  # ~3/n
+
+
+@pytest.mark.parametrize("k,n", [(1, 10), (3, 100), (10, 1000), (50, 60), (0, 7)])
+def test_clopper_pearson_matches_scipy_beta(k, n):
+    expected = 1 - 0.05 ** (1 / n) if k == 0 else sps.beta.ppf(0.95, k + 1, n - k)
+    assert rate_upper(k, n) == pytest.approx(expected, rel=1e-9)
+    assert rate_upper(k, n) == pytest.approx(sps.binomtest(k, n, alternative="less").proportion_ci(0.95).high, rel=1e-9)
+
+
+def test_quantile_intervals_from_order_statistics():
+    rng = np.random.default_rng(1)
+    x = np.sort(rng.lognormal(5, 0.5, 2000))
+    lo, hi = quantile_interval(x, 0.99)
+    assert lo <= np.percentile(x, 99) <= hi
+    # The ranks are binomial quantiles: the same as computing them from scipy directly.
+    assert lo == x[int(sps.binom.ppf(0.025, 2000, 0.99)) - 1]
+    assert hi == x[int(sps.binom.ppf(0.975, 2000, 0.99))]
+    assert quantile_interval(x[:40], 0.99) is None  # never an interval from the maximum of 40
+    assert quantile_upper_rank(298, 0.99) is None and quantile_upper_rank(299, 0.99) == 299
+    assert n_for_quantile(0.99) == 299
+    # Coverage: over many samples the interval holds the true quantile about 95 % of the time.
+    true_q = np.exp(5 + 0.5 * sps.norm.ppf(0.99))
+    hits = sum(lo <= true_q <= hi for lo, hi in
+               (quantile_interval(np.sort(rng.lognormal(5, 0.5, 1000)), 0.99) for _ in range(300)))
+    assert 0.90 <= hits / 300 <= 0.995
+
+
+@pytest.mark.parametrize("shift,ties", [(0.0, False), (0.3, False), (-0.2, False), (0.1, True)])
+def test_mann_whitney_matches_scipy(shift, ties):
+    rng = np.random.default_rng(2)
+    x = rng.lognormal(5 + shift, 0.5, 400)
+    y = rng.lognormal(5, 0.5, 500)
+    if ties:
+        x, y = np.round(x, -1), np.round(y, -1)
+    u, p = mann_whitney_greater(x, y)
+    ref = sps.mannwhitneyu(x, y, alternative="greater", method="asymptotic", use_continuity=True)
+    assert u == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_hodges_lehmann_and_fisher():
+    x = np.array([1.0, 2.0, 3.0])
+    y = np.array([0.0, 1.0])
+    assert hodges_lehmann(x, y) == np.median([1, 0, 2, 1, 3, 2])
+    assert fisher_greater(10, 100, 1, 100) == pytest.approx(
+        sps.fisher_exact([[10, 90], [1, 99]], alternative="greater")[1])
+
+
+def _baseline_pair(tmp_path, factor):
+    base = tmp_path / "baseline"
+    canary = tmp_path / "canary"
+    prof = load_profile(SIM_PROFILE)
+    history(prof, [], START.timestamp(), END.timestamp(), base, seed=21)
+    faults = [Fault("latency_scale", probes=("execute",), params={"factor": factor})] if factor != 1.0 else []
+    history(prof, faults, START.timestamp(), END.timestamp(), canary, seed=22)
+    return canary, base
+
+
+def test_canary_30_percent_slower_is_review_on_no_regression(tmp_path):
+    canary, base = _baseline_pair(tmp_path, 1.3)
+    doc = run(canary, baseline_data=str(base)).doc
+    assert doc["verdict"] == "REVIEW", doc["reason"]
+    assert failed(doc) == ["no_regression"]
+    c = doc["baseline"]["probes"]["execute"]
+    assert 0.2 < c["rel_shift"] < 0.4 and c["p_latency"] < 1e-6
+    assert "regressed: execute" in crit(doc, "no_regression")["detail"]
+
+
+def test_identical_distributions_pass_no_regression(tmp_path):
+    canary, base = _baseline_pair(tmp_path, 1.0)
+    doc = run(canary, baseline_data=str(base)).doc
+    assert crit(doc, "no_regression")["passed"] is True
+    assert doc["verdict"] == "GO"
+
+
+def test_faster_canary_is_not_punished(tmp_path):
+    canary, base = _baseline_pair(tmp_path, 0.7)
+    doc = run(canary, baseline_data=str(base)).doc
+    assert crit(doc, "no_regression")["passed"] is True
+    assert doc["baseline"]["probes"]["execute"]["rel_shift"] < -0.2
+
+
+def test_two_hours_240_clean_samples_error_rate_inconclusive(tmp_path):
+    prof = write_profile(tmp_path, f'''
+extends = "{SIM_PROFILE}"
+[target]
+name = "thin"
+interval = "30s"
+timeout = "10s"
+[criteria]
+duration = "2h"
+''')
+    p = load_profile(prof)
+    one = [pr for pr in p.probes if pr.name == "health"]
+    import dataclasses
+    p = dataclasses.replace(p, probes=tuple(one))
+    data = tmp_path / "data"
+    history(p, [], START.timestamp(), START.timestamp() + 2 * H, data, seed=3)
+    doc = signoff.run(prof, data, PHASE, start=START.isoformat(), hours=2,
+                      as_of=(START + timedelta(hours=2, minutes=1)).isoformat()).doc
+    c = crit(doc, "error_rate")
+    assert c["n"] == 240 and c["measured"] == 0
+    assert c["passed"] is None
+    assert "n ≥ 299 needed (59 more clean samples)" in c["detail"]
+    assert c["bound"] == pytest.approx(1 - 0.05 ** (1 / 240))
+    assert doc["verdict"] == "INCONCLUSIVE"
+
+
+def test_dry_run_criterion_failing_leaves_verdict_unchanged(tmp_path):
+    prof = write_profile(tmp_path, f'''
+extends = "{SIM_PROFILE}"
+[criteria.execute_p99]
+threshold = 50   # ms: a new, much tighter gate being tried out
+dry_run = true
+''')
+    data = make(tmp_path, [])
+    doc = signoff.run(prof, data, PHASE, start=START.isoformat(), end=END.isoformat(), as_of=AFTER.isoformat()).doc
+    c = crit(doc, "execute_p99")
+    assert c["dry_run"] is True and c["passed"] is False
+    assert doc["verdict"] == "GO"
+    for c in doc["criteria"]:
+        assert {"n", "measured", "bound", "threshold", "passed", "dry_run"} <= set(c)
+
+
+def test_flapping_probe_is_flagged(tmp_path):
+    data = make(tmp_path, [Fault("server_error", rate=0.3, probes=("list",), start_s=H, end_s=2 * H)])
+    doc = run(data).doc
+    assert doc["quality"]["list"]["flapping"] is True
+    assert doc["quality"]["health"]["flapping"] is False
+    assert "flapping: list" in crit(doc, "error_rate")["detail"]
