@@ -6,13 +6,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pyarrow.parquet as pq
 import pytest
 
-from phasegate.simulator import endpoint_of
 from phasegate.store import read_samples
 
 from conftest import ROOT, SIM_PROFILE, fast_profile, phasegate, url, write_profile

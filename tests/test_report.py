@@ -13,7 +13,8 @@ from pypdf import PdfReader
 
 from phasegate import signoff
 from phasegate.profile import load_profile
-from phasegate.simulator import Fault, history
+from phasegate.history import history
+from phasegate.simulator import Fault
 from phasegate.store import read_samples
 
 from conftest import ROOT, SIM_PROFILE, phasegate

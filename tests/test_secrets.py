@@ -1,7 +1,6 @@
 """Redaction rules (each with true and false positives) and a canary secret through every output."""
 
 import json
-import re
 from datetime import datetime, timedelta, timezone
 
 import pyarrow.parquet as pq

@@ -9,7 +9,8 @@ from scipy import stats as sps
 
 from phasegate import signoff
 from phasegate.profile import load_profile
-from phasegate.simulator import Fault, history
+from phasegate.history import history
+from phasegate.simulator import Fault
 from phasegate.stats import (fisher_greater, hodges_lehmann, mann_whitney_greater, n_for_quantile, n_for_rate,
                              quantile_interval, quantile_upper_rank, rate_upper)
 

@@ -21,7 +21,7 @@ from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantil
 from .store import read_samples, sha256
 from .window import Window, iso, utcnow
 
-COLUMNS = ["probe", "tenant", "status", "outcome", "error_code", "latency_ms", "health_status",
+COLUMNS = ["source", "probe", "tenant", "status", "outcome", "error_code", "latency_ms", "health_status",
            "handlers_loaded", "handlers_total", "deployment_id", "flags", "simulated"]
 
 
@@ -41,6 +41,7 @@ class Analysis:
     inputs: dict
     quality: dict
     baseline: dict | None
+    traffic: dict | None
     timeline: pd.DataFrame = field(repr=False)
     coverage_hourly: pd.DataFrame = field(repr=False)
     samples: pd.DataFrame = field(repr=False)
@@ -106,6 +107,10 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         raise DataError(f"window starts in the future ({iso(window.start)}): nothing to analyse yet")
     df = read_samples(data_dir, window.start, observed_end, columns=COLUMNS, categorical=True)
     df = df.sort_values("ts", kind="stable").reset_index(drop=True)
+    # Real traffic (imported request logs) is reported beside the probes, never mixed into them.
+    is_traffic = (df["source"] == "traffic").to_numpy()
+    traffic_df = df[is_traffic]
+    df = df[~is_traffic].reset_index(drop=True)
     # The heavy columns are only needed on few rows: read those rows alone.
     fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
                          columns=["probe", "assertion_failures"]).sort_values("ts", kind="stable")
@@ -129,6 +134,10 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         anomalies=_anomalies(fails), coverage=_coverage(profile, df, window.start, observed_end),
         evidence=_evidence(evid), inputs=inputs, quality=_quality(df, hourly),
         baseline=None if base_df is None else compare(df, base_df),
+        traffic=None if traffic_df.empty else {
+            "overall": probe_stats(traffic_df, conf),
+            "routes": {r: probe_stats(g, conf) for r, g in traffic_df.groupby("probe", sort=True, observed=True)},
+        },
         timeline=timeline(df, bucket_s), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
     )
 
@@ -137,17 +146,20 @@ def _quality(df: pd.DataFrame, hourly: pd.DataFrame) -> dict:
     """Thin hours (under half the expected samples) and flapping (ok/failed alternating) per probe."""
     full = hourly[hourly["expected"] >= 1]
     thin = full[full["actual"] < 0.5 * full["expected"]].groupby("probe").size()
+    # Transitions within each (probe, tenant) series, counted without a Python loop per series.
+    series = df.groupby(["probe", "tenant"], sort=False, observed=True, dropna=False).ngroup().to_numpy()
+    order = np.lexsort((np.arange(len(df)), series))  # df is in time order already
+    g, bad = series[order], df["outcome"].isin(ERROR_OUTCOMES).to_numpy()[order]
+    probe = df["probe"].astype(str).to_numpy()[order]
+    flip = np.concatenate([[False], (bad[1:] != bad[:-1]) & (g[1:] == g[:-1])])
     out = {}
-    for (probe, _tenant), g in df.groupby(["probe", "tenant"], sort=True, observed=True, dropna=False):
-        bad = g["outcome"].isin(ERROR_OUTCOMES).to_numpy()
-        flips = int((bad[1:] != bad[:-1]).sum())
-        q = out.setdefault(probe, {"thin_hours": int(thin.get(probe, 0)), "transitions": 0, "failures": 0})
-        q["transitions"] += flips
-        q["failures"] += int(bad.sum())
-    for q in out.values():
+    for name in pd.unique(probe):
+        m = probe == name
+        t, f = int(flip[m].sum()), int(bad[m].sum())
         # Flapping: failures come and go one at a time rather than in bursts.
-        q["flapping"] = q["transitions"] >= 10 and q["transitions"] >= q["failures"]
-    return out
+        out[name] = {"thin_hours": int(thin.get(name, 0)), "transitions": t, "failures": f,
+                     "flapping": t >= 10 and t >= f}
+    return dict(sorted(out.items()))
 
 
 def compare(canary: pd.DataFrame, base: pd.DataFrame) -> dict:

@@ -130,6 +130,33 @@ def report(profile_path, data_dir, phase, start, end, hours, out_root, formats, 
     sys.exit(EXIT_CODES[result.verdict])
 
 
+@cli.command("import-logs")
+@click.option("--format", "fmt", type=click.Choice(["nginx", "json"]), default="nginx", show_default=True)
+@click.option("--file", "path", required=True, help="Log file, or - for standard input.")
+@click.option("--data", "data_dir", required=True, help="Data directory to add the requests to.")
+@click.option("--target", default="traffic", show_default=True, help="Name stored with each request.")
+@click.option("--field", "fields", multiple=True, help="JSON field names: ts=time, method=..., path=..., status=..., latency_s=...")
+@_guard
+def import_logs_cmd(fmt, path, data_dir, target, fields):
+    """Import request logs (nginx combined + $request_time, or JSON lines) as traffic samples."""
+    from .errors import DataError
+    from .traffic import JSON_FIELDS, file_label, import_logs, open_input
+
+    fmap = {}
+    for f in fields:
+        key, sep, value = f.partition("=")
+        if not sep or key not in JSON_FIELDS:
+            raise DataError(f"--field must be one of {', '.join(JSON_FIELDS)} as key=name, got {f!r}")
+        fmap[key] = value
+    stream = open_input(path)
+    label = file_label(path) if path != "-" else None
+    with stream:
+        res = import_logs(stream, data_dir, fmt, target, fmap, label)
+    click.echo(f"imported {res.rows} requests into {data_dir}; {res.malformed} malformed lines skipped")
+    for no, why in res.examples:
+        click.echo(f"  line {no}: {why}", err=True)
+
+
 @cli.group()
 def simulate():
     """The built-in simulator of the seed's service."""
@@ -181,7 +208,8 @@ def serve(port, scenario, schedule, span, request_log, seed, tls_cert, tls_key, 
 def history_cmd(profile_path, scenario, schedule, hours, end, data_dir, seed):
     """Write a synthetic dataset (marked simulated) in the collector's schema."""
     from .profile import load_profile
-    from .simulator import history, load_schedule, scenario_faults
+    from .history import history
+    from .simulator import load_schedule, scenario_faults
     from .window import Window, iso, parse_duration, parse_time
 
     end_dt = parse_time(end, name="--end")

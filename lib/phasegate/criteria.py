@@ -52,11 +52,23 @@ def _window_complete(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
                            f"{format_duration(got)} of the required {format_duration(need)} observed{left}", unit="h")
 
 
+def _combined(a: Analysis, key: str) -> tuple[int, int, str]:
+    """A count over probes and real traffic together, with each source's share in words."""
+    k, n = a.overall[key], a.overall["samples"]
+    parts = [f"probes {k} of {n}"]
+    if a.traffic:
+        t = a.traffic["overall"]
+        where = ", ".join(f"{r} {s[key]}" for r, s in a.traffic["routes"].items() if s[key])
+        parts.append(f"traffic {t[key]} of {t['samples']}" + (f" ({where})" if where else ""))
+        k, n = k + t[key], n + t["samples"]
+    return k, n, "; ".join(parts)
+
+
 def _no_5xx(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
-    n5, n = a.overall["http_5xx"], a.overall["samples"]
+    n5, n, by_source = _combined(a, "http_5xx")
     where = ", ".join(f"{name} {s['http_5xx']}" for name, s in a.probes.items() if s["http_5xx"])
-    detail = f"{n5} of {n} samples answered 5xx (503 FEATURE_DISABLED is judged separately)" + \
-        (f": {where}" if where else "")
+    detail = (f"{n5} of {n} samples answered 5xx (503 FEATURE_DISABLED is judged separately)"
+              + (f": {where}" if where else "") + (f" [{by_source}]" if a.traffic else ""))
     ub = rate_upper(n5, n, p.criteria.confidence)
     if ub is not None:
         detail += f"; 5xx rate ≤ {ub:.4%} at {p.criteria.confidence:.0%} confidence"
@@ -139,12 +151,13 @@ def _execute_p99(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
 
 def _error_rate(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     o = a.overall
-    k, n, rate = o["errors"], o["samples"], o["error_rate"]
+    k, n, by_source = _combined(a, "errors")
+    rate = k / n
     conf = p.criteria.confidence
     ub = rate_upper(k, n, conf)
     kinds = ", ".join(f"{name} {v}" for name, v in o["outcome_counts"].items() if name not in ("ok", "assertion_failed"))
     detail = (f"{k} errors in {n} samples = {rate:.4%}; upper bound {ub:.4%} at {conf:.0%}"
-              + (f" ({kinds})" if kinds else ""))
+              + (f" ({kinds})" if kinds else "") + (f" [{by_source}]" if a.traffic else ""))
     flaky = [name for name, q in a.quality.items() if q["flapping"]]
     if flaky:
         detail += f"; flapping: {', '.join(flaky)}"

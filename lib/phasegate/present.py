@@ -180,3 +180,16 @@ def inputs(doc: dict) -> str:
     head = (f'<div class="pg"><p>Profile {escape(doc["profile"]["path"])} sha256 <code>{doc["profile"]["sha256"]}</code>. '
             f'Generated {doc["generated_at"]}, as of {doc["as_of"]}.</p></div>')
     return head + _table(["input file", "sha256"], rows)
+
+
+def traffic_table(doc: dict) -> str:
+    t = doc.get("traffic")
+    if not t:
+        return '<div class="pg"><p>No real traffic in this window (import request logs with phasegate import-logs).</p></div>'
+    rows = []
+    for name, s in [*t["routes"].items(), ("ALL", t["overall"])]:
+        rows.append([f"<b>{escape(name)}</b>", f"{s['samples']:,}", escape(", ".join(f"{k}×{v}" for k, v in s["status_counts"].items())),
+                     f"{s['http_5xx']:,}", _num(s["error_rate"], "ratio"), _num(s["p50_ms"]), _num(s["p99_ms"]), _num(s["max_ms"])])
+    return ('<div class="pg"><p>From request logs: every request the service answered in the window, '
+            'P99 exact from the logged request times (millisecond resolution).</p></div>'
+            + _table(["route", "requests", "status codes", "5xx", "5xx rate", "p50 ms", "p99 ms", "max ms"], rows))

@@ -129,6 +129,7 @@ def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: A
         "evidence": a.evidence,
         "quality": a.quality,
         "baseline": a.baseline,
+        "traffic": a.traffic,
         "simulated_samples": int(a.samples["simulated"].fillna(False).astype(bool).sum()),
         "inputs": {"data_dir": str(data), **a.inputs},
         "parameters": {"bucket": bucket, "confidence": profile.criteria.confidence,

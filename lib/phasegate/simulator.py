@@ -1,9 +1,8 @@
 """A stand-in for the seed's backend: one latency/error model, served live or as history.
 
-`Model.respond` decides what a request gets at a time into the scenario. `serve`
+`Model.respond` decides what a request gets at a time into the scenario. `start_server`
 answers real HTTP on 127.0.0.1 with it (and logs each request as ground truth);
-`history` replays it over a window and classifies each response with the same
-`probe.evaluate` the collector uses, so synthetic and live data share one schema.
+`history.history` replays the same model over a window.
 """
 
 from __future__ import annotations
@@ -21,10 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
-
 from .errors import ScenarioError, WindowError
-from .probe import evaluate, evidence_json, render
 from .redact import redact_url
 from .window import parse_duration
 
@@ -252,6 +248,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self):
         srv = self.server
         t0 = time.monotonic()
+        if self.path == "/metrics":  # what a real Prometheus scrapes; not itself counted
+            body = srv.metrics_text()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(min(length, 1 << 20))
@@ -326,6 +330,7 @@ class SimServer(ThreadingHTTPServer):
         self.hang_s = hang_s
         self.closing = threading.Event()
         self._log_lock = threading.Lock()
+        self._metrics()
         self._log = open(request_log, "a", buffering=1) if request_log else None
 
     @property
@@ -339,7 +344,25 @@ class SimServer(ThreadingHTTPServer):
         if not isinstance(exc, (OSError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
+    def _metrics(self):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests_total = Counter("http_requests", "Requests answered, by route and status",
+                                      ["method", "route", "status"], registry=self.registry)
+        self.duration = Histogram("http_request_duration_seconds", "Time to answer a request",
+                                  ["method", "route"], registry=self.registry,
+                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30))
+
+    def metrics_text(self) -> bytes:
+        from prometheus_client import generate_latest
+        return generate_latest(self.registry)
+
     def log_request_line(self, t0, method, path, status, latency_ms, faults, request_id=None):
+        if status is not None:  # the same truth the request log tells, as Prometheus metrics
+            route = path.split("?", 1)[0]
+            self.requests_total.labels(method, route, str(status)).inc()
+            self.duration.labels(method, route).observe(latency_ms / 1000.0)
         if self._log is None:
             return
         wall = time.time() - (time.monotonic() - t0)
@@ -363,157 +386,3 @@ def start_server(port: int = 0, scenario: str = "healthy", schedule=None, reques
     srv = SimServer(port, Model(faults, seed), request_log, hang_s, tls)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     return srv
-
-
-# -- synthetic history -----------------------------------------------------------------
-
-
-def _job_times(jobs, target, start_ts, end_ts, seed):
-    """Each job's first probe time (a jittered start, as the collector does) and interval."""
-    rng = random.Random(seed + 1)
-    out = []
-    for probe, tenant in jobs:
-        interval = probe.interval_s or target.interval_s
-        out.append((start_ts + rng.uniform(0, min(interval, 5.0)), interval))
-    return out
-
-
-def _quiet(faults: list[Fault], lo: float, hi: float) -> bool:
-    """No fault can touch [lo, hi) (seconds into the scenario): the vectorised path applies."""
-    return all(f.start_s >= hi or (f.end_s is not None and f.end_s <= lo) for f in faults)
-
-
-def history(profile, faults: list[Fault], start_ts: float, end_ts: float, data_dir, seed: int = 0) -> int:
-    """Write what the collector would have stored over [start, end); returns rows written.
-
-    Hour by hour: an hour no fault touches is generated column-wise with numpy from the
-    healthy response (what makes a fleet's day take seconds); an hour with faults replays
-    every request through `Model.respond` in time order, so fault counts are exact.
-    """
-    from .collector import probe_jobs
-    from .store import rows_to_table, write_tables
-
-    model = Model(faults, seed)
-    target = profile.target
-    jobs = probe_jobs(profile)
-    firsts = _job_times(jobs, target, start_ts, end_ts, seed)
-    run_id = f"sim-{seed}-{int(start_ts)}"
-    ctx = {"model": model, "profile": profile, "run_id": run_id, "cache": {}, "seq": 0}
-
-    def chunks():
-        hour = math.floor(start_ts / 3600) * 3600
-        np_rng = np.random.default_rng(seed)
-        while hour < end_ts:
-            lo, hi = max(start_ts, hour), min(end_ts, hour + 3600)
-            times = []
-            for (t0, interval) in firsts:
-                k0 = max(0, math.ceil((lo - t0) / interval))
-                k1 = max(0, math.ceil((hi - t0) / interval))
-                times.append(t0 + np.arange(k0, k1) * interval)
-            table = _fast_chunk(ctx, jobs, times, np_rng) if _quiet(faults, lo - start_ts, hi - start_ts) else None
-            if table is None:
-                table = rows_to_table(_slow_chunk(ctx, jobs, times, start_ts))
-            if table is not None and table.num_rows:
-                yield table
-            hour += 3600
-
-    return write_tables(data_dir, chunks(), run_id)
-
-
-def _template(ctx, probe, endpoint):
-    key = ("healthy", probe.name)
-    if key not in ctx["cache"]:
-        resp = Model([], 0).respond(endpoint, 0.0)
-        headers = {k.lower(): v for k, v in resp.headers.items()}
-        ctx["cache"][key] = (resp, evaluate(probe, resp.status, headers, resp.body),
-                             evidence_json(resp.status, headers, resp.body, ctx["profile"].target.evidence_headers))
-    return ctx["cache"][key]
-
-
-def _fast_chunk(ctx, jobs, times, np_rng):
-    """The healthy response for every request of the hour, built column-wise per probe."""
-    from .store import SCHEMA
-    import pyarrow as pa
-
-    target = ctx["profile"].target
-    by_probe: dict[str, list[int]] = {}
-    for i, (probe, _tenant) in enumerate(jobs):
-        by_probe.setdefault(probe.name, []).append(i)
-    parts = []
-    for idx in by_probe.values():
-        probe = jobs[idx[0]][0]
-        counts = np.array([len(times[i]) for i in idx])
-        n = int(counts.sum())
-        if not n:
-            continue
-        ts = np.concatenate([times[i] for i in idx])
-        endpoint = endpoint_of(probe.path)
-        resp, ev, evidence = _template(ctx, probe, endpoint)
-        median, sigma = LATENCY.get(endpoint, LATENCY["other"])
-        lat = median * np.exp(np_rng.normal(0.0, sigma, n))
-        if (lat >= (probe.timeout_s or target.timeout_s) * 1000).any():
-            return None  # a tail past the deadline is a timeout: let the exact path classify it
-        tenants = [jobs[i][1] for i in idx]
-        urls = [redact_url(target.base_url + render(probe.path, t)) for t in tenants]
-        firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]  # each job's first sample this hour
-        evid = np.full(n, None, dtype=object)
-        evid[firsts] = evidence
-        cols = {
-            "ts": pa.array((ts * 1e6).round().astype("int64"), pa.timestamp("us", tz="UTC")),
-            "tenant": pa.array(np.repeat(np.array(tenants, dtype=object), counts), pa.string()),
-            "url": pa.array(np.repeat(np.array(urls, dtype=object), counts), pa.string()),
-            "latency_ms": pa.array(lat),
-            "evidence": pa.array(evid, pa.string()),
-        }
-        const = {"run_id": ctx["run_id"], "source": "probe", "target": target.name, "status": resp.status,
-                 "bytes": len(resp.body), "simulated": True, "probe": probe.name, "method": probe.method, **ev}
-        for name in SCHEMA.names:
-            if name in cols or name == "seq":
-                continue
-            value = const.get(name)
-            if name == "assertion_failures":
-                value = value or []
-            cols[name] = pa.repeat(pa.scalar(value, SCHEMA.field(name).type), n) if value is not None \
-                else pa.nulls(n, SCHEMA.field(name).type)
-        seq0 = ctx["seq"]
-        ctx["seq"] += n
-        cols["seq"] = pa.array(np.arange(seq0 + 1, seq0 + n + 1))
-        parts.append(pa.table({name: cols[name] for name in SCHEMA.names}, schema=SCHEMA))
-    return pa.concat_tables(parts).sort_by("ts") if parts else SCHEMA.empty_table()
-
-
-def _slow_chunk(ctx, jobs, times, start_ts):
-    model, target = ctx["model"], ctx["profile"].target
-    events = sorted((t, i) for i, ts in enumerate(times) for t in ts.tolist())
-    seen_hour, rows = set(), []
-    for t, i in events:
-        probe, tenant = jobs[i]
-        resp = model.respond(endpoint_of(probe.path), t - start_ts)
-        if resp.transport == "outage":
-            continue
-        timeout = probe.timeout_s or target.timeout_s
-        ctx["seq"] += 1
-        row = {"ts": t, "run_id": ctx["run_id"], "seq": ctx["seq"], "source": "probe", "target": target.name,
-               "tenant": tenant, "probe": probe.name, "method": probe.method,
-               "url": redact_url(target.base_url + render(probe.path, tenant)), "simulated": True,
-               "status": resp.status, "bytes": len(resp.body), "latency_ms": resp.latency_s * 1000.0,
-               "assertion_failures": []}
-        if resp.transport in ("hang", "slow_drip") or resp.latency_s >= timeout:
-            row.update(outcome="timeout", status=200 if resp.transport == "slow_drip" else None, bytes=0,
-                       latency_ms=timeout * 1000.0, error=f"no complete response within {timeout:g}s")
-        elif resp.transport == "reset":
-            row.update(outcome="connection_error", status=None, error="connection reset or closed: ConnectionResetError")
-        elif resp.transport == "oversized":
-            row.update(outcome="body_too_large", error=f"body exceeds {target.max_body_bytes} bytes")
-        else:
-            key = (probe.name, resp.status, resp.body, resp.headers.get("X-Deployment-Id"))
-            if key not in ctx["cache"]:
-                ctx["cache"][key] = evaluate(probe, resp.status, {k.lower(): v for k, v in resp.headers.items()},
-                                             resp.body)
-            row.update(ctx["cache"][key])
-        if row["outcome"] != "ok" or i not in seen_hour:
-            seen_hour.add(i)
-            row["evidence"] = evidence_json(row["status"], {k.lower(): v for k, v in resp.headers.items()},
-                                            resp.body, target.evidence_headers)
-        rows.append(row)
-    return rows

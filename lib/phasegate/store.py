@@ -18,13 +18,10 @@ from __future__ import annotations
 import fcntl
 import glob
 import hashlib
-import json
 import logging
 import os
-import struct
 import threading
 import time
-import zlib
 from collections import deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,6 +32,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .errors import DataError, StoreError
+from .journal import FILE_MAGIC, decode_journal, encode_record
 
 log = logging.getLogger(__name__)
 
@@ -71,62 +69,6 @@ SCHEMA = pa.schema([
     ("simulated", pa.bool_()),
 ])
 COLUMNS = tuple(SCHEMA.names)
-
-_FILE_MAGIC = b"PGJ1\n"
-_REC_MAGIC = b"\xa7R"
-_REC_HEAD = struct.Struct("<2sII")  # magic, payload length, crc32
-MAX_RECORD = 16 * 1024 * 1024
-
-
-# -- journal records -------------------------------------------------------------------
-
-
-def encode_record(row: dict) -> bytes:
-    payload = json.dumps(row, separators=(",", ":"), default=str).encode()
-    return _REC_HEAD.pack(_REC_MAGIC, len(payload), zlib.crc32(payload)) + payload
-
-
-def decode_journal(data: bytes) -> tuple[list[dict], int]:
-    """Valid records and the number of bytes dropped (torn, garbled or zeroed)."""
-    rows, dropped, pos = [], 0, 0
-    if data.startswith(_FILE_MAGIC):
-        pos = len(_FILE_MAGIC)
-    else:
-        dropped_head = min(len(data), len(_FILE_MAGIC))
-        pos, dropped = dropped_head, dropped_head
-    n = len(data)
-    while pos < n:
-        rec = _record_at(data, pos)
-        if rec is not None:
-            row, size = rec
-            rows.append(row)
-            pos += size
-            continue
-        # Resynchronise: the next offset where a whole valid record starts.
-        nxt = data.find(_REC_MAGIC, pos + 1)
-        while nxt != -1 and _record_at(data, nxt) is None:
-            nxt = data.find(_REC_MAGIC, nxt + 1)
-        end = n if nxt == -1 else nxt
-        dropped += end - pos
-        pos = end
-    return rows, dropped
-
-
-def _record_at(data: bytes, pos: int):
-    if pos + _REC_HEAD.size > len(data):
-        return None
-    magic, length, crc = _REC_HEAD.unpack_from(data, pos)
-    start = pos + _REC_HEAD.size
-    if magic != _REC_MAGIC or length > MAX_RECORD or start + length > len(data):
-        return None
-    payload = data[start:start + length]
-    if zlib.crc32(payload) != crc:
-        return None
-    try:
-        return json.loads(payload), _REC_HEAD.size + length
-    except ValueError:
-        return None
-
 
 # -- durable file operations -----------------------------------------------------------
 
@@ -188,40 +130,38 @@ def write_samples(data_dir, rows: list[dict], name: str) -> list[Path]:
 
 
 def write_tables(data_dir, tables, name: str) -> int:
-    """Stream Arrow tables (in time order) into one parquet file per UTC date, each written
-    under a temporary name and renamed when its date is complete; returns rows written."""
+    """Stream Arrow tables into one parquet file per UTC date (any order of dates), each written
+    under a temporary name and renamed once every table is in; returns rows written."""
     root = Path(data_dir)
-    open_day, writer, tmp, dest, total = None, None, None, None, 0
-
-    def finish():
-        writer.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-
+    open_files: dict[str, tuple] = {}  # day -> (writer, tmp, dest)
+    total = 0
     try:
         for table in tables:
             days = pa.compute.strftime(table["ts"], format="%Y-%m-%d").to_pylist()
             for day in dict.fromkeys(days):
                 part = table.filter(pa.array([d == day for d in days])) if len(set(days)) > 1 else table
-                if day != open_day:
-                    if writer is not None:
-                        finish()
+                if day not in open_files:
                     dest = root / "samples" / f"date={day}" / f"{name}.parquet"
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-                    writer = pq.ParquetWriter(tmp, SCHEMA, compression="zstd")
-                    open_day = day
-                writer.write_table(part)
+                    open_files[day] = (pq.ParquetWriter(tmp, SCHEMA, compression="zstd"), tmp, dest)
+                open_files[day][0].write_table(part)
                 total += part.num_rows
-        if writer is not None:
-            finish()
+        for writer, tmp, dest in open_files.values():
+            writer.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
     except BaseException:
-        if tmp is not None:
+        for writer, tmp, _dest in open_files.values():
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - cleaning up after the real error
+                pass
             tmp.unlink(missing_ok=True)
         raise
     return total
@@ -328,7 +268,7 @@ class SampleWriter:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            _write_all(fd, _FILE_MAGIC)
+            _write_all(fd, FILE_MAGIC)
             fsync_dir(path.parent)
         except BaseException:
             os.close(fd)
