@@ -22,11 +22,20 @@ test: $(STAMP)
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py
 
-notebook: $(STAMP)
-	$(BIN)/jupyter notebook notebooks/
+NB_VENV := .venv-notebook
+
+$(NB_VENV)/.installed: requirements.txt requirements-notebook.txt pyproject.toml
+	test -x $(NB_VENV)/bin/python || $(PY) -m venv $(NB_VENV)
+	$(NB_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NB_VENV)/bin/python -m pip install -q -r requirements-notebook.txt
+	$(NB_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+notebook: $(NB_VENV)/.installed
+	cd notebooks && ../$(NB_VENV)/bin/jupyter notebook phase_signoff.ipynb
 
 clean:
-	rm -rf $(VENV) data reports
+	rm -rf $(VENV) $(NB_VENV) data reports
 
 soak: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python soak/run.py
