@@ -10,6 +10,7 @@ from pypdf import PdfReader
 from phasegate.errors import ProfileError
 from phasegate.profile import load_profile
 from phasegate.redact import MASK, Secret, redact_headers, redact_text, redact_url
+from phasegate.store import read_samples
 from phasegate.report import make_report
 from phasegate.errors import ReportError
 
@@ -101,8 +102,8 @@ def test_canary_secret_reaches_no_output(sim, tmp_path):
 [target]
 name = "canary"
 base_url = "{url(srv)}"
-interval = "0.5s"
-timeout = "0.4s"
+interval = "1s"
+timeout = "0.9s"  # the echo is slow-ish; its first sample carries the evidence
 auth_header = "Authorization"
 auth_env = "PG_CANARY_TOKEN"
 auth_scheme = "Bearer"
@@ -113,14 +114,23 @@ name = "execute"
 method = "POST"
 path = "/v1/actions/execute?key={URLKEY}"
 body = {{ action = "view_fault_details" }}
+
+[[probes]]
+name = "health"
+path = "/v1/actions/health?token={URLKEY}"
 ''')
     data = tmp_path / "data"
     env = {"PG_CANARY_TOKEN": TOKEN}
     outputs = []
     start = datetime.now(timezone.utc) - timedelta(seconds=5)
-    for args in (["collect", "--for", "3s"], ["check"]):
+    for args in (["collect", "--for", "4s"], ["check"]):
         r = phasegate(*args, "--profile", profile, "--data", data, env=env)
         outputs += [r.stdout, r.stderr]
+    df = read_samples(data, datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+    assert len(df) >= 6
+    echoed = [e for e in df["evidence"].dropna() if "request_headers" in e]
+    assert echoed and all(MASK in e for e in echoed)  # the body echoed the headers: scrubbed
+    assert all("key=[REDACTED]" in u or "token=[REDACTED]" in u for u in df["url"])
     r = phasegate("report", "--profile", profile, "--data", data, "--phase", "canary", "--start", start.isoformat(),
                   "--hours", "1", "--out", tmp_path / "reports", env=env, timeout=300)
     outputs += [r.stdout, r.stderr]
@@ -134,7 +144,6 @@ body = {{ action = "view_fault_details" }}
         if f.suffix == ".pdf":
             texts.append("".join(p.extract_text() for p in PdfReader(f).pages))
     assert any(f.suffix == ".pdf" for f in files) and any(f.suffix == ".html" for f in files)
-    assert any(MASK in t for t in texts)  # the echoed header came back, and was scrubbed
     for secret in (TOKEN, URLKEY):
         leaks = [t[:60] for t in texts if secret in t]
         assert leaks == []
