@@ -13,7 +13,9 @@ from phasegate.profile import build_profile
 
 from conftest import SIM_PROFILE, PROFILES
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomized so that `make test` is repeatable (a wider random search found the NUL-byte case).
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 junk = st.one_of(st.text(max_size=40), st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=True).map(str),
                  st.sampled_from(["", "now", "24h", "-1h", "2026-13-40T99:00:00Z", "1e309", "\u202e\u0000x",
                                   "2026-01-28T14:45:01Z", "../../etc/passwd", "ðŸš€", "9" * 400]))
@@ -85,7 +87,7 @@ values = st.one_of(st.text(max_size=20), st.integers(-10**6, 10**6), st.floats(a
                    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(key=st.sampled_from(KEYS), value=values)
 def test_each_profile_field_wrong_in_turn(key, value):
     raw = copy.deepcopy(BASE)
@@ -122,6 +124,9 @@ KNOWN_BAD = [
     (["report", "--profile", str(SIM_PROFILE), "--data", "{d}", "--phase", "phase1-staging-canary",
       "--start", "2026-01-01", "--hours", "1", "--formats", "docx"], "unknown format 'docx'"),
     (["nope"], "No such command 'nope'"),
+    (["collect", "--profile", "\x00", "--data", "{d}"], "contains a NUL byte"),  # found by hypothesis
+    (["simulate", "history", "--data", "a\x00b"], "contains a NUL byte"),
+    (["collect", "--profile", "\x1e0\nx", "--data", "{d}"], "profile not found: \\x1e0\\nx"),  # stays one line
 ]
 
 

@@ -16,61 +16,78 @@ from phasegate.errors import ReportError
 
 from conftest import phasegate, url, write_profile
 
-URLS_SECRET = [
-    ("https://h/p?key=abc123&x=1", "https://h/p?key=[REDACTED]&x=1"),
-    ("https://h/p?api_key=abc123", "https://h/p?api_key=[REDACTED]"),
-    ("https://h/p?access_token=abc&domain=faults", "https://h/p?access_token=[REDACTED]&domain=faults"),
-    ("https://h/p?X-Amz-Signature=deadbeef", "https://h/p?X-Amz-Signature=[REDACTED]"),
-    ("https://h/p?password=hunter2", "https://h/p?password=[REDACTED]"),
-    ("https://admin:hunter2@h/p", "https://admin:[REDACTED]@h/p"),
-]
-URLS_CLEAN = [
-    "https://h/v1/actions/list?domain=faults",
-    "https://h/p?keyboard=qwerty&monkey=1",
-    "https://h:8443/p?tokens_used=3",
-    "https://h/p?yacht=y1&page=2",
-]
+ENV_SECRET = "my-literal-env-secret-value"
+# Each redaction rule: at least three inputs it must mask (with the secret that must vanish)
+# and three look-alikes it must leave alone.
+RULES = {
+    "auth header values": (
+        [("Authorization", "Bearer abc123def456"), ("X-Api-Key", "k-123456"), ("Cookie", "session=abcdef")],
+        ["Content-Type", "X-Deployment-Id", "Retry-After"],
+    ),
+    "secret query parameters": (
+        [("https://h/p?key=abc123&x=1", "abc123"), ("https://h/p?api_key=zz9988", "zz9988"),
+         ("https://h/p?access_token=t0k3n&domain=faults", "t0k3n"), ("https://h/p?X-Amz-Signature=deadbeef", "deadbeef"),
+         ("https://h/p?password=hunter2", "hunter2"), ("https://h/p?secret=s3s3s3", "s3s3s3")],
+        ["https://h/v1/actions/list?domain=faults", "https://h/p?keyboard=qwerty&monkey=1",
+         "https://h:8443/p?tokens_used=3", "https://h/p?yacht=y1&page=2"],
+    ),
+    "passwords in URLs": (
+        [("https://admin:hunter2@h/p", "hunter2"), ("postgres://app:pa55word@db:5432/x", "pa55word"),
+         ("redis://:r3dispw@cache:6379/0", "r3dispw")],
+        ["http://127.0.0.1:8765/v1/actions/health", "mailto user@example.com", "https://h:8443/a@b"],
+    ),
+    "bearer tokens": (
+        [("Authorization: Bearer abcdefgh12345678", "abcdefgh12345678"), ("token Zm9vYmFyYmF6cXV4", "Zm9vYmFyYmF6cXV4"),
+         ("basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA==")],
+        ["the bearer of bad news", "token count 5", "Bearer short"],
+    ),
+    "PEM blocks": (
+        [("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
+         ("-----BEGIN CERTIFICATE-----\nMIIDazCCAlOgAwIBAgIUX\n-----END CERTIFICATE-----", "MIIDazCCAlOgAwIBAgIUX"),
+         ("x -----BEGIN RSA PRIVATE KEY-----\nAAAAB3NzaC1yc2E\n-----END RSA PRIVATE KEY----- y", "AAAAB3NzaC1yc2E")],
+        ["-----BEGIN notes without an end", "BEGIN PRIVATE KEY as words", "----- a divider -----"],
+    ),
+    "configured secret values in echoed bodies": (
+        [(f'{{"echo": "{ENV_SECRET}"}}', ENV_SECRET), (f"prefix{ENV_SECRET}suffix", ENV_SECRET),
+         (f"a {ENV_SECRET} b {ENV_SECRET}", ENV_SECRET)],
+        ['{"status": "healthy", "handlers_loaded": 4}', "my-literal-env", "MY-LITERAL-ENV-SECRET"],
+    ),
+}
+CASES_TRUE = [(rule, raw, secret) for rule, (hits, _) in RULES.items() for raw, secret in
+              (hits if rule != "auth header values" else [(f"{k}", v) for k, v in hits])]
+CASES_FALSE = [(rule, raw) for rule, (_, misses) in RULES.items() for raw in misses]
 
 
-@pytest.mark.parametrize("raw,expected", URLS_SECRET)
-def test_url_secrets_are_masked(raw, expected):
-    assert redact_url(raw) == expected
+def _redact(rule, raw):
+    if rule == "auth header values":
+        return None
+    if raw.startswith(("http://", "https://")) and rule == "secret query parameters":
+        return redact_url(raw)
+    return redact_text(raw, secrets=[ENV_SECRET])
 
 
-@pytest.mark.parametrize("raw", URLS_CLEAN)
-def test_clean_urls_are_untouched(raw):
-    assert redact_url(raw) == raw
+@pytest.mark.parametrize("rule", list(RULES))
+def test_every_rule_has_three_true_and_three_false_cases(rule):
+    hits, misses = RULES[rule]
+    assert len(hits) >= 3 and len(misses) >= 3
 
 
-TEXT_SECRET = [
-    ("Authorization: Bearer abcdefgh12345678", "abcdefgh12345678"),
-    ("token Zm9vYmFyYmF6cXV4", "Zm9vYmFyYmF6cXV4"),
-    ("curl -X POST 'https://api.render.com/deploy/srv-1?key=s3cr3tDeployKey'", "s3cr3tDeployKey"),
-    ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
-    ("-----BEGIN CERTIFICATE-----\nMIIDazCCAlOgAwIBAgIUX\n-----END CERTIFICATE-----", "MIIDazCCAlOgAwIBAgIUX"),
-    ("postgres://app:pa55word@db:5432/x", "pa55word"),
-    ('{"echo": "my-literal-env-secret-value"}', "my-literal-env-secret-value"),
-    ("client_secret=abc123xyz&grant=1", "abc123xyz"),
-]
-TEXT_CLEAN = [
-    "the bearer of bad news",
-    "monkey=banana keyboard=us domain=faults",
-    "-----BEGIN notes without an end",
-    "http://127.0.0.1:8765/v1/actions/health",
-    '{"status": "healthy", "handlers_loaded": 4}',
-    "token count 5",
-]
-
-
-@pytest.mark.parametrize("raw,secret", TEXT_SECRET)
-def test_text_secrets_are_scrubbed(raw, secret):
-    out = redact_text(raw, secrets=["my-literal-env-secret-value"])
+@pytest.mark.parametrize("rule,raw,secret", CASES_TRUE)
+def test_rule_masks(rule, raw, secret):
+    if rule == "auth header values":
+        out = redact_headers({raw: secret})
+        assert out == {raw.lower(): MASK}
+        return
+    out = _redact(rule, raw)
     assert secret not in out and MASK in out
 
 
-@pytest.mark.parametrize("raw", TEXT_CLEAN)
-def test_clean_text_is_untouched(raw):
-    assert redact_text(raw, secrets=["unrelated-secret-value"]) == raw
+@pytest.mark.parametrize("rule,raw", CASES_FALSE)
+def test_rule_leaves_look_alikes(rule, raw):
+    if rule == "auth header values":
+        assert redact_headers({raw: "value-1"}) == {raw.lower(): "value-1"}
+        return
+    assert _redact(rule, raw) == raw
 
 
 def test_headers_and_secret_type():

@@ -1,6 +1,7 @@
 """Issue 7: bounds and intervals against scipy and published values; verdicts that never claim
 more than the data supports; canary vs baseline on histories with known ground truth."""
 
+import json
 from datetime import timedelta
 
 import numpy as np
@@ -152,3 +153,18 @@ def test_flapping_probe_is_flagged(tmp_path):
     assert doc["quality"]["list"]["flapping"] is True
     assert doc["quality"]["health"]["flapping"] is False
     assert "flapping: list" in crit(doc, "error_rate")["detail"]
+
+
+@pytest.mark.slow
+def test_report_with_baseline_shows_both_distributions(tmp_path):
+    from conftest import phasegate
+    canary, base = _baseline_pair(tmp_path, 1.3)
+    res = phasegate("report", "--profile", SIM_PROFILE, "--data", canary, "--phase", PHASE, "--start", START.isoformat(),
+                    "--end", END.isoformat(), "--baseline-data", base, "--out", tmp_path / "r", "--formats", "html",
+                    timeout=300)
+    assert res.returncode == 11, res.stdout + res.stderr  # REVIEW
+    assert "[FAIL] soft no_regression" in res.stdout
+    html = next((tmp_path / "r").rglob("signoff.html")).read_text()
+    assert 'alt="Latency of execute: canary vs baseline (ECDF)"' in html
+    assert "Mann-Whitney p (canary slower)" in html
+    assert "--baseline-data" in json.loads(next((tmp_path / "r").rglob("signoff.json")).read_text())["rerun"]

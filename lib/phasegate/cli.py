@@ -19,6 +19,11 @@ from .redact import redact_text
 EXIT_BAD_INPUT = 2
 
 
+def _one_line(msg: str) -> str:
+    """Redacted, and with control characters escaped, so an error is always exactly one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in redact_text(msg))
+
+
 def _guard(fn):
     """Bad input is one line and exit 2; only a real crash is exit 1."""
     @functools.wraps(fn)
@@ -26,7 +31,7 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except PhasegateError as exc:
-            click.echo(f"phasegate: error: {redact_text(str(exc))}", err=True)
+            click.echo(f"phasegate: error: {_one_line(str(exc))}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             click.echo("phasegate: interrupted", err=True)
@@ -34,13 +39,25 @@ def _guard(fn):
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if os.environ.get("PHASEGATE_DEBUG"):
                 traceback.print_exc()
-            click.echo(f"phasegate: internal error: {type(exc).__name__}: {redact_text(str(exc))}", err=True)
+            click.echo(f"phasegate: internal error: {type(exc).__name__}: {_one_line(str(exc))}", err=True)
             sys.exit(1)
     return wrapper
 
 
+class PathText(click.ParamType):
+    """A path as text; a NUL byte (which no filesystem accepts) is bad input, not a crash."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        if "\x00" in str(value):
+            self.fail("contains a NUL byte", param, ctx)
+        return str(value)
+
+
+PATH = PathText()
 base_url_opt = click.option("--base-url", help="Override the profile's target base URL (e.g. a simulator port).")
-profile_opt = click.option("--profile", "profile_path", required=True, help="Profile TOML file.")
+profile_opt = click.option("--profile", "profile_path", type=PATH, required=True, help="Profile TOML file.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,7 +69,7 @@ def cli(verbose):
 
 @cli.command()
 @profile_opt
-@click.option("--data", "data_dir", required=True, help="Data directory for the parquet dataset.")
+@click.option("--data", "data_dir", type=PATH, required=True, help="Data directory for the parquet dataset.")
 @click.option("--for", "run_for", help="Stop after this long (90s, 15m, 24h).")
 @click.option("--until", help="Stop at this ISO 8601 time (UTC unless an offset is given).")
 @click.option("--compact-every", default="60s", show_default=True, help="How often the journal is compacted to parquet.")
@@ -90,7 +107,7 @@ def collect(profile_path, data_dir, run_for, until, compact_every, quiet, base_u
 
 @cli.command()
 @profile_opt
-@click.option("--data", "data_dir", help="Also store the samples in this data directory.")
+@click.option("--data", "data_dir", type=PATH, help="Also store the samples in this data directory.")
 @base_url_opt
 @_guard
 def check(profile_path, data_dir, base_url):
@@ -105,16 +122,16 @@ def check(profile_path, data_dir, base_url):
 
 @cli.command()
 @profile_opt
-@click.option("--data", "data_dir", required=True, help="Data directory with collected samples.")
+@click.option("--data", "data_dir", type=PATH, required=True, help="Data directory with collected samples.")
 @click.option("--phase", required=True, help="Phase name, e.g. phase1-staging-canary.")
 @click.option("--start", required=True, help="Window start, ISO 8601.")
 @click.option("--end", help="Window end, ISO 8601 (may be in the future: an interim report).")
 @click.option("--hours", type=float, help="Window length in hours, instead of --end.")
-@click.option("--out", "out_root", default="reports", show_default=True, help="Root folder for report folders.")
+@click.option("--out", "out_root", type=PATH, default="reports", show_default=True, help="Root folder for report folders.")
 @click.option("--formats", default="html,pdf", show_default=True, help="Exports besides the notebook and JSON.")
 @click.option("--bucket", default="5m", show_default=True, help="Timeline bucket size.")
 @click.option("--as-of", help="Evaluate as if it were this time (re-run a recorded report exactly).")
-@click.option("--baseline-data", help="Data dir of the baseline (control yachts, or the previous phase).")
+@click.option("--baseline-data", type=PATH, help="Data dir of the baseline (control yachts, or the previous phase).")
 @click.option("--baseline-start", help="Baseline window start (default: the same window).")
 @click.option("--baseline-end", help="Baseline window end (default: start + the window's length).")
 @_guard
@@ -132,8 +149,8 @@ def report(profile_path, data_dir, phase, start, end, hours, out_root, formats, 
 
 @cli.command("import-logs")
 @click.option("--format", "fmt", type=click.Choice(["nginx", "json"]), default="nginx", show_default=True)
-@click.option("--file", "path", required=True, help="Log file, or - for standard input.")
-@click.option("--data", "data_dir", required=True, help="Data directory to add the requests to.")
+@click.option("--file", "path", type=PATH, required=True, help="Log file, or - for standard input.")
+@click.option("--data", "data_dir", type=PATH, required=True, help="Data directory to add the requests to.")
 @click.option("--target", default="traffic", show_default=True, help="Name stored with each request.")
 @click.option("--field", "fields", multiple=True, help="JSON field names: ts=time, method=..., path=..., status=..., latency_s=...")
 @_guard
@@ -165,12 +182,12 @@ def simulate():
 @simulate.command("serve")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
 @click.option("--scenario", default="healthy", show_default=True, help="A named scenario.")
-@click.option("--schedule", type=click.Path(), help="A TOML fault schedule (instead of --scenario).")
+@click.option("--schedule", type=PATH, help="A TOML fault schedule (instead of --scenario).")
 @click.option("--span", default="60s", show_default=True, help="Length over which a scenario plays out.")
-@click.option("--request-log", type=click.Path(), help="Write one JSON line per request answered.")
+@click.option("--request-log", type=PATH, help="Write one JSON line per request answered.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--tls-cert", type=click.Path(), help="Serve HTTPS with this certificate (PEM) ...")
-@click.option("--tls-key", type=click.Path(), help="... and this key (PEM).")
+@click.option("--tls-cert", type=PATH, help="Serve HTTPS with this certificate (PEM) ...")
+@click.option("--tls-key", type=PATH, help="... and this key (PEM).")
 @click.option("--hang", "hang_for", default="60s", show_default=True, help="How long hang/slow-drip faults hold a connection.")
 @_guard
 def serve(port, scenario, schedule, span, request_log, seed, tls_cert, tls_key, hang_for):
@@ -197,12 +214,12 @@ def serve(port, scenario, schedule, span, request_log, seed, tls_cert, tls_key, 
 
 
 @simulate.command("history")
-@click.option("--profile", "profile_path", default="profiles/simulator.toml", show_default=True)
+@click.option("--profile", "profile_path", type=PATH, default="profiles/simulator.toml", show_default=True)
 @click.option("--scenario", default="healthy", show_default=True)
-@click.option("--schedule", type=click.Path(), help="A TOML fault schedule; offsets count from the window start.")
+@click.option("--schedule", type=PATH, help="A TOML fault schedule; offsets count from the window start.")
 @click.option("--hours", type=float, default=24.0, show_default=True)
 @click.option("--end", default="now", show_default=True, help="Window end, ISO 8601 or 'now'.")
-@click.option("--data", "data_dir", required=True)
+@click.option("--data", "data_dir", type=PATH, required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @_guard
 def history_cmd(profile_path, scenario, schedule, hours, end, data_dir, seed):
@@ -233,10 +250,10 @@ def main(argv=None) -> None:
         sys.exit(0)
     except click.UsageError as exc:
         hint = f" (see: phasegate {exc.ctx.command_path.partition(' ')[2]} --help)".replace("  ", " ") if exc.ctx else ""
-        click.echo(f"phasegate: error: {redact_text(exc.format_message())}{hint}", err=True)
+        click.echo(f"phasegate: error: {_one_line(exc.format_message())}{hint}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.ClickException as exc:
-        click.echo(f"phasegate: error: {redact_text(exc.format_message())}", err=True)
+        click.echo(f"phasegate: error: {_one_line(exc.format_message())}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.Abort:
         click.echo("phasegate: interrupted", err=True)

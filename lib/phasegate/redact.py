@@ -13,7 +13,7 @@ _SECRET_HEADER = re.compile(r"^(authorization|proxy-authorization|cookie|set-coo
 _BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.S)
 _QUERY_PAIR = re.compile(r"([A-Za-z0-9_.\-]+)=([^&\s\"'<>]+)")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s:]+):([^/@\s]+)@")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s:]*):([^/@\s]+)@")
 
 
 class Secret(str):
