@@ -166,7 +166,7 @@ def report_bench(work: Path, fleet_data, lines: list):
         for _ in range(2 if hours and data is default else 1):
             t = time.perf_counter()
             res = subprocess.run([PY, "-m", "phasegate.cli", "report", "--profile", profile, "--data", data,
-                                  "--phase", "bench", "--start", _minus(END, hours), "--end", END,
+                                  "--phase", "phase1-staging-canary", "--start", _minus(END, hours), "--end", END,
                                   "--out", work / "reports"], capture_output=True, text=True)
             runs.append(time.perf_counter() - t)
             assert res.returncode in (0, 10, 11, 12, 13), res.stderr

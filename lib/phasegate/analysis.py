@@ -142,20 +142,32 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     )
 
 
+def _codes(col: pd.Series) -> np.ndarray:
+    """Integer codes of a categorical column (missing values are -1)."""
+    return col.cat.codes.to_numpy() if isinstance(col.dtype, pd.CategoricalDtype) else \
+        pd.factorize(col, use_na_sentinel=True)[0]
+
+
 def _quality(df: pd.DataFrame, hourly: pd.DataFrame) -> dict:
     """Thin hours (under half the expected samples) and flapping (ok/failed alternating) per probe."""
     full = hourly[hourly["expected"] >= 1]
     thin = full[full["actual"] < 0.5 * full["expected"]].groupby("probe").size()
     # Transitions within each (probe, tenant) series, counted without a Python loop per series.
-    series = df.groupby(["probe", "tenant"], sort=False, observed=True, dropna=False).ngroup().to_numpy()
-    order = np.lexsort((np.arange(len(df)), series))  # df is in time order already
-    g, bad = series[order], df["outcome"].isin(ERROR_OUTCOMES).to_numpy()[order]
-    probe = df["probe"].astype(str).to_numpy()[order]
+    probe_codes = _codes(df["probe"])
+    tenant_codes = _codes(df["tenant"])
+    series = probe_codes.astype(np.int64) * (tenant_codes.max(initial=0) + 2) + tenant_codes + 1
+    order = np.argsort(series, kind="stable")  # df is in time order already; stable keeps it per series
+    bad0 = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()
+    g, bad = series[order], bad0[order]
     flip = np.concatenate([[False], (bad[1:] != bad[:-1]) & (g[1:] == g[:-1])])
+    n_probes = len(df["probe"].cat.categories)
+    flips = np.bincount(probe_codes[order], weights=flip, minlength=n_probes)
+    fails = np.bincount(probe_codes, weights=bad0, minlength=n_probes)
     out = {}
-    for name in pd.unique(probe):
-        m = probe == name
-        t, f = int(flip[m].sum()), int(bad[m].sum())
+    for code, name in enumerate(df["probe"].cat.categories):
+        if not (probe_codes == code).any():
+            continue
+        t, f = int(flips[code]), int(fails[code])
         # Flapping: failures come and go one at a time rather than in bursts.
         out[name] = {"thin_hours": int(thin.get(name, 0)), "transitions": t, "failures": f,
                      "flapping": t >= 10 and t >= f}
@@ -214,9 +226,10 @@ def _flags(df: pd.DataFrame) -> dict:
         for name, v in values.items():
             if v is not True:
                 off[name] = off.get(name, 0) + int(n)
-    change = (obs["flags"] != obs["flags"].shift()).to_numpy()
+    codes = _codes(obs["flags"])
+    change = np.concatenate([[True], codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, bool)
     states, changes = {}, []
-    for ts, raw in zip(obs["ts"].to_numpy()[change], obs["flags"].to_numpy()[change]):
+    for ts, raw in zip(obs["ts"].to_numpy()[change], obs["flags"].iloc[np.flatnonzero(change)].astype(str)):
         for name, value in decoded[raw].items():
             if states.get(name, _UNSET) != value:
                 changes.append({"ts": _ts(pd.Timestamp(ts)), "flag": name, "value": value})
@@ -233,9 +246,10 @@ def _deployments(df: pd.DataFrame) -> dict:
     g = d.groupby("deployment_id", sort=False)["ts"].agg(["min", "max", "size"]).sort_values("min")
     ids = [{"id": dep, "first": _ts(r["min"]), "last": _ts(r["max"]), "samples": int(r["size"])}
            for dep, r in g.iterrows()]
-    change = (d["deployment_id"] != d["deployment_id"].shift()).to_numpy()
+    codes = _codes(d["deployment_id"])
+    change = np.concatenate([[True], codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, bool)
     runs = [{"id": dep, "from": _ts(pd.Timestamp(ts))}
-            for ts, dep in zip(d["ts"].to_numpy()[change], d["deployment_id"].to_numpy()[change])]
+            for ts, dep in zip(d["ts"].to_numpy()[change], d["deployment_id"].iloc[np.flatnonzero(change)].astype(str))]
     rollbacks = [
         {"ts": r["from"], "to": r["id"], "from": runs[i - 1]["id"]}
         for i, r in enumerate(runs) if i >= 2 and any(p["id"] == r["id"] for p in runs[: i - 1])
