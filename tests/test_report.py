@@ -200,6 +200,7 @@ def test_report_renders_four_files_and_papermill_agrees(tmp_path):
     assert res.returncode == 10, res.stdout + res.stderr
     folder = tmp_path / "reports" / PHASE / "20260129T144501Z"
     assert sorted(p.name for p in folder.iterdir()) == ["signoff.html", "signoff.ipynb", "signoff.json", "signoff.pdf"]
+    assert [p.name for p in folder.parent.iterdir()] == ["20260129T144501Z"]  # no staging left behind
     doc = json.loads((folder / "signoff.json").read_text())
     assert doc["verdict"] == "NO-GO"
     assert doc["inputs"]["excluded"][0]["file"] == str(bad)
@@ -214,6 +215,15 @@ def test_report_renders_four_files_and_papermill_agrees(tmp_path):
     assert "signoff.run(" not in html and "display(HTML" not in html  # no code cells
     assert not re.search(r'<(script|img|link|iframe)[^>]+(src|href)="(https?:)?//', html)  # self-contained
     assert "<img" in html and all("src=\"data:image/png;base64," in t for t in html.split("<img")[1:])
+    # A later run of the same window that fails leaves the earlier report whole.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    failed_run = phasegate("report", "--profile", SIM_PROFILE, "--data", empty, "--phase", PHASE,
+                           "--start", START.isoformat(), "--end", END.isoformat(), "--out", tmp_path / "reports",
+                           timeout=300)
+    assert failed_run.returncode == 2 and "no samples" in failed_run.stderr
+    assert json.loads((folder / "signoff.json").read_text()) == doc
+    assert [p.name for p in folder.parent.iterdir()] == ["20260129T144501Z"]
     # The same notebook run by papermill alone gives the same verdict and counts.
     out = tmp_path / "direct.ipynb"
     subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "phase_signoff.ipynb"), str(out),

@@ -5,7 +5,6 @@ import logging
 from .errors import (DataError, PhasegateError, ProfileError, ReportError, ScenarioError, StoreError,
                      WindowError)
 from .profile import load_profile
-from .store import read_samples
 from .window import Window
 
 __all__ = [
@@ -14,3 +13,11 @@ __all__ = [
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name):
+    # pyarrow takes ~0.7 s to import: only code that reads samples should pay for it.
+    if name == "read_samples":
+        from .store import read_samples
+        return read_samples
+    raise AttributeError(f"module 'phasegate' has no attribute {name!r}")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-
 import matplotlib
 import matplotlib.dates as mdates
 import numpy as np
@@ -119,20 +117,26 @@ def coverage_plot(a: Analysis):
 
 
 def state_timeline(a: Analysis):
-    """Deployment ids and flag states over the window, as coloured spans."""
-    df = a.samples
+    """Deployment ids and flag states over the window, as spans drawn from their change points
+    (cheap at any sample count: the changes were found over every observation)."""
     fig, ax = _figure(10, 1.8)
-    rows = []
-    dep = df[df["deployment_id"].notna()]
-    ids = list(dict.fromkeys(dep["deployment_id"]))
+    end = pd.Timestamp(a.observed_end)
     colors = matplotlib.colormaps["tab10"].colors
-    ax.scatter(dep["ts"], [1] * len(dep), c=[colors[ids.index(d) % 10] for d in dep["deployment_id"]], s=4)
-    rows.append("deployment")
-    fl = df[df["flags"].notna()]
-    off = [any(v is not True for v in json.loads(x).values()) for x in fl["flags"]]
-    ax.scatter(fl["ts"], [0] * len(fl), c=["#cf222e" if o else "#2da44e" for o in off], s=4)
-    rows.append("flags on (green) / off (red)")
-    ax.set_yticks([1, 0], rows)
+    seq = a.deployments["sequence"]
+    ids = list(dict.fromkeys(s["id"] for s in seq))
+    for k, run in enumerate(seq):
+        t0 = pd.Timestamp(run["from"])
+        t1 = pd.Timestamp(seq[k + 1]["from"]) if k + 1 < len(seq) else end
+        ax.plot([t0, t1], [1, 1], lw=8, solid_capstyle="butt", color=colors[ids.index(run["id"]) % 10])
+    on: dict[str, bool] = {}
+    points = []
+    for change in a.flags["changes"]:
+        on[change["flag"]] = change["value"] is True
+        points.append((pd.Timestamp(change["ts"]), all(on.values())))
+    for k, (t0, all_on) in enumerate(points):
+        t1 = points[k + 1][0] if k + 1 < len(points) else end
+        ax.plot([t0, t1], [0, 0], lw=8, solid_capstyle="butt", color="#2da44e" if all_on else "#cf222e")
+    ax.set_yticks([1, 0], ["deployment", "flags all on (green) / any off (red)"])
     ax.set_ylim(-0.6, 1.6)
     ax.set_title("Deployments (" + ", ".join(f"{i}: colour {n + 1}" for n, i in enumerate(ids)) + ") and flags")
     _fmt(ax, a)

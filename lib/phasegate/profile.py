@@ -8,6 +8,7 @@ in a profile can never silently turn a criterion off.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ CRITERIA_IDS = (
 _HARD = {"window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy"}
 _THRESHOLDS = {"no_5xx": 0.0, "no_feature_disabled": 0.0, "execute_p99": 10000.0, "error_rate": 0.01,
                "no_regression": 0.10}
+_PHASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 
 
@@ -131,6 +133,13 @@ class Profile:
 
     def probe(self, name: str) -> Probe:
         return next(p for p in self.probes if p.name == name)
+
+    def check_phase(self, phase) -> None:
+        """A phase name is a safe folder name, and one of `phases` when the profile lists them."""
+        if not isinstance(phase, str) or not _PHASE.match(phase):
+            raise ProfileError(f"phase name must be letters, digits, '.', '_' or '-' (got {phase!r})")
+        if self.phases and phase not in self.phases:
+            raise ProfileError(f"unknown phase {phase!r} for {self.path}; known: {', '.join(self.phases)}")
 
     def secret_values(self) -> list[str]:
         """Values that must never be written anywhere (scrubbed from bodies and logs): the auth

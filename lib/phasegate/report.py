@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
 import tempfile
 from html import escape as html_escape
 from dataclasses import dataclass
@@ -19,8 +21,7 @@ from pathlib import Path
 from .errors import DataError, ProfileError, ReportError, WindowError
 from .profile import load_profile
 from .redact import redact_text
-from .signoff import check_phase, window_of
-from .window import parse_duration, parse_time, utcnow
+from .window import Window, iso, parse_duration, parse_time, utcnow
 
 EXIT_CODES = {"GO": 0, "NO-GO": 10, "REVIEW": 11, "PENDING": 12, "INCONCLUSIVE": 13}
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "phase_signoff.ipynb"
@@ -52,41 +53,57 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         raise ReportError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
     # Validate everything cheap before starting a kernel: bad input is exit 2 in milliseconds.
     profile = load_profile(profile_path)
-    check_phase(profile, phase)
+    profile.check_phase(phase)
     now = parse_time(as_of, name="as_of") if as_of else utcnow().replace(microsecond=0)
-    window = window_of(profile, start, end, hours, now)
+    window = Window.resolve(start, end, hours, profile.criteria.duration_s, now)
     if window.start >= now:
         raise WindowError(f"window starts in the future ({window.start.isoformat()}): nothing to report yet")
     parse_duration(bucket)
     if not Path(data_dir).is_dir():
         raise DataError(f"data dir does not exist: {data_dir}")
-    folder = Path(out_root) / phase / window.end.strftime("%Y%m%dT%H%M%SZ")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(out_root) / phase / iso(window.end).replace("-", "").replace(":", "")
+    # Rendered beside the folder and swapped in whole, so a failed run never leaves a previous
+    # report half-replaced (an hourly interim report rewrites the same folder).
+    stage = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
     params = {
         "profile": str(Path(profile_path).resolve()), "data_dir": str(Path(data_dir).resolve()),
         "phase": phase, "start": window.start.isoformat(), "end": window.end.isoformat(), "hours": "",
-        "out_dir": str(folder.resolve()), "bucket": bucket, "as_of": now.isoformat(),
+        "out_dir": str(stage.resolve()), "bucket": bucket, "as_of": now.isoformat(),
         "baseline_data": str(Path(baseline[0]).resolve()) if baseline[0] else "",
         "baseline_start": baseline[1] or "", "baseline_end": baseline[2] or "",
     }
-    if baseline[0] and not Path(baseline[0]).is_dir():
-        raise DataError(f"baseline data dir does not exist: {baseline[0]}")
-    for key, value in params.items():  # papermill writes parameters into the notebook
-        if redact_text(value) != value:
-            raise ReportError(f"parameter {key} looks like it holds a secret; refusing to write it into the notebook")
-    files = {"ipynb": folder / "signoff.ipynb", "json": folder / "signoff.json"}
-    (folder / "signoff.json").unlink(missing_ok=True)
-    _execute(notebook, files["ipynb"], params)
-    doc = json.loads(files["json"].read_text())
-    if "html" in wanted or "pdf" in wanted:
-        html = export_html(files["ipynb"])
-        if "html" in wanted:
-            files["html"] = folder / "signoff.html"
-            files["html"].write_text(html, encoding="utf-8")
-        if "pdf" in wanted:
-            files["pdf"] = folder / "signoff.pdf"
-            export_pdf(html, files["pdf"])
+    try:
+        if baseline[0] and not Path(baseline[0]).is_dir():
+            raise DataError(f"baseline data dir does not exist: {baseline[0]}")
+        for key, value in params.items():  # papermill writes parameters into the notebook
+            if redact_text(value) != value:
+                raise ReportError(f"parameter {key} looks like it holds a secret; refusing to write it into the notebook")
+        _execute(notebook, stage / "signoff.ipynb", params)
+        doc = json.loads((stage / "signoff.json").read_text())
+        if "html" in wanted or "pdf" in wanted:
+            html = export_html(stage / "signoff.ipynb")
+            if "html" in wanted:
+                (stage / "signoff.html").write_text(html, encoding="utf-8")
+            if "pdf" in wanted:
+                export_pdf(html, stage / "signoff.pdf")
+    except (DataError, ProfileError, WindowError):
+        shutil.rmtree(stage, ignore_errors=True)  # bad input: nothing worth keeping
+        raise
+    _swap_in(stage, folder)
+    names = {"ipynb": "signoff.ipynb", "json": "signoff.json", "html": "signoff.html", "pdf": "signoff.pdf"}
+    files = {k: folder / v for k, v in names.items() if (folder / v).exists()}
     return ReportResult(doc["verdict"], folder, files, doc, summarize(doc, files))
+
+
+def _swap_in(stage: Path, folder: Path) -> None:
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(stage, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _execute(notebook: Path, out: Path, params: dict) -> None:

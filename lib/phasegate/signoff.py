@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 from .analysis import Analysis, analyze
 from .criteria import Decision, evaluate
-from .errors import DataError, ProfileError
+from .errors import DataError
 from .profile import Profile, load_profile
 from .store import sha256
 from .window import Window, iso, parse_duration, parse_time, utcnow
 
 SCHEMA_VERSION = 1
-_PHASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
 @dataclass
@@ -44,37 +41,14 @@ def find_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def check_phase(profile: Profile, phase: str) -> None:
-    if not isinstance(phase, str) or not _PHASE.match(phase):
-        raise ProfileError(f"phase name must be letters, digits, '.', '_' or '-' (got {phase!r})")
-    if profile.phases and phase not in profile.phases:
-        raise ProfileError(f"unknown phase {phase!r} for {profile.path}; known: {', '.join(profile.phases)}")
-
-
-def window_of(profile: Profile, start=None, end=None, hours=None, now=None) -> Window:
-    """The window from the parameters; with no start, it ends at end (or now)."""
-    def blank(v):
-        return v is None or v == ""
-
-    if not blank(start):
-        if not blank(end):
-            return Window.from_args(start, end=end)
-        if not blank(hours):
-            return Window.from_args(start, hours=hours)
-        return Window.from_args(start, duration=profile.criteria.duration_s)
-    e = (now or utcnow()) if blank(end) else parse_time(end, name="end")
-    length = Window.from_args(e, hours=hours).duration_s if not blank(hours) else profile.criteria.duration_s
-    return Window(e - timedelta(seconds=length), e)
-
-
 def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir=None, bucket="5m",
         as_of=None, baseline_data=None, baseline_start=None, baseline_end=None) -> Signoff:
     """Analyse the window, evaluate the criteria, and write `signoff.json` into out_dir."""
     profile_file = find_path(profile_path)
     profile = load_profile(profile_file)
-    check_phase(profile, phase)
+    profile.check_phase(phase)
     now = parse_time(as_of, name="as_of") if as_of not in (None, "") else utcnow()
-    window = window_of(profile, start, end, hours, now)
+    window = Window.resolve(start, end, hours, profile.criteria.duration_s, now)
     data = find_path(data_dir)
     if not data.is_dir():
         raise DataError(f"data dir does not exist: {data_dir}")

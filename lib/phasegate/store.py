@@ -184,6 +184,9 @@ def recover(data_dir) -> list[str]:
     root = Path(data_dir)
     notes = []
     for seg in sorted((root / "journal").glob("*.jnl")):
+        owner = _owner_pid(seg.stem)
+        if owner is not None and owner != os.getpid() and _alive(owner):
+            continue  # a live collector's segment, perhaps created an instant before its flock
         try:
             fd = os.open(seg, os.O_RDONLY)
         except FileNotFoundError:
@@ -209,6 +212,12 @@ def recover(data_dir) -> list[str]:
     for note in notes:
         log.warning(note)
     return notes
+
+
+def _owner_pid(stem: str) -> int | None:
+    """The collector pid in a segment name `<YYYYmmddTHHMMSSZ>-<pid>-<hex>-<seg>`, if it has one."""
+    parts = stem.split("-")
+    return int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
 
 
 def _alive(pid: int) -> bool:

@@ -93,6 +93,23 @@ class Window:
             raise WindowError(f"window end {iso(e)} is not after its start {iso(s)}")
         return cls(s, e)
 
+    @classmethod
+    def resolve(cls, start=None, end=None, hours=None, default_s: float = 86400.0, now=None) -> "Window":
+        """The window from report/notebook parameters ("" counts as not given): with no start it
+        ends at `end` (or now) and lasts `hours` or `default_s` (the profile's duration)."""
+        def blank(v):
+            return v is None or v == ""
+
+        if not blank(start):
+            if not blank(end):
+                return cls.from_args(start, end=end)
+            if not blank(hours):
+                return cls.from_args(start, hours=hours)
+            return cls.from_args(start, duration=default_s)
+        e = (now or utcnow()) if blank(end) else parse_time(end, name="end")
+        length = cls.from_args(e, hours=hours).duration_s if not blank(hours) else default_s
+        return cls(e - timedelta(seconds=length), e)
+
     @property
     def duration_s(self) -> float:
         return (self.end - self.start).total_seconds()
