@@ -106,21 +106,30 @@ def test_faster_canary_is_not_punished(tmp_path):
 
 
 def test_two_hours_240_clean_samples_error_rate_inconclusive(tmp_path):
-    prof = write_profile(tmp_path, f'''
-extends = "{SIM_PROFILE}"
+    prof = write_profile(tmp_path, '''
 [target]
 name = "thin"
+base_url = "http://127.0.0.1:8765"
 interval = "30s"
 timeout = "10s"
+
+[[probes]]
+name = "health"
+path = "/v1/actions/health"
+  [probes.extract]
+  handlers_loaded = "handlers_loaded"
+  handlers_total = "handlers_total"
+  deployment_id = "header:X-Deployment-Id"
+  [probes.extract.flags]
+  FAULT_LENS_V1_ENABLED = "feature_flags.FAULT_LENS_V1_ENABLED"
+
 [criteria]
 duration = "2h"
+[criteria.execute_p99]
+enabled = false
 ''')
-    p = load_profile(prof)
-    one = [pr for pr in p.probes if pr.name == "health"]
-    import dataclasses
-    p = dataclasses.replace(p, probes=tuple(one))
     data = tmp_path / "data"
-    history(p, [], START.timestamp(), START.timestamp() + 2 * H, data, seed=3)
+    history(load_profile(prof), [], START.timestamp(), START.timestamp() + 2 * H, data, seed=3)
     doc = signoff.run(prof, data, PHASE, start=START.isoformat(), hours=2,
                       as_of=(START + timedelta(hours=2, minutes=1)).isoformat()).doc
     c = crit(doc, "error_rate")
@@ -128,7 +137,9 @@ duration = "2h"
     assert c["passed"] is None
     assert "n ≥ 299 needed (59 more clean samples)" in c["detail"]
     assert c["bound"] == pytest.approx(1 - 0.05 ** (1 / 240))
+    assert doc["coverage"]["sufficient"] is True
     assert doc["verdict"] == "INCONCLUSIVE"
+    assert doc["reason"] == "too little evidence to decide: error_rate"
 
 
 def test_dry_run_criterion_failing_leaves_verdict_unchanged(tmp_path):
