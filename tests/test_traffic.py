@@ -5,6 +5,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
@@ -161,3 +162,101 @@ def test_simulator_metrics_match_its_request_log(sim, tmp_path):
     assert 'http_requests_total{method="POST",route="/v1/actions/execute",status="500"} 3.0' in text
     assert 'http_requests_total{method="POST",route="/v1/actions/execute",status="200"} 2.0' in text
     assert 'http_request_duration_seconds_count{method="GET",route="/v1/actions/health"} 5.0' in text
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """A real Prometheus on 127.0.0.1 scraping the given target every second."""
+    binary = shutil.which("prometheus")
+    if not binary:
+        pytest.skip("needs Prometheus: apt-get install -y prometheus (.ci/run installs it)")
+    procs = []
+
+    def start(target_port: int) -> str:
+        port = _free_port()
+        conf = tmp_path / "prometheus.yml"
+        conf.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sim\n"
+                        f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n")
+        proc = subprocess.Popen([binary, f"--config.file={conf}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if urllib.request.urlopen(f"{base}/-/ready", timeout=1).status == 200:
+                    return base
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("Prometheus did not become ready")
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=20)
+
+
+def _prom_has(base, query, minimum=1):
+    import json
+    q = urllib.parse.urlencode({"query": query})
+    doc = json.load(urllib.request.urlopen(f"{base}/api/v1/query?{q}", timeout=5))
+    return len(doc["data"]["result"]) >= minimum
+
+
+def test_prometheus_and_nginx_log_both_count_exactly_the_injected_500s(sim, tmp_path, nginx, prometheus):
+    start_nginx, log = nginx
+    sched = tmp_path / "f.toml"
+    sched.write_text('[[fault]]\nkind = "server_error"\ncount = 7\nprobes = ["list"]\n')
+    srv = sim(schedule=sched)
+    prom = prometheus(srv.port)
+    for _ in range(100):  # the zero-valued series are scraped before any error happens
+        if _prom_has(prom, "http_requests_total", 12):
+            break
+        time.sleep(0.2)
+    window_start = datetime.now(timezone.utc) - timedelta(seconds=1)
+    base = start_nginx(url(srv))
+    codes = [_get(f"{base}/v1/actions/list?domain=faults&i={i}") for i in range(40)]
+    assert codes.count(500) == 7
+    time.sleep(3.5)  # let at least two scrapes see the final counters
+    window_end = datetime.now(timezone.utc)
+    profile = write_profile(tmp_path, f'''
+[target]
+name = "via-nginx"
+base_url = "{base}"
+interval = "0.5s"
+timeout = "0.4s"
+[[probes]]
+name = "health"
+path = "/v1/actions/health"
+[criteria]
+duration = "1m"
+[prometheus]
+url = "{prom}"
+''')
+    data = tmp_path / "data"
+    assert phasegate("collect", "--profile", profile, "--data", data, "--for", "1.5s", "--quiet").returncode == 0
+    pulled = phasegate("pull-traffic", "--profile", profile, "--data", data, "--start", window_start.isoformat(),
+                       "--end", window_end.isoformat())
+    assert pulled.returncode == 0, pulled.stderr
+    doc = signoff.run(profile, data, "p", start=window_start.isoformat(), hours=1).doc
+    assert doc["prometheus"]["routes"]["/v1/actions/list"]["http_5xx"] == 7
+    assert doc["prometheus"]["routes"]["/v1/actions/list"]["samples"] == 40
+    assert phasegate("import-logs", "--file", log, "--data", data).returncode == 0
+    doc = signoff.run(profile, data, "p", start=window_start.isoformat(), hours=1).doc
+    c = next(c for c in doc["criteria"] if c["id"] == "no_5xx")
+    assert c["measured"] == 7 and c["passed"] is False  # counted once: the log, with Prometheus beside it
+    assert "traffic 7 of" in c["detail"] and "prometheus 7 of" in c["detail"] and "not added" in c["detail"]
+
+
+def test_counter_resets_and_increments():
+    from phasegate.prom import increments
+    inc, resets = increments([(1, "0"), (2, "3"), (3, "3"), (4, "5"), (5, "2"), (6, "4")])
+    assert inc == [(2.0, 3.0), (4.0, 2.0), (5.0, 2.0), (6.0, 2.0)] and resets == 1
+    assert sum(d for _, d in inc) == 9  # 5 before the restart, 4 after
+
+
+def test_pull_traffic_without_prometheus_section_is_bad_input(tmp_path):
+    from conftest import SIM_PROFILE
+    res = phasegate("pull-traffic", "--profile", SIM_PROFILE, "--data", tmp_path, "--start", "2026-01-01T00:00:00Z",
+                    "--hours", "1")
+    assert res.returncode == 2 and "no [prometheus] section" in res.stderr

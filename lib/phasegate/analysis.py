@@ -21,7 +21,7 @@ from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantil
 from .store import read_samples, sha256
 from .window import Window, iso, utcnow
 
-COLUMNS = ["source", "probe", "tenant", "status", "outcome", "error_code", "latency_ms", "health_status",
+COLUMNS = ["source", "count", "probe", "tenant", "status", "outcome", "error_code", "latency_ms", "health_status",
            "handlers_loaded", "handlers_total", "deployment_id", "flags", "simulated"]
 
 
@@ -42,6 +42,7 @@ class Analysis:
     quality: dict
     baseline: dict | None
     traffic: dict | None
+    prometheus: dict | None
     timeline: pd.DataFrame = field(repr=False)
     coverage_hourly: pd.DataFrame = field(repr=False)
     samples: pd.DataFrame = field(repr=False)
@@ -109,8 +110,9 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     df = df.sort_values("ts", kind="stable").reset_index(drop=True)
     # Real traffic (imported request logs) is reported beside the probes, never mixed into them.
     is_traffic = (df["source"] == "traffic").to_numpy()
-    traffic_df = df[is_traffic]
-    df = df[~is_traffic].reset_index(drop=True)
+    is_prom = (df["source"] == "prometheus").to_numpy()
+    traffic_df, prom_df = df[is_traffic], df[is_prom]
+    df = df[~(is_traffic | is_prom)].reset_index(drop=True)
     # The heavy columns are only needed on few rows: read those rows alone.
     fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
                          columns=["probe", "assertion_failures"]).sort_values("ts", kind="stable")
@@ -134,6 +136,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         anomalies=_anomalies(fails), coverage=_coverage(profile, df, window.start, observed_end),
         evidence=_evidence(evid), inputs=inputs, quality=_quality(df, hourly),
         baseline=None if base_df is None else compare(df, base_df),
+        prometheus=None if prom_df.empty else _prom_stats(prom_df),
         traffic=None if traffic_df.empty else {
             "overall": probe_stats(traffic_df, conf),
             "routes": {r: probe_stats(g, conf) for r, g in traffic_df.groupby("probe", sort=True, observed=True)},
@@ -146,6 +149,19 @@ def _codes(col: pd.Series) -> np.ndarray:
     """Integer codes of a categorical column (missing values are -1)."""
     return col.cat.codes.to_numpy() if isinstance(col.dtype, pd.CategoricalDtype) else \
         pd.factorize(col, use_na_sentinel=True)[0]
+
+
+def _prom_stats(df: pd.DataFrame) -> dict:
+    """Requests and 5xx per route from Prometheus counter increments (each row stands for `count`)."""
+    def block(g):
+        five = g["status"].between(500, 599).fillna(False).astype(bool)
+        by_status = g.groupby(g["status"].astype("Int64").astype(str), observed=True)["count"].sum()
+        n, k = float(g["count"].sum()), float(g.loc[five, "count"].sum())
+        return {"samples": int(round(n)), "http_5xx": int(round(k)), "errors": int(round(k)),
+                "error_rate": k / n if n else None,
+                "status_counts": {s: int(round(v)) for s, v in sorted(by_status.items()) if v}}
+    return {"overall": block(df),
+            "routes": {r: block(g) for r, g in df.groupby("probe", sort=True, observed=True)}}
 
 
 def _quality(df: pd.DataFrame, hourly: pd.DataFrame) -> dict:

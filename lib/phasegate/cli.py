@@ -174,6 +174,30 @@ def import_logs_cmd(fmt, path, data_dir, target, fields):
         click.echo(f"  line {no}: {why}", err=True)
 
 
+@cli.command("pull-traffic")
+@profile_opt
+@click.option("--data", "data_dir", type=PATH, required=True, help="Data directory to add the counts to.")
+@click.option("--start", required=True, help="Window start, ISO 8601.")
+@click.option("--end", help="Window end, ISO 8601 (default: start + --hours).")
+@click.option("--hours", type=float, help="Window length in hours, instead of --end.")
+@_guard
+def pull_traffic_cmd(profile_path, data_dir, start, end, hours):
+    """Pull request counts per route and status from the profile's Prometheus (query_range)."""
+    from .errors import ProfileError
+    from .profile import load_profile
+    from .prom import pull_traffic
+    from .window import Window
+
+    profile = load_profile(profile_path)
+    if profile.prometheus is None:
+        raise ProfileError(f"{profile_path}: prometheus: no [prometheus] section to pull from")
+    window = Window.from_args(start, end=end, hours=hours)
+    res = pull_traffic(profile.prometheus, data_dir, window)
+    click.echo(f"pulled {res.requests:g} requests in {res.rows} increments from {res.series} series into {data_dir}")
+    for note in res.notes:
+        click.echo(f"  {note}", err=True)
+
+
 @cli.group()
 def simulate():
     """The built-in simulator of the seed's service."""

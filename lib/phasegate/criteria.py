@@ -56,11 +56,19 @@ def _combined(a: Analysis, key: str) -> tuple[int, int, str]:
     """A count over probes and real traffic together, with each source's share in words."""
     k, n = a.overall[key], a.overall["samples"]
     parts = [f"probes {k} of {n}"]
-    if a.traffic:
-        t = a.traffic["overall"]
-        where = ", ".join(f"{r} {s[key]}" for r, s in a.traffic["routes"].items() if s[key])
-        parts.append(f"traffic {t[key]} of {t['samples']}" + (f" ({where})" if where else ""))
-        k, n = k + t[key], n + t["samples"]
+    # Real traffic counts once: from the request logs when imported, else from Prometheus.
+    sources = [("traffic", a.traffic), ("prometheus", a.prometheus)]
+    counted = False
+    for name, src in sources:
+        if not src:
+            continue
+        t = src["overall"]
+        where = ", ".join(f"{r} {s[key]}" for r, s in src["routes"].items() if s[key])
+        parts.append(f"{name} {t[key]} of {t['samples']}" + (f" ({where})" if where else "")
+                     + ("" if not counted else ", shown, not added: the logs already count this traffic"))
+        if not counted:
+            k, n = k + t[key], n + t["samples"]
+            counted = True
     return k, n, "; ".join(parts)
 
 
@@ -68,7 +76,7 @@ def _no_5xx(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     n5, n, by_source = _combined(a, "http_5xx")
     where = ", ".join(f"{name} {s['http_5xx']}" for name, s in a.probes.items() if s["http_5xx"])
     detail = (f"{n5} of {n} samples answered 5xx (503 FEATURE_DISABLED is judged separately)"
-              + (f": {where}" if where else "") + (f" [{by_source}]" if a.traffic else ""))
+              + (f": {where}" if where else "") + (f" [{by_source}]" if a.traffic or a.prometheus else ""))
     ub = rate_upper(n5, n, p.criteria.confidence)
     if ub is not None:
         detail += f"; 5xx rate ≤ {ub:.4%} at {p.criteria.confidence:.0%} confidence"
@@ -157,7 +165,7 @@ def _error_rate(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     ub = rate_upper(k, n, conf)
     kinds = ", ".join(f"{name} {v}" for name, v in o["outcome_counts"].items() if name not in ("ok", "assertion_failed"))
     detail = (f"{k} errors in {n} samples = {rate:.4%}; upper bound {ub:.4%} at {conf:.0%}"
-              + (f" ({kinds})" if kinds else "") + (f" [{by_source}]" if a.traffic else ""))
+              + (f" ({kinds})" if kinds else "") + (f" [{by_source}]" if a.traffic or a.prometheus else ""))
     flaky = [name for name, q in a.quality.items() if q["flapping"]]
     if flaky:
         detail += f"; flapping: {', '.join(flaky)}"

@@ -184,12 +184,21 @@ def inputs(doc: dict) -> str:
 
 def traffic_table(doc: dict) -> str:
     t = doc.get("traffic")
+    out = ""
+    p = doc.get("prometheus")
+    if p:
+        rows = [[f"<b>{escape(r)}</b>", f"{s['samples']:,}", escape(", ".join(f"{k}×{v}" for k, v in s["status_counts"].items())),
+                 f"{s['http_5xx']:,}", _num(s["error_rate"], "ratio")] for r, s in [*p["routes"].items(), ("ALL", p["overall"])]]
+        out += ('<div class="pg"><p>From Prometheus (raw counters differenced per scrape; counter resets counted). '
+                'When request logs are imported too, the criteria count the logs and show these beside them.</p></div>'
+                + _table(["route", "requests", "status codes", "5xx", "5xx rate"], rows))
     if not t:
-        return '<div class="pg"><p>No real traffic in this window (import request logs with phasegate import-logs).</p></div>'
+        return out or ('<div class="pg"><p>No real traffic in this window (import request logs with '
+                       'phasegate import-logs, or pull counts with phasegate pull-traffic).</p></div>')
     rows = []
     for name, s in [*t["routes"].items(), ("ALL", t["overall"])]:
         rows.append([f"<b>{escape(name)}</b>", f"{s['samples']:,}", escape(", ".join(f"{k}×{v}" for k, v in s["status_counts"].items())),
                      f"{s['http_5xx']:,}", _num(s["error_rate"], "ratio"), _num(s["p50_ms"]), _num(s["p99_ms"]), _num(s["max_ms"])])
-    return ('<div class="pg"><p>From request logs: every request the service answered in the window, '
-            'P99 exact from the logged request times (millisecond resolution).</p></div>'
-            + _table(["route", "requests", "status codes", "5xx", "5xx rate", "p50 ms", "p99 ms", "max ms"], rows))
+    return out + ('<div class="pg"><p>From request logs: every request the service answered in the window, '
+                  'P99 exact from the logged request times (millisecond resolution).</p></div>'
+                  + _table(["route", "requests", "status codes", "5xx", "5xx rate", "p50 ms", "p99 ms", "max ms"], rows))

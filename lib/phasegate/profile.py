@@ -123,6 +123,16 @@ class Criteria:
 
 
 @dataclass(frozen=True)
+class PromSource:
+    """A Prometheus server holding the service's real request counters."""
+
+    url: str
+    metric: str = "http_requests_total"
+    token_env: str | None = None
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class Profile:
     path: str
     target: Target
@@ -130,6 +140,7 @@ class Profile:
     criteria: Criteria
     runbook: dict = field(default_factory=dict)
     phases: tuple[str, ...] = ()
+    prometheus: PromSource | None = None
 
     def probe(self, name: str) -> Probe:
         return next(p for p in self.probes if p.name == name)
@@ -272,8 +283,24 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     runbook = _runbook(src, top.take("runbook", (dict,), {}))
     criteria = _criteria(src, top.take("criteria", (dict,), {}), set(names), set(runbook))
     phases = top.str_list("phases")
+    prom = top.take("prometheus", (dict,), None)
     top.done()
-    return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook, phases=phases)
+    return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook, phases=phases,
+                   prometheus=None if prom is None else _prometheus(src, prom))
+
+
+def _prometheus(src, table) -> PromSource:
+    r = _Reader(src, table, "prometheus")
+    url = r.take("url", (str,), required=True)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.fail("prometheus.url", f"must be an http(s) URL, got {url!r}")
+    p = PromSource(url=url.rstrip("/"), metric=r.take("metric", (str,), "http_requests_total"),
+                   token_env=r.take("token_env", (str,)), timeout_s=r.duration("timeout", 10.0))
+    if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", p.metric):
+        r.fail("prometheus.metric", f"must be a Prometheus metric name, got {p.metric!r}")
+    r.done()
+    return p
 
 
 def _target(src, table, base_url) -> Target:

@@ -67,6 +67,7 @@ SCHEMA = pa.schema([
     ("assertion_failures", pa.list_(pa.string())),
     ("evidence", pa.string()),
     ("simulated", pa.bool_()),
+    ("count", pa.float64()),  # requests a row stands for (Prometheus increments); null means 1
 ])
 COLUMNS = tuple(SCHEMA.names)
 
