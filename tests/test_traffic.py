@@ -260,3 +260,24 @@ def test_pull_traffic_without_prometheus_section_is_bad_input(tmp_path):
     res = phasegate("pull-traffic", "--profile", SIM_PROFILE, "--data", tmp_path, "--start", "2026-01-01T00:00:00Z",
                     "--hours", "1")
     assert res.returncode == 2 and "no [prometheus] section" in res.stderr
+
+
+@pytest.mark.slow
+def test_prometheus_down_is_a_line_in_the_data_section_not_a_crash(tmp_path):
+    from conftest import SIM_PROFILE
+    from test_report import END, START, make
+    data = make(tmp_path, [], hours=24)
+    profile = write_profile(tmp_path, f'''
+extends = "{SIM_PROFILE}"
+[prometheus]
+url = "http://127.0.0.1:{_free_port()}"
+timeout = "2s"
+''', name="prom-down.toml")
+    res = phasegate("report", "--profile", profile, "--data", data, "--phase", "phase1-staging-canary",
+                    "--start", START.isoformat(), "--end", END.isoformat(), "--out", tmp_path / "r",
+                    "--formats", "html", timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr  # GO on the probe evidence
+    assert "data: Prometheus not used: Prometheus at http://127.0.0.1:" in res.stdout
+    html = next((tmp_path / "r").rglob("signoff.html")).read_text()
+    assert "Data source:</b> Prometheus not used: Prometheus at http://127.0.0.1:" in html
+    assert "unreachable" in html

@@ -47,6 +47,7 @@ class Analysis:
     coverage_hourly: pd.DataFrame = field(repr=False)
     samples: pd.DataFrame = field(repr=False)
     baseline_samples: pd.DataFrame | None = field(default=None, repr=False)
+    traffic_samples: pd.DataFrame | None = field(default=None, repr=False)  # logs and Prometheus rows
 
     @property
     def elapsed_s(self) -> float:
@@ -142,6 +143,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
             "routes": {r: probe_stats(g, conf) for r, g in traffic_df.groupby("probe", sort=True, observed=True)},
         },
         timeline=timeline(df, bucket_s), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
+        traffic_samples=pd.concat([traffic_df, prom_df]) if len(traffic_df) or len(prom_df) else None,
     )
 
 

@@ -158,3 +158,24 @@ def ecdf_canary_vs_baseline(a: Analysis, probe: str):
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def traffic_over_time(a: Analysis, bucket: str = "5min"):
+    """Real traffic per bucket: requests and 5xx, per source (a Prometheus row stands for `count`)."""
+    fig, ax = _figure(10, 2.6)
+    t = a.traffic_samples
+    weight = t["count"].fillna(1.0)
+    five = t["status"].between(500, 599).fillna(False).astype(bool)
+    frame = pd.DataFrame({"bucket": t["ts"].dt.floor(bucket), "source": t["source"].astype(str),
+                          "requests": weight, "http_5xx": weight.where(five, 0.0)})
+    g = frame.groupby(["source", "bucket"])[["requests", "http_5xx"]].sum()
+    for source, part in g.groupby(level="source"):
+        part = part.droplevel("source")
+        ax.plot(part.index, part["requests"], label=f"requests ({source})")
+        ax.plot(part.index, part["http_5xx"], "--", label=f"5xx ({source})")
+    ax.set_ylabel(f"per {bucket}")
+    ax.set_title("Real traffic: request rate and 5xx over time")
+    ax.legend(loc="upper left", fontsize=7, ncol=4)
+    _fmt(ax, a)
+    fig.tight_layout()
+    return fig

@@ -122,6 +122,8 @@ def coverage_text(doc: dict) -> str:
                f"({c['longest_gap_start']} → {c['longest_gap_end']}; cause: {escape(c['longest_gap_cause'])}; "
                f"allowed {c['max_gap_s']:,.0f} s). Longest stretch where every attempt failed (service failing): "
                f"{c['longest_failing_s']:,.0f} s.</p>")
+    for note in doc["inputs"].get("notes", []):
+        summary += f"<p><b>Data source:</b> {escape(note)}</p>"
     excluded = doc["inputs"]["excluded"]
     if excluded:
         summary += "<p><b>Excluded input:</b> " + "; ".join(

@@ -178,6 +178,8 @@ def summarize(doc: dict, files: dict) -> str:
         lines.append(f"  runbook: {r['title']}: " + "; ".join(r["steps"][:2]))
     for e in doc["inputs"]["excluded"]:
         lines.append(f"  excluded: {e['file']} ({e['reason']})")
+    for note in doc["inputs"].get("notes", []):
+        lines.append(f"  data: {note}")
     for kind, path in files.items():
         lines.append(f"  {kind:5} {path}")
     return "\n".join(lines)

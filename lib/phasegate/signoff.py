@@ -15,7 +15,7 @@ from .analysis import Analysis, analyze
 from .criteria import Decision, evaluate
 from .errors import DataError
 from .profile import Profile, load_profile
-from .store import sha256
+from .store import read_samples, sha256
 from .window import Window, iso, parse_duration, parse_time, utcnow
 
 SCHEMA_VERSION = 1
@@ -61,9 +61,22 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
             baseline_start, end=baseline_end if baseline_end not in (None, "") else None,
             duration=None if baseline_end not in (None, "") else window.duration_s)
         baseline = (bdir, bwin)
+    notes = []
+    observed = Window(window.start, window.observed_end(now))
+    if profile.prometheus is not None and read_samples(data, observed.start, observed.end, columns=["source"],
+                                                       sources=["prometheus"]).empty:
+        # No counts pulled for this window yet: pull them now. A Prometheus that is down is a line
+        # in the report's data section, never a failed report.
+        from .prom import pull_traffic
+        try:
+            pulled = pull_traffic(profile.prometheus, data, observed)
+            notes += [f"Prometheus: {pulled.requests:g} requests from {pulled.series} series"] + pulled.notes
+        except DataError as exc:
+            notes.append(f"Prometheus not used: {exc}")
     analysis = analyze(profile, data, window, now=now, bucket_s=parse_duration(bucket), baseline=baseline)
     decision = evaluate(profile, analysis)
     doc = build_doc(profile, profile_file, data, phase, analysis, decision, bucket)
+    doc["inputs"]["notes"] = notes
     if baseline is not None:
         doc["rerun"] += f" --baseline-data {baseline[0]} --baseline-start {iso(baseline[1].start)} " \
                         f"--baseline-end {iso(baseline[1].end)}"

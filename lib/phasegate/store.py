@@ -418,7 +418,7 @@ def list_files(data_dir, start: datetime | None = None, end: datetime | None = N
 
 def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=None,
                  include_journal: bool = True, outcomes=None, nonnull: str | None = None,
-                 categorical: bool = False):
+                 categorical: bool = False, sources=None):
     """Samples with start <= ts < end as a DataFrame (ts tz-aware UTC); `probes`, `outcomes` and
     `nonnull` (a column that must be set) narrow the rows inside the parquet scan.
 
@@ -438,6 +438,8 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
         flt = flt & ds.field("probe").isin(list(probes))
     if outcomes:
         flt = flt & ds.field("outcome").isin(list(outcomes))
+    if sources:
+        flt = flt & ds.field("source").isin(list(sources))
     if nonnull:
         flt = flt & ds.field(nonnull).is_valid()
     excluded, good = [], []
