@@ -207,7 +207,8 @@ def test_prometheus_and_nginx_log_both_count_exactly_the_injected_500s(sim, tmp_
     start_nginx, log = nginx
     sched = tmp_path / "f.toml"
     sched.write_text('[[fault]]\nkind = "server_error"\ncount = 7\nprobes = ["list"]\n')
-    srv = sim(schedule=sched)
+    sim_log = tmp_path / "sim.jsonl"
+    srv = sim(schedule=sched, request_log=sim_log)
     prom = prometheus(srv.port)
     for _ in range(100):  # the zero-valued series are scraped before any error happens
         if _prom_has(prom, "http_requests_total", 12):
@@ -241,6 +242,14 @@ url = "{prom}"
     doc = signoff.run(profile, data, "p", start=window_start.isoformat(), hours=1).doc
     assert doc["prometheus"]["routes"]["/v1/actions/list"]["http_5xx"] == 7
     assert doc["prometheus"]["routes"]["/v1/actions/list"]["samples"] == 40
+    # The histogram's P99 is only known to its bucket: the exact P99 (server log) lies inside it.
+    import json as _json
+    import numpy as np
+    lat = [e["latency_ms"] for e in map(_json.loads, sim_log.read_text().splitlines()) if "/list" in e["path"]]
+    hist = doc["prometheus"]["p99_from_histogram"]["/v1/actions/list"]
+    assert hist["requests"] == 40
+    lo, hi = hist["bucket_ms"]
+    assert lo <= np.percentile(lat, 99) <= hi and lo <= hist["p99_ms"] <= hi
     assert phasegate("import-logs", "--file", log, "--data", data).returncode == 0
     doc = signoff.run(profile, data, "p", start=window_start.isoformat(), hours=1).doc
     c = next(c for c in doc["criteria"] if c["id"] == "no_5xx")

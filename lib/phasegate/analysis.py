@@ -8,6 +8,7 @@ response (a timeout has no latency to rank: it is counted as an error instead).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -112,7 +113,9 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     # Real traffic (imported request logs) is reported beside the probes, never mixed into them.
     is_traffic = (df["source"] == "traffic").to_numpy()
     is_prom = (df["source"] == "prometheus").to_numpy()
-    traffic_df, prom_df = df[is_traffic], df[is_prom]
+    hist_df = df[(df["source"] == "prometheus-histogram").to_numpy()]
+    is_prom = is_prom | (df["source"] == "prometheus-histogram").to_numpy()
+    traffic_df, prom_df = df[is_traffic], df[(df["source"] == "prometheus").to_numpy()]
     df = df[~(is_traffic | is_prom)].reset_index(drop=True)
     # The heavy columns are only needed on few rows: read those rows alone.
     fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
@@ -137,7 +140,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         anomalies=_anomalies(fails), coverage=_coverage(profile, df, window.start, observed_end),
         evidence=_evidence(evid), inputs=inputs, quality=_quality(df, hourly),
         baseline=None if base_df is None else compare(df, base_df),
-        prometheus=None if prom_df.empty else _prom_stats(prom_df),
+        prometheus=None if prom_df.empty else {**_prom_stats(prom_df), "p99_from_histogram": _hist_p99(hist_df)},
         traffic=None if traffic_df.empty else {
             "overall": probe_stats(traffic_df, conf),
             "routes": {r: probe_stats(g, conf) for r, g in traffic_df.groupby("probe", sort=True, observed=True)},
@@ -164,6 +167,27 @@ def _prom_stats(df: pd.DataFrame) -> dict:
                 "status_counts": {s: int(round(v)) for s, v in sorted(by_status.items()) if v}}
     return {"overall": block(df),
             "routes": {r: block(g) for r, g in df.groupby("probe", sort=True, observed=True)}}
+
+
+def _hist_p99(h: pd.DataFrame, q: float = 0.99) -> dict:
+    """P99 per route from cumulative histogram buckets, interpolated as Prometheus'
+    histogram_quantile does; the true value lies somewhere in the bucket [lower, upper]."""
+    out = {}
+    for route, g in h.groupby("probe", sort=True, observed=True):
+        cum = g.groupby("latency_ms")["count"].sum().sort_index()  # bucket upper bound (ms) -> cumulative count
+        total = float(cum.iloc[-1]) if len(cum) else 0.0
+        if total <= 0:
+            continue
+        rank = q * total
+        uppers, counts = cum.index.to_numpy(), cum.to_numpy()
+        i = int(np.searchsorted(counts, rank))
+        lower = 0.0 if i == 0 else float(uppers[i - 1])
+        upper = float(uppers[i])
+        below = 0.0 if i == 0 else float(counts[i - 1])
+        est = upper if math.isinf(upper) else lower + (upper - lower) * (rank - below) / max(counts[i] - below, 1e-12)
+        out[route] = {"p99_ms": None if math.isinf(est) else round(est, 3), "bucket_ms": [lower, upper],
+                      "requests": round(total)}
+    return out
 
 
 def _quality(df: pd.DataFrame, hourly: pd.DataFrame) -> dict:

@@ -189,11 +189,22 @@ def traffic_table(doc: dict) -> str:
     out = ""
     p = doc.get("prometheus")
     if p:
+        hist = p.get("p99_from_histogram", {})
+
+        def p99(route):
+            h = hist.get(route)
+            if not h or h["p99_ms"] is None:
+                return "–"
+            return f"{h['p99_ms']:,.1f} (bucket {h['bucket_ms'][0]:g}–{h['bucket_ms'][1]:g} ms)"
+
         rows = [[f"<b>{escape(r)}</b>", f"{s['samples']:,}", escape(", ".join(f"{k}×{v}" for k, v in s["status_counts"].items())),
-                 f"{s['http_5xx']:,}", _num(s["error_rate"], "ratio")] for r, s in [*p["routes"].items(), ("ALL", p["overall"])]]
+                 f"{s['http_5xx']:,}", _num(s["error_rate"], "ratio"), p99(r)]
+                for r, s in [*p["routes"].items(), ("ALL", p["overall"])]]
         out += ('<div class="pg"><p>From Prometheus (raw counters differenced per scrape; counter resets counted). '
-                'When request logs are imported too, the criteria count the logs and show these beside them.</p></div>'
-                + _table(["route", "requests", "status codes", "5xx", "5xx rate"], rows))
+                'When request logs are imported too, the criteria count the logs and show these beside them. '
+                'P99 from the latency histogram is interpolated within its bucket, as histogram_quantile does: '
+                'the true P99 lies anywhere inside the bucket shown.</p></div>'
+                + _table(["route", "requests", "status codes", "5xx", "5xx rate", "p99 ms from histogram"], rows))
     if not t:
         return out or ('<div class="pg"><p>No real traffic in this window (import request logs with '
                        'phasegate import-logs, or pull counts with phasegate pull-traffic).</p></div>')

@@ -128,6 +128,7 @@ class PromSource:
 
     url: str
     metric: str = "http_requests_total"
+    histogram: str = "http_request_duration_seconds"
     token_env: str | None = None
     timeout_s: float = 10.0
 
@@ -296,9 +297,11 @@ def _prometheus(src, table) -> PromSource:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         r.fail("prometheus.url", f"must be an http(s) URL, got {url!r}")
     p = PromSource(url=url.rstrip("/"), metric=r.take("metric", (str,), "http_requests_total"),
+                   histogram=r.take("histogram", (str,), "http_request_duration_seconds"),
                    token_env=r.take("token_env", (str,)), timeout_s=r.duration("timeout", 10.0))
-    if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", p.metric):
-        r.fail("prometheus.metric", f"must be a Prometheus metric name, got {p.metric!r}")
+    for key in ("metric", "histogram"):
+        if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", getattr(p, key)):
+            r.fail(f"prometheus.{key}", f"must be a Prometheus metric name, got {getattr(p, key)!r}")
     r.done()
     return p
 

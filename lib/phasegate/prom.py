@@ -94,6 +94,21 @@ def pull_traffic(src: PromSource, data_dir, window: Window, name: str = "prometh
                          "outcome": "http_error" if status is not None and status >= 500 else "ok",
                          "assertion_failures": [], "simulated": False, "seq": len(rows) + 1})
             res.requests += d
+    # The latency histogram's buckets, the same way: one row per (route, upper bound) increment,
+    # latency_ms holding the bucket's upper bound (inf for +Inf).
+    for s in query_range(src, f"{src.histogram}_bucket", window, step):
+        labels = s.get("metric", {})
+        le = labels.get("le")
+        try:
+            upper_ms = float(le) * 1000.0
+        except (TypeError, ValueError):
+            continue
+        inc, resets = increments(s.get("values", []))
+        res.resets += resets
+        for t, d in inc:
+            rows.append({"ts": t, "source": "prometheus-histogram", "target": name, "probe": labels.get("route", "?"),
+                         "method": labels.get("method"), "latency_ms": upper_ms, "count": d, "outcome": "ok",
+                         "assertion_failures": [], "simulated": False, "seq": len(rows) + 1})
     if res.resets:
         res.notes.append(f"{res.resets} counter reset(s) handled (a drop counts the new value)")
     rows.sort(key=lambda r: r["ts"])

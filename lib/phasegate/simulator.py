@@ -356,6 +356,7 @@ class SimServer(ThreadingHTTPServer):
         # Series exist at 0 from the start, so a scraper sees the first error as an increase.
         for route, method in (("/v1/actions/health", "GET"), ("/v1/actions/list", "GET"),
                               ("/v1/actions/suggestions", "GET"), ("/v1/actions/execute", "POST")):
+            self.duration.labels(method, route)
             for status in ("200", "500", "503"):
                 self.requests_total.labels(method, route, status)
 
