@@ -63,8 +63,8 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
         baseline = (bdir, bwin)
     notes = []
     observed = Window(window.start, window.observed_end(now))
-    if profile.prometheus is not None and read_samples(data, observed.start, observed.end, columns=["source"],
-                                                       sources=["prometheus"]).empty:
+    if profile.prometheus is not None and observed.end > observed.start and read_samples(
+            data, observed.start, observed.end, columns=["source"], sources=["prometheus"]).empty:
         # No counts pulled for this window yet: pull them now. A Prometheus that is down is a line
         # in the report's data section, never a failed report.
         from .prom import pull_traffic
