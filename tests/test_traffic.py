@@ -74,6 +74,22 @@ http {{
         p.wait(timeout=10)
 
 
+def via_nginx_profile(tmp_path, base, extra=""):
+    """Probes through nginx too, health only, so every injected 500 reaches real traffic."""
+    return write_profile(tmp_path, f'''
+[target]
+name = "via-nginx"
+base_url = "{base}"
+interval = "0.5s"
+timeout = "0.4s"
+[[probes]]
+name = "health"
+path = "/v1/actions/health"
+[criteria]
+duration = "1m"
+{extra}''')
+
+
 def _get(u):
     try:
         return urllib.request.urlopen(u, timeout=5).status
@@ -91,19 +107,7 @@ def test_nginx_log_counts_exactly_the_injected_500s(sim, tmp_path, nginx):
     codes = [_get(f"{base}/v1/actions/list?domain=faults&i={i}") for i in range(40)]
     codes += [_get(f"{base}/v1/actions/suggestions?domain=faults") for _ in range(10)]
     assert codes.count(500) == 7
-    # Probes through nginx too (health only, so the injected 500s all reach real traffic).
-    profile = write_profile(tmp_path, f'''
-[target]
-name = "via-nginx"
-base_url = "{base}"
-interval = "0.5s"
-timeout = "0.4s"
-[[probes]]
-name = "health"
-path = "/v1/actions/health"
-[criteria]
-duration = "1m"
-''')
+    profile = via_nginx_profile(tmp_path, base)
     data = tmp_path / "data"
     assert phasegate("collect", "--profile", profile, "--data", data, "--for", "2s", "--quiet").returncode == 0
     time.sleep(0.3)
@@ -220,20 +224,7 @@ def test_prometheus_and_nginx_log_both_count_exactly_the_injected_500s(sim, tmp_
     assert codes.count(500) == 7
     time.sleep(3.5)  # let at least two scrapes see the final counters
     window_end = datetime.now(timezone.utc)
-    profile = write_profile(tmp_path, f'''
-[target]
-name = "via-nginx"
-base_url = "{base}"
-interval = "0.5s"
-timeout = "0.4s"
-[[probes]]
-name = "health"
-path = "/v1/actions/health"
-[criteria]
-duration = "1m"
-[prometheus]
-url = "{prom}"
-''')
+    profile = via_nginx_profile(tmp_path, base, f'[prometheus]\nurl = "{prom}"\n')
     data = tmp_path / "data"
     assert phasegate("collect", "--profile", profile, "--data", data, "--for", "1.5s", "--quiet").returncode == 0
     pulled = phasegate("pull-traffic", "--profile", profile, "--data", data, "--start", window_start.isoformat(),
