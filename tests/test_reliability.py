@@ -100,6 +100,23 @@ probes = ["list", "suggestions", "execute"]
 kind = "signed_leak"
 at = "8s"
 for = "3s"
+[[fault]]
+kind = "handler_loss"
+at = "11s"
+for = "3s"
+[[fault]]
+kind = "count_drift"
+at = "14s"
+for = "3s"
+[[fault]]
+kind = "deploy"
+at = "6s"
+deployment = "dep-mixed-2"
+[[fault]]
+kind = "latency_scale"
+at = "17s"
+for = "2s"
+factor = 1.5
 """
 
 # Precedence as in Model.respond: transport faults, then 500, then the body.
@@ -113,9 +130,13 @@ def expected_outcome(entry, probe):
         return "http_error"
     if "malformed_json" in f:
         return "invalid_body"
+    if "handler_loss" in f and probe == "health":
+        return "assertion_failed"
+    if "count_drift" in f and probe == "list":
+        return "assertion_failed"
     if "signed_leak" in f and probe == "suggestions":
         return "assertion_failed"
-    return "ok"
+    return "ok"  # deploy and latency_scale change headers and timing, not the outcome
 
 
 def mixed_run(tmp_path, seconds, tenants=16, interval="1s", timeout="0.8s"):
@@ -124,15 +145,15 @@ def mixed_run(tmp_path, seconds, tenants=16, interval="1s", timeout="0.8s"):
     log = tmp_path / "requests.jsonl"
     srv = start_server(0, schedule=sched, request_log=log, hang_s=3.0, seed=11)
     names = ", ".join(f'"y{i}"' for i in range(tenants))
+    checks = {"health": 'path = "status"\n  equals = "healthy"', "list": 'path = "actions"\n  length = 12',
+              "suggestions": 'path = "actions[].action_id"\n  excludes = "create_work_order_from_fault"'}
     probes = "".join(f'''
 [[probes]]
 name = "{n}"
 path = "/v1/actions/{n}?yacht={{tenant}}"
-''' for n in ("health", "list", "suggestions")) + '''
   [[probes.assert]]
-  path = "actions[].action_id"
-  excludes = "create_work_order_from_fault"
-'''
+  {check}
+''' for n, check in checks.items())
     profile = write_profile(tmp_path, f'''
 [target]
 name = "rate"
