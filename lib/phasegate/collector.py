@@ -67,6 +67,7 @@ class Collector:
         self.until_ts = until_ts
         self.compact_every_s = compact_every_s
         self.jobs = probe_jobs(profile)
+        self.secrets = profile.secret_values()  # read once: the hot path only scrubs with them
         self.workers = workers or min(64, max(4, len(self.jobs) * 2))
         self.progress = progress
         self.rng = random.Random(seed)
@@ -87,7 +88,7 @@ class Collector:
 
     def _one(self, writer: SampleWriter, probe: Probe, tenant, keep_evidence: bool, due: float) -> None:
         lag_ms = (time.monotonic() - due) * 1000.0
-        row = run_probe(self.profile.target, probe, tenant=tenant, secrets=self.profile.secret_values(),
+        row = run_probe(self.profile.target, probe, tenant=tenant, secrets=self.secrets,
                         keep_evidence=keep_evidence, run_id=self.stats.run_id)
         writer.append(row)
         with self._lock:
