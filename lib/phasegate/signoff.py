@@ -57,9 +57,9 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
         bdir = find_path(baseline_data)
         if not bdir.is_dir():
             raise DataError(f"baseline data dir does not exist: {baseline_data}")
-        bwin = window if baseline_start in (None, "") else Window.from_args(
-            baseline_start, end=baseline_end if baseline_end not in (None, "") else None,
-            duration=None if baseline_end not in (None, "") else window.duration_s)
+        # Default: the canary's own window; a start alone lasts as long as the canary's window.
+        bwin = window if baseline_start in (None, "") else Window.resolve(
+            baseline_start, baseline_end, None, window.duration_s)
         baseline = (bdir, bwin)
     notes = []
     observed = Window(window.start, window.observed_end(now))
