@@ -18,7 +18,7 @@ import pandas as pd
 from .errors import DataError
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
-from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_interval, quantile_upper_rank
+from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_interval, quantile_upper_rank, rate_upper
 from .store import read_samples, sha256
 from .window import Window, iso, utcnow
 
@@ -44,6 +44,7 @@ class Analysis:
     baseline: dict | None
     traffic: dict | None
     prometheus: dict | None
+    tenants: dict | None
     timeline: pd.DataFrame = field(repr=False)
     coverage_hourly: pd.DataFrame = field(repr=False)
     samples: pd.DataFrame = field(repr=False)
@@ -139,7 +140,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         health=_health(profile, df), flags=_flags(df), deployments=_deployments(df),
         anomalies=_anomalies(fails), coverage=_coverage(profile, df, window.start, observed_end),
         evidence=_evidence(evid), inputs=inputs, quality=_quality(df, hourly),
-        baseline=None if base_df is None else compare(df, base_df),
+        baseline=None if base_df is None else compare(df, base_df), tenants=tenant_stats(df, conf),
         prometheus=None if prom_df.empty else {**_prom_stats(prom_df), "p99_from_histogram": _hist_p99(hist_df)},
         traffic=None if traffic_df.empty else {
             "overall": probe_stats(traffic_df, conf),
@@ -154,6 +155,77 @@ def _codes(col: pd.Series) -> np.ndarray:
     """Integer codes of a categorical column (missing values are -1)."""
     return col.cat.codes.to_numpy() if isinstance(col.dtype, pd.CategoricalDtype) else \
         pd.factorize(col, use_na_sentinel=True)[0]
+
+
+def _grouped_percentiles(codes: np.ndarray, values: np.ndarray, n_groups: int, qs) -> np.ndarray:
+    """numpy's linear-interpolation percentiles of `values` within each group code, in one sort
+    (NaN where a group has no value). Shape: (n_groups, len(qs))."""
+    keep = ~np.isnan(values)
+    codes, values = codes[keep], values[keep]
+    order = np.lexsort((values, codes))
+    codes, values = codes[order], values[order]
+    counts = np.bincount(codes, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.full((n_groups, len(qs)), np.nan)
+    has = counts > 0
+    for j, q in enumerate(qs):
+        pos = (counts[has] - 1) * q
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, counts[has] - 1)
+        frac = pos - lo
+        a, b = values[starts[has] + lo], values[starts[has] + hi]
+        out[has, j] = a + (b - a) * frac
+    return out
+
+
+def tenant_stats(df: pd.DataFrame, confidence: float = 0.95) -> dict | None:
+    """Every probe statistic per tenant, worst first (error rate, then 5xx, then p99), or None
+    when no sample carries a tenant. Grouped on integer codes: a 500-yacht fleet is one pass."""
+    if df.empty or df["tenant"].isna().all():
+        return None
+    codes = _codes(df["tenant"])
+    names = list(df["tenant"].cat.categories) if isinstance(df["tenant"].dtype, pd.CategoricalDtype) \
+        else list(pd.unique(df["tenant"].dropna()))
+    keep = codes >= 0
+    codes_k = codes[keep].astype(np.int64)  # categorical codes are int8 for a small fleet: widen before arithmetic
+    m = len(names)
+
+    def count(mask) -> np.ndarray:
+        return np.bincount(codes_k, weights=np.asarray(mask)[keep], minlength=m).astype(np.int64)
+
+    n = np.bincount(codes_k, minlength=m)
+    errors = count(df["outcome"].isin(ERROR_OUTCOMES).to_numpy())
+    fd = (df["error_code"] == "FEATURE_DISABLED").fillna(False).to_numpy(dtype=bool)
+    five = count(df["status"].between(500, 599).fillna(False).to_numpy(dtype=bool) & ~fd)
+    fdc = count(fd)
+    timeouts = count((df["outcome"] == "timeout").to_numpy())
+    lat = df["latency_ms"].where(df["status"].notna()).to_numpy(dtype=float, na_value=np.nan)[keep]
+    pct = _grouped_percentiles(codes_k, lat, m, (0.5, 0.95, 0.99))
+    # The probe with most errors, per tenant: where to look first.
+    probe_codes = _codes(df["probe"])[keep].astype(np.int64)
+    n_probes = int(probe_codes.max(initial=-1)) + 1
+    err_k = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()[keep]
+    by_pair = np.bincount(codes_k * max(n_probes, 1) + probe_codes, weights=err_k,
+                          minlength=m * max(n_probes, 1)).reshape(m, max(n_probes, 1))
+    probe_names = list(df["probe"].cat.categories) if isinstance(df["probe"].dtype, pd.CategoricalDtype) else []
+    rows = []
+    for i, name in enumerate(names):
+        if not n[i]:
+            continue
+        worst = int(by_pair[i].argmax()) if errors[i] else None
+        rows.append({
+            "tenant": name, "samples": int(n[i]), "errors": int(errors[i]), "error_rate": float(errors[i] / n[i]),
+            "rate_upper": rate_upper(int(errors[i]), int(n[i]), confidence),
+            "http_5xx": int(five[i]), "feature_disabled": int(fdc[i]), "timeouts": int(timeouts[i]),
+            "p50_ms": _f(None if np.isnan(pct[i, 0]) else pct[i, 0]),
+            "p95_ms": _f(None if np.isnan(pct[i, 1]) else pct[i, 1]),
+            "p99_ms": _f(None if np.isnan(pct[i, 2]) else pct[i, 2]),
+            "worst_probe": None if worst is None or worst >= len(probe_names) else probe_names[worst],
+            "worst_probe_errors": None if worst is None else int(by_pair[i, worst]),
+        })
+    rows.sort(key=lambda r: (-r["error_rate"], -r["http_5xx"], -(r["p99_ms"] or 0.0), r["tenant"]))
+    untagged = int((~keep).sum())
+    return {"count": len(rows), "untagged_samples": untagged, "rows": rows}
 
 
 def _prom_stats(df: pd.DataFrame) -> dict:
@@ -257,7 +329,11 @@ def _health(profile: Profile, df: pd.DataFrame) -> dict:
 def _flags(df: pd.DataFrame) -> dict:
     obs = df.loc[df["flags"].notna(), ["ts", "flags"]]
     # Flag JSON repeats: decode each distinct value once, and walk only the rows where it changes.
-    decoded = {raw: json.loads(raw) for raw in obs["flags"].unique()}
+    # A flag the answer did not carry (an error body) is not observed: it is neither on nor off.
+    decoded = {raw: {k: v for k, v in json.loads(raw).items() if v is not None} for raw in obs["flags"].unique()}
+    unobserved = [raw for raw, values in decoded.items() if not values]
+    if unobserved:
+        obs = obs[~obs["flags"].isin(unobserved)]
     counts = obs["flags"].value_counts()
     off: dict[str, int] = {}
     off_obs = 0

@@ -77,6 +77,11 @@ def _no_5xx(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     where = ", ".join(f"{name} {s['http_5xx']}" for name, s in a.probes.items() if s["http_5xx"])
     detail = (f"{n5} of {n} samples answered 5xx (503 FEATURE_DISABLED is judged separately)"
               + (f": {where}" if where else "") + (f" [{by_source}]" if a.traffic or a.prometheus else ""))
+    if a.tenants:
+        hit = [r for r in a.tenants["rows"] if r["http_5xx"]]
+        if hit:
+            detail += f"; on {len(hit)} of {a.tenants['count']} tenants: " + ", ".join(
+                f"{r['tenant']} {r['http_5xx']}" for r in hit[:8]) + (" …" if len(hit) > 8 else "")
     ub = rate_upper(n5, n, p.criteria.confidence)
     if ub is not None:
         detail += f"; 5xx rate ≤ {ub:.4%} at {p.criteria.confidence:.0%} confidence"
@@ -201,6 +206,35 @@ def _no_regression(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
                            None if measured is None else round(measured, 4), c.threshold, detail, n=n, unit="ratio")
 
 
+def _tenant_error_rate(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    """No tenant (yacht) at or above the threshold: a fleet average can hide two broken yachts."""
+    rows, thr, conf = a.tenants["rows"], c.threshold, p.criteria.confidence
+    over = [r for r in rows if r["error_rate"] >= thr]
+    worst = rows[0]
+    n = sum(r["samples"] for r in rows)
+
+    def one(r):
+        return f"{r['tenant']} {r['error_rate']:.2%} ({r['errors']} of {r['samples']}" + \
+            (f", most on {r['worst_probe']}" if r["worst_probe"] else "") + ")"
+    if over:
+        rest = rows[len(over)] if len(rows) > len(over) else None
+        detail = (f"{len(over)} of {len(rows)} tenants at or above {thr:.2%}: " + ", ".join(one(r) for r in over[:10])
+                  + (f" and {len(over) - 10} more" if len(over) > 10 else "")
+                  + (f"; next worst {one(rest)}" if rest else ""))
+        return CriterionResult(c.id, c.kind, False, round(worst["error_rate"], 6), thr, detail, n=n, unit="ratio",
+                               bound=worst["rate_upper"])
+    detail = f"all {len(rows)} tenants below {thr:.2%}; worst {one(worst)}, upper bound {worst['rate_upper']:.3%} at {conf:.0%}"
+    unsettled = [r for r in rows if r["rate_upper"] is not None and r["rate_upper"] >= thr]
+    if p.criteria.rate_mode == "bound" and unsettled:
+        need = max((n_for_rate(r["errors"], thr, conf) or 0) for r in unsettled)
+        detail += (f"; {len(unsettled)} tenant(s) with too few samples for an upper bound below {thr:.2%} "
+                   f"(e.g. {unsettled[0]['tenant']}: {unsettled[0]['samples']}; about {need} each needed)")
+        return CriterionResult(c.id, c.kind, None, round(worst["error_rate"], 6), thr, detail, n=n, unit="ratio",
+                               bound=max(r["rate_upper"] for r in unsettled))
+    return CriterionResult(c.id, c.kind, True, round(worst["error_rate"], 6), thr, detail, n=n, unit="ratio",
+                           bound=worst["rate_upper"])
+
+
 def _no_anomalies(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     fails = a.anomalies["assertion_failures"]
     changes = a.deployments["changes"]
@@ -218,13 +252,15 @@ EVALUATORS = {
     "window_complete": _window_complete, "no_5xx": _no_5xx, "no_feature_disabled": _no_feature_disabled,
     "no_rollback": _no_rollback, "service_healthy": _service_healthy, "execute_p99": _execute_p99,
     "error_rate": _error_rate, "no_anomalies": _no_anomalies, "no_regression": _no_regression,
+    "tenant_error_rate": _tenant_error_rate,
 }
 
 
 def evaluate(profile: Profile, a: Analysis) -> Decision:
     results = []
     for c in profile.criteria.items:
-        if not c.enabled or (c.id == "no_regression" and a.baseline is None):
+        if not c.enabled or (c.id == "no_regression" and a.baseline is None) \
+                or (c.id == "tenant_error_rate" and a.tenants is None):
             continue
         r = EVALUATORS[c.id](c, a, profile)
         r.dry_run = c.dry_run

@@ -130,7 +130,7 @@ def _slow_chunk(ctx, jobs, times, start_ts):
     seen_hour, rows = set(), []
     for t, i in events:
         probe, tenant = jobs[i]
-        resp = model.respond(endpoint_of(probe.path), t - start_ts)
+        resp = model.respond(endpoint_of(probe.path), t - start_ts, tenant=tenant)
         if resp.transport == "outage":
             continue
         timeout = probe.timeout_s or target.timeout_s

@@ -93,6 +93,29 @@ def probe_table(doc: dict) -> str:
                    "p50 ms", "p95 ms", "p99 ms", "p99 95% CI", "max ms"], rows)
 
 
+def tenant_table(doc: dict, limit: int = 25) -> str:
+    """Per tenant, worst first; the rest of a large fleet summarised in one line, never dropped silently."""
+    t = doc.get("tenants")
+    if not t:
+        return '<div class="pg"><p>No sample carries a tenant: the probes are not templated over a fleet.</p></div>'
+    rows = []
+    for r in t["rows"][:limit]:
+        rows.append([f"<b>{escape(r['tenant'])}</b>", f"{r['samples']:,}", f"{r['errors']:,}", _num(r["error_rate"], "ratio"),
+                     _num(r["rate_upper"], "ratio"), f"{r['http_5xx']:,}", f"{r['feature_disabled']:,}",
+                     f"{r['timeouts']:,}", _num(r["p50_ms"]), _num(r["p95_ms"]), _num(r["p99_ms"]),
+                     escape(f"{r['worst_probe']} ({r['worst_probe_errors']})" if r["worst_probe"] else "–")])
+    html = _table(["tenant", "samples", "errors", "error rate", "rate upper bound", "5xx", "503 FEATURE_ DISABLED",
+                   "timeouts", "p50 ms", "p95 ms", "p99 ms", "most errors on"], rows)
+    rest = t["rows"][limit:]
+    notes = []
+    if rest:
+        notes.append(f"{len(rest)} more tenants, each at or below {rest[0]['error_rate']:.3%} errors "
+                     f"(all {t['count']} are in signoff.json).")
+    if t["untagged_samples"]:
+        notes.append(f"{t['untagged_samples']:,} samples carry no tenant (probes not templated over the fleet).")
+    return html + "".join(f'<div class="pg"><p>{escape(n)}</p></div>' for n in notes)
+
+
 def quality_table(doc: dict) -> str:
     rows = [[escape(p), f"{q['thin_hours']:,}", f"{q['transitions']:,}", f"{q['failures']:,}",
              '<span class="fail">FLAPPING</span>' if q["flapping"] else "no"] for p, q in doc["quality"].items()]

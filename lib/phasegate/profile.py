@@ -30,10 +30,11 @@ CRITERIA_IDS = (
     "error_rate",
     "no_anomalies",
     "no_regression",
+    "tenant_error_rate",
 )
 _HARD = {"window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy"}
 _THRESHOLDS = {"no_5xx": 0.0, "no_feature_disabled": 0.0, "execute_p99": 10000.0, "error_rate": 0.01,
-               "no_regression": 0.10}
+               "no_regression": 0.10, "tenant_error_rate": 0.01}
 _PHASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 

@@ -118,6 +118,7 @@ def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: A
         "baseline": a.baseline,
         "traffic": a.traffic,
         "prometheus": a.prometheus,
+        "tenants": a.tenants,
         "simulated_samples": int(a.samples["simulated"].fillna(False).astype(bool).sum()),
         "inputs": {"data_dir": str(data), **a.inputs},
         "parameters": {"bucket": bucket, "confidence": profile.criteria.confidence,

@@ -19,6 +19,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 from .errors import ScenarioError, WindowError
 from .redact import redact_url
@@ -51,11 +52,14 @@ class Fault:
     probes: tuple = ()
     params: dict = field(default_factory=dict)
     used: int = 0
+    tenants: tuple = ()  # only these tenants (yachts) see the fault; empty: all of them
 
-    def active(self, t: float, endpoint: str) -> bool:
+    def active(self, t: float, endpoint: str, tenant: str | None = None) -> bool:
         if t < self.start_s or (self.end_s is not None and t >= self.end_s):
             return False
         if self.probes and endpoint not in self.probes:
+            return False
+        if self.tenants and tenant not in self.tenants:
             return False
         if self.every_s:  # periodic: active for the first `burst_s` of every period
             burst = self.params.get("burst_s", self.every_s / 10)
@@ -73,6 +77,17 @@ class SimResponse:
     faults: tuple = ()
 
 
+def tenant_of(path: str, headers) -> str | None:
+    """The yacht a request is for: a `yacht` or `tenant` query parameter, else an X-Yacht-Id or
+    X-Tenant-Id header (the ways a profile can template `{tenant}`)."""
+    query = parse_qs(urlsplit(path).query)
+    for name in ("yacht", "tenant", "yacht_id"):
+        if query.get(name):
+            return query[name][0]
+    lower = {k.lower(): v for k, v in (headers or {}).items()}
+    return lower.get("x-yacht-id") or lower.get("x-tenant-id")
+
+
 def endpoint_of(path: str) -> str:
     for name in ("health", "suggestions", "list", "execute"):
         if f"/{name}" in path:
@@ -86,8 +101,8 @@ class Model:
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
 
-    def _hit(self, f: Fault, t: float, endpoint: str) -> bool:
-        if not f.active(t, endpoint):
+    def _hit(self, f: Fault, t: float, endpoint: str, tenant: str | None) -> bool:
+        if not f.active(t, endpoint, tenant):
             return False
         if f.count is not None and f.used >= f.count:
             return False
@@ -96,16 +111,16 @@ class Model:
         f.used += 1
         return True
 
-    def respond(self, endpoint: str, t: float, headers: dict | None = None) -> SimResponse:
+    def respond(self, endpoint: str, t: float, headers: dict | None = None, tenant: str | None = None) -> SimResponse:
         with self.lock:
-            hits = [f for f in self.faults if self._hit(f, t, endpoint)]
+            hits = [f for f in self.faults if self._hit(f, t, endpoint, tenant)]
             median, sigma = LATENCY.get(endpoint, LATENCY["other"])
             latency = median / 1000.0 * math.exp(self.rng.gauss(0, sigma))
             jitter = self.rng.random()
         kinds = {f.kind: f for f in hits}
         deploy = FIRST_DEPLOY
         for f in self.faults:  # the latest deploy fault that has started wins
-            if f.kind == "deploy" and f.active(t, endpoint) and not f.probes:
+            if f.kind == "deploy" and f.active(t, endpoint, tenant) and not f.probes:
                 deploy = f.params.get("deployment", NEXT_DEPLOY)
         out_headers = {"Content-Type": "application/json", "X-Deployment-Id": deploy}
         names = tuple(sorted(kinds))
@@ -184,7 +199,8 @@ def scenario_faults(name: str, span_s: float = 60.0) -> list[Fault]:
 
 
 def load_schedule(path) -> list[Fault]:
-    """A TOML fault schedule: [[fault]] kind, at, for, every, burst, rate, count, probes, deployment."""
+    """A TOML fault schedule: [[fault]] kind, at, for, every, burst, rate, count, probes, tenants,
+    deployment."""
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
@@ -196,7 +212,8 @@ def load_schedule(path) -> list[Fault]:
     if extra:
         raise ScenarioError(f"{path}: {sorted(extra)[0]}: unknown key")
     faults = []
-    allowed = {"kind", "at", "for", "every", "burst", "rate", "count", "probes", "deployment", "latency_s", "factor"}
+    allowed = {"kind", "at", "for", "every", "burst", "rate", "count", "probes", "deployment", "latency_s", "factor",
+               "tenants"}
     for i, t in enumerate(raw.get("fault", [])):
         where = f"{path}: fault[{i}]"
         if not isinstance(t, dict):
@@ -223,9 +240,12 @@ def load_schedule(path) -> list[Fault]:
             params["latency_s"] = tuple(t["latency_s"])
         if "factor" in t:
             params["factor"] = float(t["factor"])
+        tenants = t.get("tenants", [])
+        if not isinstance(tenants, list) or not all(isinstance(x, str) for x in tenants):
+            raise ScenarioError(f"{where}.tenants: must be a list of tenant names")
         faults.append(Fault(kind, start_s=start, end_s=None if length is None else start + length,
                             every_s=every, rate=float(rate), count=t.get("count"),
-                            probes=tuple(t.get("probes", ())), params=params))
+                            probes=tuple(t.get("probes", ())), params=params, tenants=tuple(tenants)))
     return faults
 
 
@@ -260,7 +280,8 @@ class _Handler(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(min(length, 1 << 20))
         endpoint = endpoint_of(self.path)
-        resp = srv.model.respond(endpoint, t0 - srv.started, dict(self.headers))
+        headers = dict(self.headers)
+        resp = srv.model.respond(endpoint, t0 - srv.started, headers, tenant_of(self.path, headers))
         status = resp.status
         try:
             if resp.transport == "reset" or resp.transport == "outage":

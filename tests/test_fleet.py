@@ -1,0 +1,153 @@
+"""A fleet of tenants: templated probes, per-tenant statistics worst first, the per-tenant criterion."""
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from pypdf import PdfReader
+
+from phasegate import signoff
+from phasegate.collector import probe_jobs
+from phasegate.errors import ScenarioError
+from phasegate.history import history
+from phasegate.probe import run_probe
+from phasegate.profile import load_profile
+from phasegate.simulator import Fault, load_schedule, tenant_of
+
+from conftest import PROFILES, phasegate, url, write_profile
+
+FLEET = PROFILES / "fault-lens-staging-fleet.toml"
+PHASE = "phase2-staging-full"
+START = datetime(2026, 1, 29, 15, 0, tzinfo=timezone.utc)
+H = 3600.0
+BAD = ("yacht-07", "yacht-31")
+
+
+def fleet_history(tmp_path, faults, hours=2.0):
+    data = tmp_path / "fleet"
+    history(load_profile(FLEET), faults, START.timestamp(), START.timestamp() + hours * H, data, seed=3)
+    return data
+
+
+def fleet_run(data, hours=2.0, **kw):
+    return signoff.run(FLEET, data, PHASE, start=START.isoformat(), hours=hours,
+                       as_of=(START + timedelta(hours=hours)).isoformat(), **kw)
+
+
+def crit(doc, cid):
+    return next(c for c in doc["criteria"] if c["id"] == cid)
+
+
+def test_fleet_profile_runs_every_probe_once_per_yacht():
+    p = load_profile(FLEET)
+    jobs = probe_jobs(p)
+    assert len(p.target.tenants) == 50
+    assert len(jobs) == 50 * len(p.probes)
+    assert {t for _, t in jobs} == set(p.target.tenants)
+
+
+def test_two_bad_tenants_are_named_first_and_fail_the_per_tenant_criterion(tmp_path):
+    data = fleet_history(tmp_path, [Fault("server_error", rate=0.2, tenants=BAD)])
+    doc = fleet_run(data).doc
+    rows = doc["tenants"]["rows"]
+    assert doc["tenants"]["count"] == 50
+    assert {r["tenant"] for r in rows[:2]} == set(BAD)
+    assert all(r["errors"] == 0 for r in rows[2:])
+    assert all(r["http_5xx"] == r["errors"] > 0 for r in rows[:2])
+    c = crit(doc, "tenant_error_rate")
+    assert c["passed"] is False and c["threshold"] == 0.01
+    assert c["detail"].startswith("2 of 50 tenants at or above 1.00%: ")
+    assert c["measured"] == pytest.approx(rows[0]["error_rate"], abs=1e-6)
+    named = c["detail"].split(";")[0]
+    assert all(t in named for t in BAD) and named.count("yacht-") == 2
+    # The fleet-wide 5xx criterion says where, too.
+    assert all(t in crit(doc, "no_5xx")["detail"] for t in BAD)
+    # Counts per tenant add up to the whole.
+    assert sum(r["samples"] for r in rows) == doc["overall"]["samples"]
+    assert sum(r["errors"] for r in rows) == doc["overall"]["errors"]
+
+
+def test_healthy_fleet_passes_the_per_tenant_criterion(tmp_path):
+    doc = fleet_run(fleet_history(tmp_path, [])).doc
+    c = crit(doc, "tenant_error_rate")
+    assert c["passed"] is True, c["detail"]
+    assert c["detail"].startswith("all 50 tenants below 1.00%")
+
+
+def test_one_error_on_a_thin_tenant_is_not_settled_either_way(tmp_path):
+    # 15 minutes: ~110 samples a yacht, too few for an upper bound below 1 % even with no error.
+    data = fleet_history(tmp_path, [], hours=0.25)
+    c = crit(fleet_run(data, hours=0.25).doc, "tenant_error_rate")
+    assert c["passed"] is None
+    assert "too few samples for an upper bound below 1.00%" in c["detail"]
+
+
+def test_canary_profile_has_no_tenant_criterion(tmp_path):
+    from phasegate.profile import load_profile as lp
+    data = tmp_path / "canary"
+    history(lp(PROFILES / "simulator.toml"), [], START.timestamp(), START.timestamp() + H, data)
+    doc = signoff.run(PROFILES / "simulator.toml", data, "phase1-staging-canary", start=START.isoformat(),
+                      hours=1, as_of=(START + timedelta(hours=1)).isoformat()).doc
+    assert doc["tenants"] is None
+    assert "tenant_error_rate" not in [c["id"] for c in doc["criteria"]]
+
+
+@pytest.mark.parametrize("path,headers,expected", [
+    ("/v1/actions/list?domain=faults&yacht=yacht-07", {}, "yacht-07"),
+    ("/v1/actions/health?tenant=t1", {}, "t1"),
+    ("/v1/actions/health", {"X-Yacht-Id": "yacht-31"}, "yacht-31"),
+    ("/v1/actions/health", {"x-tenant-id": "t9"}, "t9"),
+    ("/v1/actions/health", {}, None),
+])
+def test_simulator_reads_the_tenant_from_query_or_header(path, headers, expected):
+    assert tenant_of(path, headers) == expected
+
+
+def test_schedule_tenants_must_be_a_list_of_names(tmp_path):
+    bad = write_profile(tmp_path, '[[fault]]\nkind = "server_error"\ntenants = "yacht-07"\n', "s.toml")
+    with pytest.raises(ScenarioError, match=r"fault\[0\]\.tenants: must be a list of tenant names"):
+        load_schedule(bad)
+
+
+def test_live_fleet_templated_in_path_query_and_header(tmp_path, sim):
+    """Real HTTP: a bad yacht gets 500s, the others 200s, whichever way the tenant is sent."""
+    sched = write_profile(tmp_path, '[[fault]]\nkind = "server_error"\ntenants = ["y2"]\n', "s.toml")
+    srv = sim(schedule=sched)
+    prof = write_profile(tmp_path, f'''
+[target]
+name = "fleet"
+base_url = "{url(srv)}"
+interval = "5s"
+timeout = "2s"
+tenants = ["y1", "y2", "y3"]
+[[probes]]
+name = "by_query"
+path = "/v1/actions/list?domain=faults&yacht={{tenant}}"
+[[probes]]
+name = "by_header"
+path = "/v1/actions/health"
+headers = {{ "X-Yacht-Id" = "{{tenant}}" }}
+''')
+    p = load_profile(prof)
+    rows = [run_probe(p.target, probe, tenant=t) for probe, t in probe_jobs(p)]
+    got = {(r["probe"], r["tenant"]): r["status"] for r in rows}
+    assert got == {(pr, t): 500 if t == "y2" else 200 for pr in ("by_query", "by_header") for t in ("y1", "y2", "y3")}
+
+
+@pytest.mark.slow
+def test_fleet_report_names_the_bad_yachts_first_in_the_pdf(tmp_path):
+    data = fleet_history(tmp_path, [Fault("server_error", rate=0.2, tenants=BAD)])
+    res = phasegate("report", "--profile", FLEET, "--data", data, "--phase", PHASE, "--start", START.isoformat(),
+                    "--hours", "2", "--as-of", (START + timedelta(hours=2)).isoformat(), "--out", tmp_path / "r",
+                    timeout=300)
+    assert res.returncode == 10, res.stdout + res.stderr  # NO-GO: the 5xx are hard failures
+    assert re.search(r"\[FAIL\] soft tenant_error_rate +2 of 50 tenants", res.stdout), res.stdout
+    folder = next((tmp_path / "r" / PHASE).iterdir())
+    text = "".join(pg.extract_text() for pg in PdfReader(folder / "signoff.pdf").pages)
+    section = text[text.index("Per-tenant statistics"):]
+    order = [section.index(f"yacht-{i:02d}") for i in range(1, 51) if f"yacht-{i:02d}" in section[:4000]]
+    first_two = sorted(section.index(t) for t in BAD)
+    assert first_two[1] < min(o for o in order if o not in first_two)
+    doc = json.loads((folder / "signoff.json").read_text())
+    assert [r["tenant"] for r in doc["tenants"]["rows"][:2]] == sorted(BAD, key=section.index)
