@@ -53,13 +53,13 @@ timeout = "{timeout}"
 ''')
 
 
-def phasegate(*args, env=None, timeout=120, check=False):
+def phasegate(*args, env=None, timeout=120, check=False, cwd=ROOT):
     """Run the installed CLI as a user would; returns CompletedProcess with text output."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "phasegate.cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, check=check,
-                          cwd=ROOT)
+                          cwd=cwd)
 
 
 @pytest.fixture

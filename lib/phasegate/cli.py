@@ -121,13 +121,15 @@ def check(profile_path, data_dir, base_url):
 
 
 @cli.command()
-@profile_opt
-@click.option("--data", "data_dir", type=PATH, required=True, help="Data directory with collected samples.")
-@click.option("--phase", required=True, help="Phase name, e.g. phase1-staging-canary.")
-@click.option("--start", required=True, help="Window start, ISO 8601.")
+@click.option("--profile", "profile_path", type=PATH, help="Profile TOML file (or give --plan).")
+@click.option("--plan", type=PATH, help="Rollout plan: profile, overrides, data dir and window come from its phase.")
+@click.option("--latest", is_flag=True, help="With --plan: the phase in progress, from its start to now.")
+@click.option("--data", "data_dir", type=PATH, help="Data directory with collected samples (default with --plan: the phase's).")
+@click.option("--phase", help="Phase name, e.g. phase1-staging-canary.")
+@click.option("--start", help="Window start, ISO 8601 (default with --plan: the phase's start).")
 @click.option("--end", help="Window end, ISO 8601 (may be in the future: an interim report).")
 @click.option("--hours", type=float, help="Window length in hours, instead of --end.")
-@click.option("--out", "out_root", type=PATH, default="reports", show_default=True, help="Root folder for report folders.")
+@click.option("--out", "out_root", type=PATH, help="Root folder for report folders [default: reports, or the plan's].")
 @click.option("--formats", default="html,pdf", show_default=True, help="Exports besides the notebook and JSON.")
 @click.option("--bucket", default="5m", show_default=True, help="Timeline bucket size.")
 @click.option("--as-of", help="Evaluate as if it were this time (re-run a recorded report exactly).")
@@ -135,16 +137,32 @@ def check(profile_path, data_dir, base_url):
 @click.option("--baseline-start", help="Baseline window start (default: the same window).")
 @click.option("--baseline-end", help="Baseline window end (default: start + the window's length).")
 @_guard
-def report(profile_path, data_dir, phase, start, end, hours, out_root, formats, bucket, as_of,
+def report(profile_path, plan, latest, data_dir, phase, start, end, hours, out_root, formats, bucket, as_of,
            baseline_data, baseline_start, baseline_end):
     """Run the sign-off notebook; exit 0 GO, 10 NO-GO, 11 REVIEW, 12 PENDING, 13 INCONCLUSIVE."""
     from .report import EXIT_CODES, make_report
 
     result = make_report(profile_path=profile_path, data_dir=data_dir, phase=phase, start=start, end=end,
                          hours=hours, out_root=out_root, formats=formats, bucket=bucket, as_of=as_of,
-                         baseline=(baseline_data, baseline_start, baseline_end))
+                         baseline=(baseline_data, baseline_start, baseline_end), plan=plan, latest=latest)
     click.echo(result.summary)
     sys.exit(EXIT_CODES[result.verdict])
+
+
+@cli.command()
+@click.option("--plan", type=PATH, required=True, help="Rollout plan TOML.")
+@click.option("--as-of", help="Evaluate as if it were this time.")
+@_guard
+def status(plan, as_of):
+    """Where the rollout stands and what to do next; exit as `report` for the phase in progress
+    (0 when nothing is running: not started, or complete)."""
+    from .report import EXIT_CODES
+    from .rollout import load_plan, status as rollout_status
+    from .window import parse_time
+
+    st = rollout_status(load_plan(plan), parse_time(as_of, name="--as-of") if as_of else None)
+    click.echo(st.text)
+    sys.exit(EXIT_CODES[st.verdict] if st.verdict else 0)
 
 
 @cli.command("import-logs")

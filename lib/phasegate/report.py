@@ -46,15 +46,39 @@ class ReportResult:
 
 def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_root="reports",
                 formats="html,pdf", bucket="5m", notebook=NOTEBOOK, as_of=None,
-                baseline=(None, None, None)) -> ReportResult:
+                baseline=(None, None, None), plan=None, latest=False) -> ReportResult:
+    """With `plan`, the profile, data dir, reports root and window default to the plan's phase;
+    `latest` reports the phase in progress from its start to now."""
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
     bad = [f for f in wanted if f not in FORMATS]
     if bad:
         raise ReportError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
     # Validate everything cheap before starting a kernel: bad input is exit 2 in milliseconds.
-    profile = load_profile(profile_path)
-    profile.check_phase(phase)
     now = parse_time(as_of, name="as_of") if as_of else utcnow().replace(microsecond=0)
+    if plan:
+        from .rollout import load_plan, phase_window
+        p = load_plan(plan)
+        if bool(latest) == bool(phase):
+            raise ReportError("with --plan, give --phase or --latest (one of them)")
+        if start is None or latest:
+            ph, first = phase_window(p, None if latest else phase, now)
+            phase, start = ph.id, iso(first)
+            if end is None and hours is None:
+                hours = ph.duration_s / 3600.0
+        ph = p.phase(phase)
+        data_dir = data_dir or ph.data
+        out_root = out_root or p.reports
+        profile = p.profile(phase)
+    else:
+        if latest:
+            raise ReportError("--latest needs --plan (the plan says which phase is in progress)")
+        if not profile_path or not phase or not start or not data_dir:
+            missing = [n for n, v in (("--profile", profile_path), ("--data", data_dir), ("--phase", phase),
+                                      ("--start", start)) if not v]
+            raise ReportError(f"missing {', '.join(missing)} (or give --plan)")
+        profile = load_profile(profile_path)
+    out_root = out_root or "reports"
+    profile.check_phase(phase)
     window = Window.resolve(start, end, hours, profile.criteria.duration_s, now)
     if window.start >= now:
         raise WindowError(f"window starts in the future ({window.start.isoformat()}): nothing to report yet")
@@ -68,11 +92,12 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     params = {
-        "profile": str(Path(profile_path).resolve()), "data_dir": str(Path(data_dir).resolve()),
+        "profile": str(Path(profile_path).resolve()) if profile_path else "", "data_dir": str(Path(data_dir).resolve()),
         "phase": phase, "start": window.start.isoformat(), "end": window.end.isoformat(), "hours": "",
         "out_dir": str(stage.resolve()), "bucket": bucket, "as_of": now.isoformat(),
         "baseline_data": str(Path(baseline[0]).resolve()) if baseline[0] else "",
         "baseline_start": baseline[1] or "", "baseline_end": baseline[2] or "",
+        "plan": str(Path(plan).resolve()) if plan else "",
     }
     try:
         if baseline[0] and not Path(baseline[0]).is_dir():

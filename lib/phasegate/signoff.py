@@ -42,10 +42,16 @@ def find_path(path: str | os.PathLike) -> Path:
 
 
 def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir=None, bucket="5m",
-        as_of=None, baseline_data=None, baseline_start=None, baseline_end=None) -> Signoff:
-    """Analyse the window, evaluate the criteria, and write `signoff.json` into out_dir."""
-    profile_file = find_path(profile_path)
-    profile = load_profile(profile_file)
+        as_of=None, baseline_data=None, baseline_start=None, baseline_end=None, plan=None) -> Signoff:
+    """Analyse the window, evaluate the criteria, and write `signoff.json` into out_dir.
+    With `plan` (a rollout plan or its path), the phase's profile and overrides come from it."""
+    if plan not in (None, ""):
+        from .rollout import Plan, load_plan
+        plan = plan if isinstance(plan, Plan) else load_plan(find_path(plan))
+        profile, profile_file = plan.profile(phase), plan.phase(phase).profile_file
+    else:
+        profile_file = find_path(profile_path)
+        profile = load_profile(profile_file)
     profile.check_phase(phase)
     now = parse_time(as_of, name="as_of") if as_of not in (None, "") else utcnow()
     window = Window.resolve(start, end, hours, profile.criteria.duration_s, now)
@@ -77,6 +83,9 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
     decision = evaluate(profile, analysis)
     doc = build_doc(profile, profile_file, data, phase, analysis, decision, bucket)
     doc["inputs"]["notes"] = notes
+    if plan not in (None, ""):
+        doc["plan"] = {"path": str(plan.path), "sha256": sha256(plan.path), "name": plan.name}
+        doc["rerun"] = doc["rerun"].replace(f"--profile {profile_file}", f"--plan {plan.path}", 1)
     if baseline is not None:
         doc["rerun"] += f" --baseline-data {baseline[0]} --baseline-start {iso(baseline[1].start)} " \
                         f"--baseline-end {iso(baseline[1].end)}"

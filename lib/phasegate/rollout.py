@@ -1,0 +1,281 @@
+"""The whole rollout: a plan of phases, and where the rollout stands against it.
+
+A plan (TOML) lists the phases in order, each with its target profile, its data dir, when it
+starts (a time, or after the previous phase's GO), how long it must run, and criteria
+overrides. `status` reads each phase's latest sign-off report and, for the phase in
+progress, computes the verdict so far from its data, then says what to do next in words.
+
+A phase counts as done only when a GO report over its complete window exists: the signed
+PDF is the gate, not a number computed on the fly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from .errors import DataError, ProfileError, WindowError
+from .profile import Profile, _merge, _read_toml, _Reader, build_profile
+from .window import format_duration, iso, parse_time, utcnow
+
+AFTER_PREVIOUS = "after-previous-go"
+
+
+@dataclass(frozen=True)
+class Phase:
+    id: str
+    title: str
+    profile_file: Path
+    data: Path
+    start: datetime | None  # None: after the previous phase's GO
+    duration_s: float
+    begin: str = ""  # what an operator does to start the phase, in words
+    overrides: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    name: str
+    reports: Path
+    phases: tuple[Phase, ...]
+
+    def phase(self, phase_id: str) -> Phase:
+        for ph in self.phases:
+            if ph.id == phase_id:
+                return ph
+        raise ProfileError(f"{self.path}: no phase {phase_id!r}; phases: {', '.join(p.id for p in self.phases)}")
+
+    def profile(self, phase_id: str) -> Profile:
+        """The phase's profile with the plan's criteria overrides and required duration applied."""
+        ph = self.phase(phase_id)
+        raw = _merge(_read_toml(ph.profile_file), {"criteria": ph.overrides})
+        profile = build_profile(raw, f"{self.path} → {ph.id} ({ph.profile_file.name})")
+        profile.check_phase(ph.id)
+        return profile
+
+
+def load_plan(path: str | os.PathLike) -> Plan:
+    """Read and validate a plan; every phase's profile is loaded now, so a typo fails here."""
+    path = Path(path)
+    raw = _read_toml(path)
+    src = str(path)
+    top = _Reader(src, raw, "")
+    name = top.take("name", (str,), path.stem)
+    # Data and report dirs are relative to the working directory (the project), profiles to the plan.
+    reports = Path(top.take("reports", (str,), "reports"))
+    tables = top.take("phase", (list,), required=True)
+    top.done()
+    if not tables:
+        top.fail("phase", "needs at least one [[phase]]")
+    phases = []
+    for i, t in enumerate(tables):
+        where = f"phase[{i}]"
+        r = _Reader(src, t, where)
+        pid = r.take("id", (str,), required=True)
+        prof = path.parent / r.take("profile", (str,), required=True)
+        start_text = r.take("start", (str,), AFTER_PREVIOUS)
+        if start_text == AFTER_PREVIOUS:
+            if i == 0:
+                r.fail(f"{where}.start", f"the first phase needs a start time ({AFTER_PREVIOUS} has no previous phase)")
+            start = None
+        else:
+            try:
+                start = parse_time(start_text, name=f"{where}.start")
+            except WindowError:
+                r.fail(f"{where}.start", f"must be an ISO 8601 time or {AFTER_PREVIOUS!r}, got {start_text!r}")
+        duration = r.duration("duration", None)
+        overrides = dict(r.take("criteria", (dict,), {}))
+        if duration is not None:
+            overrides["duration"] = f"{duration:g}s"
+        phases.append(Phase(
+            id=pid, title=r.take("title", (str,), pid), profile_file=prof,
+            data=Path(r.take("data", (str,), f"data/{pid}")), start=start,
+            duration_s=duration or 0.0, begin=r.take("begin", (str,), ""), overrides=overrides))
+        r.done()
+    ids = [p.id for p in phases]
+    dup = next((x for x in ids if ids.count(x) > 1), None)
+    if dup:
+        raise ProfileError(f"{src}: phase: id {dup!r} is used twice")
+    plan = Plan(path=path, name=name, reports=reports, phases=tuple(phases))
+    resolved = []
+    for ph in phases:
+        profile = plan.profile(ph.id)  # validates the profile and the overrides, naming the phase
+        resolved.append(Phase(ph.id, ph.title, ph.profile_file, ph.data, ph.start, profile.criteria.duration_s,
+                              ph.begin, ph.overrides))
+    return Plan(path=path, name=name, reports=reports, phases=tuple(resolved))
+
+
+# -- where the rollout stands ------------------------------------------------------------
+
+
+def latest_report(reports: Path, phase_id: str) -> tuple[dict, Path] | None:
+    """The newest finished sign-off of a phase (by the time it was evaluated as of)."""
+    best = None
+    for f in (reports / phase_id).glob("*/signoff.json"):
+        if f.parent.name.endswith((".partial", ".old")):
+            continue
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # a torn file is not a report; the next good one speaks
+        key = (doc.get("as_of", ""), doc.get("generated_at", ""))
+        if best is None or key > best[0]:
+            best = (key, doc, f)
+    return None if best is None else (best[1], best[2])
+
+
+def _signed_go(doc: dict | None) -> bool:
+    return bool(doc) and doc.get("verdict") == "GO" and doc.get("window", {}).get("complete") is True
+
+
+@dataclass
+class PhaseState:
+    phase: Phase
+    state: str  # done, current, waiting
+    start: datetime | None = None
+    verdict: str | None = None  # the verdict so far (current) or of the signed report (done)
+    reason: str = ""
+    report: dict | None = None
+    report_path: Path | None = None
+    doc: dict | None = None
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class RolloutStatus:
+    plan: Plan
+    now: datetime
+    phases: list
+    next_action: str
+    verdict: str | None  # the current phase's verdict so far, None when nothing is running
+
+    @property
+    def text(self) -> str:
+        lines = [f"ROLLOUT: {self.plan.name} ({self.plan.path}) as of {iso(self.now)}"]
+        for i, s in enumerate(self.phases, 1):
+            ph = s.phase
+            head = f"  {i}. {ph.title} [{ph.id}]"
+            if s.state == "done":
+                body = f"GO (signed) {s.report['window']['start']} → {s.report['window']['end']}"
+            elif s.state == "current" and s.verdict:
+                left = ph.duration_s - s.elapsed_s
+                body = (f"{s.verdict} so far, {format_duration(s.elapsed_s)} of {format_duration(ph.duration_s)}"
+                        + (f", {format_duration(left)} left" if left > 0 else ", window complete")
+                        + f" (since {iso(s.start)}): {s.reason}")
+            elif s.state == "current":
+                body = s.reason
+            else:
+                body = "not started" + (f" (starts {iso(ph.start)})" if ph.start else " (after the previous phase's GO)")
+            lines.append(f"{head}: {body}")
+            if s.report_path is not None:
+                pdf = s.report_path.with_name("signoff.pdf")
+                shown = pdf if pdf.exists() else s.report_path
+                lines.append(f"     latest report: {s.report['verdict']} as of {s.report['as_of']}: {shown}")
+            elif s.state != "waiting":
+                lines.append("     latest report: none")
+        lines.append(f"NEXT: {self.next_action}")
+        return "\n".join(lines)
+
+
+def _first_sample_after(data: Path, after: datetime, now: datetime) -> datetime | None:
+    from .store import read_samples
+
+    if not data.is_dir() or after >= now:
+        return None
+    ts = read_samples(data, after, now, columns=["ts"])["ts"]
+    return None if ts.empty else ts.min().to_pydatetime()
+
+
+def _report_cmd(plan: Plan, ph: Phase) -> str:
+    return f"phasegate report --plan {plan.path} --phase {ph.id}"
+
+
+def status(plan: Plan, now: datetime | None = None) -> RolloutStatus:
+    from .signoff import run
+
+    now = now or utcnow()
+    states: list[PhaseState] = []
+    prev_end: datetime | None = None
+    action, verdict = None, None
+    for i, ph in enumerate(plan.phases):
+        rep = latest_report(plan.reports, ph.id)
+        doc, rpath = rep if rep else (None, None)
+        if action is not None:  # a phase before this one is not done yet
+            states.append(PhaseState(ph, "waiting", report=doc, report_path=rpath))
+            continue
+        if _signed_go(doc):
+            states.append(PhaseState(ph, "done", verdict="GO", report=doc, report_path=rpath,
+                                     start=parse_time(doc["window"]["start"])))
+            prev_end = parse_time(doc["window"]["end"])
+            continue
+        nxt = plan.phases[i + 1] if i + 1 < len(plan.phases) else None
+        start = ph.start if ph.start is not None else _first_sample_after(ph.data, prev_end, now)
+        s = PhaseState(ph, "current", start=start, report=doc, report_path=rpath)
+        states.append(s)
+        begin = ph.begin or "start the phase"
+        collect = f"phasegate collect --profile {ph.profile_file} --data {ph.data}"
+        if start is None:
+            s.reason = f"not started: no samples in {ph.data} since the previous phase's GO ({iso(prev_end)})"
+            action = f"proceed to {ph.title}: {begin}; then start the collector: {collect}"
+            continue
+        if start > now:
+            s.reason = f"starts {iso(start)}"
+            action = f"wait {format_duration((start - now).total_seconds())} until {iso(start)}, then {begin}"
+            continue
+        try:
+            so = run(plan.path, ph.data, ph.id, start=iso(start), hours=ph.duration_s / 3600.0, as_of=iso(now),
+                     plan=plan)
+        except DataError as exc:
+            s.reason = f"no evidence yet: {exc}"
+            action = f"start the collector: {collect}"
+            continue
+        d = so.doc
+        s.doc, s.verdict, s.reason = d, d["verdict"], d["reason"]
+        s.elapsed_s = d["window"]["elapsed_s"]
+        verdict = d["verdict"]
+        end = start + timedelta(seconds=ph.duration_s)
+        action = _next_action(plan, ph, nxt, d, end, now)
+    if action is None:
+        action = "rollout complete: every phase has a signed GO report"
+    return RolloutStatus(plan, now, states, action, verdict)
+
+
+def _next_action(plan: Plan, ph: Phase, nxt: Phase | None, d: dict, end: datetime, now: datetime) -> str:
+    v = d["verdict"]
+    report = _report_cmd(plan, ph)
+    if v == "NO-GO":
+        steps = d["runbook"]
+        if steps:
+            first = steps[0]
+            return f"run {first['title']}: " + "; ".join(first["steps"][:2]) + f" (failed: {first['criterion']})"
+        failed = [c["id"] for c in d["criteria"] if c["passed"] is False and c["kind"] == "hard"]
+        return f"stop the rollout and investigate: {', '.join(failed)} failed"
+    if v == "REVIEW":
+        soft = [c for c in d["criteria"] if c["passed"] is False]
+        return "review the soft target(s) before going on: " + "; ".join(f"{c['id']}: {c['detail']}" for c in soft[:3])
+    if v == "PENDING":
+        return f"wait {format_duration((end - now).total_seconds())} (window ends {iso(end)}), then sign off: {report}"
+    if v == "INCONCLUSIVE":
+        return f"not enough evidence to decide ({d['reason']}); fix collection and extend the window, then: {report}"
+    # GO computed now over the complete window, but no signed report yet.
+    after = f"; then proceed to {nxt.title}: {nxt.begin or 'start it'}" if nxt else "; that completes the rollout"
+    return f"render and sign the GO report: {report}{after}"
+
+
+def phase_window(plan: Plan, phase_id: str | None, now: datetime) -> tuple[Phase, datetime]:
+    """The phase to report (None: the one in progress) and its window start, as `status` sees them."""
+    st = status(plan, now)
+    if phase_id is None:
+        current = next((s for s in st.phases if s.state == "current"), None)
+        if current is None:
+            raise DataError(f"no phase of {plan.path} is in progress: {st.next_action}")
+    else:
+        plan.phase(phase_id)
+        current = next(s for s in st.phases if s.phase.id == phase_id)
+    if current.start is None:
+        raise DataError(f"{current.phase.id}: {current.reason}; next: {st.next_action}")
+    return current.phase, current.start
