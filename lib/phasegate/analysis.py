@@ -45,6 +45,7 @@ class Analysis:
     traffic: dict | None
     prometheus: dict | None
     tenants: dict | None
+    platform: dict | None
     timeline: pd.DataFrame = field(repr=False)
     coverage_hourly: pd.DataFrame = field(repr=False)
     samples: pd.DataFrame = field(repr=False)
@@ -117,7 +118,12 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     hist_df = df[(df["source"] == "prometheus-histogram").to_numpy()]
     is_prom = is_prom | (df["source"] == "prometheus-histogram").to_numpy()
     traffic_df, prom_df = df[is_traffic], df[(df["source"] == "prometheus").to_numpy()]
-    df = df[~(is_traffic | is_prom)].reset_index(drop=True)
+    is_platform = (df["source"] == "platform").to_numpy()
+    df = df[~(is_traffic | is_prom | is_platform)].reset_index(drop=True)
+    platform = None
+    if is_platform.any():
+        platform = _platform(read_samples(data_dir, window.start, observed_end, sources=["platform"], columns=[
+            "probe", "outcome", "error", "request_id", "deployment_id", "error_code", "health_status", "flags"]))
     # The heavy columns are only needed on few rows: read those rows alone.
     fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
                          columns=["probe", "assertion_failures"]).sort_values("ts", kind="stable")
@@ -141,6 +147,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         anomalies=_anomalies(fails), coverage=_coverage(profile, df, window.start, observed_end),
         evidence=_evidence(evid), inputs=inputs, quality=_quality(df, hourly),
         baseline=None if base_df is None else compare(df, base_df), tenants=tenant_stats(df, conf),
+        platform=platform,
         prometheus=None if prom_df.empty else {**_prom_stats(prom_df), "p99_from_histogram": _hist_p99(hist_df)},
         traffic=None if traffic_df.empty else {
             "overall": probe_stats(traffic_df, conf),
@@ -330,11 +337,13 @@ def _flags(df: pd.DataFrame) -> dict:
     obs = df.loc[df["flags"].notna(), ["ts", "flags"]]
     # Flag JSON repeats: decode each distinct value once, and walk only the rows where it changes.
     # A flag the answer did not carry (an error body) is not observed: it is neither on nor off.
-    decoded = {raw: {k: v for k, v in json.loads(raw).items() if v is not None} for raw in obs["flags"].unique()}
+    decoded = {raw: {k: v for k, v in json.loads(raw).items() if v is not None} for raw in obs["flags"].unique()
+               if isinstance(raw, str)}
     unobserved = [raw for raw, values in decoded.items() if not values]
     if unobserved:
         obs = obs[~obs["flags"].isin(unobserved)]
     counts = obs["flags"].value_counts()
+    counts = counts[counts > 0]  # a categorical lists every category of the read, even unused ones
     off: dict[str, int] = {}
     off_obs = 0
     for raw, n in counts.items():
@@ -373,6 +382,33 @@ def _deployments(df: pd.DataFrame) -> dict:
         for i, r in enumerate(runs) if i >= 2 and any(p["id"] == r["id"] for p in runs[: i - 1])
     ]
     return {"ids": ids, "sequence": runs, "changes": max(0, len(runs) - 1), "rollbacks": rollbacks}
+
+
+def _platform(p: pd.DataFrame) -> dict:
+    """The hosting platform's deploys and flags inside the window. Every deploy that started or
+    finished in it is unexpected (a phase runs on one deployment); a rollback trigger is a rollback."""
+    p = p.sort_values("ts", kind="stable")
+    ok = p[p["outcome"] == "ok"]
+    dep = ok[ok["probe"] == "render.deploy"].drop_duplicates("request_id")
+    deploys: dict[str, dict] = {}
+    for ts, did, trigger, state in zip(dep["ts"], dep["deployment_id"], dep["error_code"], dep["health_status"]):
+        d = deploys.setdefault(did, {"id": did, "trigger": None if pd.isna(trigger) else trigger,
+                                     "started": None, "finished": None, "status": None})
+        if state == "started":
+            d["started"] = _ts(ts)
+        else:
+            d["finished"], d["status"] = _ts(ts), state
+    listed = sorted(deploys.values(), key=lambda d: d["started"] or d["finished"])
+    env = ok[ok["probe"] == "render.env"]
+    failed = p[p["outcome"] != "ok"]
+    return {
+        "deploys": listed,
+        "rollbacks": [d for d in listed if d["trigger"] in ("rollback", "auto_rollback")],
+        "flags": _flags(env) if len(env) else None,
+        "reads": int(len(env)),
+        "failed_reads": [{"ts": _ts(ts), "probe": pr, "outcome": o, "error": e}
+                         for ts, pr, o, e in zip(failed["ts"], failed["probe"], failed["outcome"], failed["error"])],
+    }
 
 
 def _anomalies(fails: pd.DataFrame) -> dict:

@@ -136,16 +136,22 @@ def check(profile_path, data_dir, base_url):
 @click.option("--baseline-data", type=PATH, help="Data dir of the baseline (control yachts, or the previous phase).")
 @click.option("--baseline-start", help="Baseline window start (default: the same window).")
 @click.option("--baseline-end", help="Baseline window end (default: start + the window's length).")
+@click.option("--notify", type=click.Choice(["change", "always", "never"]), default="change", show_default=True,
+              help="POST a summary to the webhook: when the verdict changed, every time, or never.")
+@click.option("--webhook-env", help="Environment variable holding the webhook URL [default: PHASEGATE_WEBHOOK_URL].")
 @_guard
 def report(profile_path, plan, latest, data_dir, phase, start, end, hours, out_root, formats, bucket, as_of,
-           baseline_data, baseline_start, baseline_end):
+           baseline_data, baseline_start, baseline_end, notify, webhook_env):
     """Run the sign-off notebook; exit 0 GO, 10 NO-GO, 11 REVIEW, 12 PENDING, 13 INCONCLUSIVE."""
     from .report import EXIT_CODES, make_report
 
     result = make_report(profile_path=profile_path, data_dir=data_dir, phase=phase, start=start, end=end,
                          hours=hours, out_root=out_root, formats=formats, bucket=bucket, as_of=as_of,
-                         baseline=(baseline_data, baseline_start, baseline_end), plan=plan, latest=latest)
+                         baseline=(baseline_data, baseline_start, baseline_end), plan=plan, latest=latest,
+                         notify=notify, webhook_env=webhook_env)
     click.echo(result.summary)
+    if result.notify_failed:
+        click.echo("phasegate: warning: the notification was not delivered (see the notify line above)", err=True)
     sys.exit(EXIT_CODES[result.verdict])
 
 
@@ -214,6 +220,29 @@ def pull_traffic_cmd(profile_path, data_dir, start, end, hours):
     click.echo(f"pulled {res.requests:g} requests in {res.rows} increments from {res.series} series into {data_dir}")
     for note in res.notes:
         click.echo(f"  {note}", err=True)
+
+
+@cli.command("pull-platform")
+@profile_opt
+@click.option("--data", "data_dir", type=PATH, required=True, help="Data directory to add the deploys and flags to.")
+@_guard
+def pull_platform_cmd(profile_path, data_dir):
+    """Read deploys and flag environment variables from the profile's platform API (Render) now."""
+    from .errors import ProfileError
+    from .platform import pull_platform
+    from .profile import load_profile
+
+    profile = load_profile(profile_path)
+    if profile.platform is None:
+        raise ProfileError(f"{profile_path}: platform: no enabled [platform] section to read")
+    res = pull_platform(profile.platform, data_dir, profile.target.name)
+    flags = ", ".join(f"{k}={'unset' if v is None else str(v).lower()}" for k, v in res.flags.items())
+    click.echo(f"read {res.deploys} deploys" + (f" and flags {flags}" if flags else "") + f"; {res.rows} rows into {data_dir}")
+    for note in res.notes:
+        click.echo(f"  {note}", err=True)
+    if res.failed:
+        click.echo(f"phasegate: error: {res.failed} platform API call(s) failed (stored as failed reads)", err=True)
+        sys.exit(1)
 
 
 @cli.group()

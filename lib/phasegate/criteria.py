@@ -99,6 +99,14 @@ def _no_feature_disabled(c: Criterion, a: Analysis, p: Profile) -> CriterionResu
                      + (f" ({', '.join(f'{k} {v}' for k, v in off.items())})" if off else ""))
     else:
         parts.append("flags never observed")
+    pf = (a.platform or {}).get("flags")
+    if pf:
+        obs += pf["observations"]
+        measured += pf["off_observations"]
+        turned = [ch for ch in pf["changes"] if ch["value"] is not True]
+        parts.append(f"platform env: off in {pf['off_observations']} of {pf['observations']} reads"
+                     + (": " + ", ".join(f"{ch['flag']}={str(ch['value']).lower()} at {ch['ts']}" for ch in turned[:4])
+                        if turned else ""))
     if measured > c.threshold:
         passed = False
     elif not obs:
@@ -112,6 +120,7 @@ def _no_feature_disabled(c: Criterion, a: Analysis, p: Profile) -> CriterionResu
 def _no_rollback(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     d = a.deployments
     rb = d["rollbacks"]
+    prb = (a.platform or {}).get("rollbacks", [])
     if rb:
         detail = "; ".join(f"{r['ts']}: back to {r['to']} from {r['from']}" for r in rb)
     elif d["ids"]:
@@ -119,8 +128,11 @@ def _no_rollback(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
                  " → ".join(s["id"] for s in d["sequence"])
     else:
         detail = "no deployment id observed"
-    passed = None if not d["ids"] else not rb
-    return CriterionResult(c.id, c.kind, passed, len(rb), 0, detail, n=sum(i["samples"] for i in d["ids"]))
+    if prb:
+        detail += "; platform: " + ", ".join(f"rollback deploy {r['id']} started {r['started']}" for r in prb)
+    seen = bool(d["ids"]) or bool(a.platform and a.platform["reads"])
+    passed = None if not seen else not (rb or prb)
+    return CriterionResult(c.id, c.kind, passed, len(rb) + len(prb), 0, detail, n=sum(i["samples"] for i in d["ids"]))
 
 
 def _service_healthy(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
@@ -238,11 +250,16 @@ def _tenant_error_rate(c: Criterion, a: Analysis, p: Profile) -> CriterionResult
 def _no_anomalies(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     fails = a.anomalies["assertion_failures"]
     changes = a.deployments["changes"]
+    unexpected = (a.platform or {}).get("deploys", [])
     parts = []
     if changes:
         parts.append(f"{changes} deployment change(s): " + " → ".join(s["id"] for s in a.deployments["sequence"]))
+    for dep in unexpected[:4]:
+        parts.append(f"unexpected deployment {dep['id']}: started {dep['started'] or 'before the window'}, "
+                     f"finished {dep['finished'] or 'not yet'}" + (f" ({dep['status']})" if dep["status"] else "")
+                     + (f", trigger {dep['trigger']}" if dep["trigger"] else ""))
     parts += [f"{g['probe']}: {g['message']} ×{g['count']}" for g in fails[:8]]
-    measured = changes + sum(g["count"] for g in fails)
+    measured = changes + len(unexpected) + sum(g["count"] for g in fails)
     detail = "; ".join(parts) if parts else "no unexpected deployment, no drift from the baseline"
     return CriterionResult(c.id, c.kind, measured <= (c.threshold or 0), measured, c.threshold or 0, detail,
                            n=a.overall["samples"])

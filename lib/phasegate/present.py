@@ -164,6 +164,7 @@ def state_tables(doc: dict) -> str:
     fl = doc["flags"]
     flag_rows = [[c["ts"], escape(c["flag"]), escape(json.dumps(c["value"]))] for c in fl["changes"]]
     out += "<h4>Feature flags (first value and every change)</h4>" + _table(["time", "flag", "value"], flag_rows)
+    out += platform_tables(doc)
     h = doc["health"]
     out += (f'<div class="pg"><p>Health: {h["answered"]:,} answered health samples, {h["unhealthy"]:,} unhealthy, '
             f'handlers loaded min {h["min_loaded"]}/{h["handlers_total"]}.</p></div>')
@@ -172,6 +173,26 @@ def state_tables(doc: dict) -> str:
         out += "<h4>Baseline drift (assertion failures by message)</h4>" + _table(
             ["probe", "message", "count", "first", "last"],
             [[escape(g["probe"]), escape(g["message"]), f"{g['count']:,}", g["first"], g["last"]] for g in fails])
+    return out
+
+
+def platform_tables(doc: dict) -> str:
+    """The hosting platform's own record: deploys in the window and the flag values it holds."""
+    p = doc.get("platform")
+    if not p:
+        return ""
+    out = "<h4>Platform deploys in the window (each one unexpected during a phase)</h4>" + _table(
+        ["deploy", "trigger", "started", "finished", "status"],
+        [[escape(d["id"]), escape(d["trigger"] or "–"), d["started"] or "before the window", d["finished"] or "–",
+          escape(d["status"] or "–")] for d in p["deploys"]])
+    if p["flags"]:
+        out += "<h4>Platform environment flags (first value and every change)</h4>" + _table(
+            ["time", "flag", "value"],
+            [[c["ts"], escape(c["flag"]), escape(json.dumps(c["value"]))] for c in p["flags"]["changes"]])
+    if p["failed_reads"]:
+        out += "<h4>Platform reads that failed</h4>" + _table(
+            ["time", "call", "outcome", "error"],
+            [[f["ts"], escape(f["probe"]), escape(f["outcome"]), escape(f["error"] or "")] for f in p["failed_reads"]])
     return out
 
 

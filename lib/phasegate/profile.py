@@ -135,6 +135,20 @@ class PromSource:
 
 
 @dataclass(frozen=True)
+class PlatformSource:
+    """The hosting platform's API (Render): deployments and environment-variable flags.
+    Only the key's environment variable *name* is configured; its value is read per request."""
+
+    service_id: str
+    kind: str = "render"
+    api_url: str = "https://api.render.com/v1"
+    api_key_env: str = "RENDER_API_KEY"
+    flags: tuple[str, ...] = ()  # env vars read as on/off flags (default: the probes' flag names)
+    timeout_s: float = 10.0
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class Profile:
     path: str
     target: Target
@@ -143,6 +157,7 @@ class Profile:
     runbook: dict = field(default_factory=dict)
     phases: tuple[str, ...] = ()
     prometheus: PromSource | None = None
+    platform: PlatformSource | None = None
 
     def probe(self, name: str) -> Probe:
         return next(p for p in self.probes if p.name == name)
@@ -286,9 +301,35 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     criteria = _criteria(src, top.take("criteria", (dict,), {}), set(names), set(runbook))
     phases = top.str_list("phases")
     prom = top.take("prometheus", (dict,), None)
+    plat = top.take("platform", (dict,), None)
     top.done()
+    flag_names = tuple(dict.fromkeys(f for pr in probes for f in pr.flags))
+    platform = None if plat is None else _platform(src, plat, flag_names)
     return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook, phases=phases,
-                   prometheus=None if prom is None else _prometheus(src, prom))
+                   prometheus=None if prom is None else _prometheus(src, prom),
+                   platform=platform if platform is not None and platform.enabled else None)
+
+
+def _platform(src, table, flag_names) -> PlatformSource:
+    r = _Reader(src, table, "platform")
+    kind = r.take("kind", (str,), "render")
+    if kind != "render":
+        r.fail("platform.kind", f"must be render (the only platform adapter), got {kind!r}")
+    url = r.take("api_url", (str,), "https://api.render.com/v1")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.fail("platform.api_url", f"must be an http(s) URL, got {url!r}")
+    service = r.take("service_id", (str,), required=True)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", service):
+        r.fail("platform.service_id", f"must be a service id like srv-..., got {service!r}")
+    key_env = r.take("api_key_env", (str,), "RENDER_API_KEY")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+        r.fail("platform.api_key_env", "must name an environment variable (the key itself never goes in a profile)")
+    p = PlatformSource(service_id=service, kind=kind, api_url=url.rstrip("/"), api_key_env=key_env,
+                       flags=r.str_list("flags", flag_names), timeout_s=r.duration("timeout", 10.0),
+                       enabled=r.take("enabled", (bool,), True))
+    r.done()
+    return p
 
 
 def _prometheus(src, table) -> PromSource:

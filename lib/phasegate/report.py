@@ -42,11 +42,13 @@ class ReportResult:
     files: dict
     doc: dict
     summary: str
+    notify_failed: bool = False
 
 
 def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_root="reports",
                 formats="html,pdf", bucket="5m", notebook=NOTEBOOK, as_of=None,
-                baseline=(None, None, None), plan=None, latest=False) -> ReportResult:
+                baseline=(None, None, None), plan=None, latest=False, notify="change",
+                webhook_env=None) -> ReportResult:
     """With `plan`, the profile, data dir, reports root and window default to the plan's phase;
     `latest` reports the phase in progress from its start to now."""
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
@@ -119,7 +121,15 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     _swap_in(stage, folder)
     names = {"ipynb": "signoff.ipynb", "json": "signoff.json", "html": "signoff.html", "pdf": "signoff.pdf"}
     files = {k: folder / v for k, v in names.items() if (folder / v).exists()}
-    return ReportResult(doc["verdict"], folder, files, doc, summarize(doc, files))
+    from .notify import DEFAULT_ENV, notify as send
+
+    sent = send(doc, files.get("pdf") or files.get("html") or files["json"], folder.parent, notify,
+                webhook_env or DEFAULT_ENV)
+    summary = summarize(doc, files)
+    # An unset webhook is only worth a line when notifications were asked for by name.
+    if sent.configured or webhook_env or notify != "change":
+        summary += "\n  " + sent.line
+    return ReportResult(doc["verdict"], folder, files, doc, summary, notify_failed=sent.failed)
 
 
 def _swap_in(stage: Path, folder: Path) -> None:

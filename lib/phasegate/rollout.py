@@ -228,7 +228,7 @@ def status(plan: Plan, now: datetime | None = None) -> RolloutStatus:
             continue
         try:
             so = run(plan.path, ph.data, ph.id, start=iso(start), hours=ph.duration_s / 3600.0, as_of=iso(now),
-                     plan=plan)
+                     plan=plan, pull=False)  # status only reads what is stored
         except DataError as exc:
             s.reason = f"no evidence yet: {exc}"
             action = f"start the collector: {collect}"

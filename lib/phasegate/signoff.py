@@ -42,9 +42,10 @@ def find_path(path: str | os.PathLike) -> Path:
 
 
 def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir=None, bucket="5m",
-        as_of=None, baseline_data=None, baseline_start=None, baseline_end=None, plan=None) -> Signoff:
+        as_of=None, baseline_data=None, baseline_start=None, baseline_end=None, plan=None, pull=True) -> Signoff:
     """Analyse the window, evaluate the criteria, and write `signoff.json` into out_dir.
-    With `plan` (a rollout plan or its path), the phase's profile and overrides come from it."""
+    With `plan` (a rollout plan or its path), the phase's profile and overrides come from it.
+    `pull`: first read what the profile's Prometheus and platform API hold (False: only what is stored)."""
     if plan not in (None, ""):
         from .rollout import Plan, load_plan
         plan = plan if isinstance(plan, Plan) else load_plan(find_path(plan))
@@ -53,11 +54,15 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
         profile_file = find_path(profile_path)
         profile = load_profile(profile_file)
     profile.check_phase(phase)
-    now = parse_time(as_of, name="as_of") if as_of not in (None, "") else utcnow()
-    window = Window.resolve(start, end, hours, profile.criteria.duration_s, now)
     data = find_path(data_dir)
     if not data.is_dir():
         raise DataError(f"data dir does not exist: {data_dir}")
+    notes = []
+    if pull and profile.platform is not None:
+        # Before `now` is taken, so the flags read now fall inside a window that ends now.
+        notes += _pull_platform(profile, data)
+    now = parse_time(as_of, name="as_of") if as_of not in (None, "") else utcnow()
+    window = Window.resolve(start, end, hours, profile.criteria.duration_s, now)
     baseline = None
     if baseline_data not in (None, ""):
         bdir = find_path(baseline_data)
@@ -67,9 +72,8 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
         bwin = window if baseline_start in (None, "") else Window.resolve(
             baseline_start, baseline_end, None, window.duration_s)
         baseline = (bdir, bwin)
-    notes = []
     observed = Window(window.start, window.observed_end(now))
-    if profile.prometheus is not None and observed.end > observed.start and read_samples(
+    if pull and profile.prometheus is not None and observed.end > observed.start and read_samples(
             data, observed.start, observed.end, columns=["source"], sources=["prometheus"]).empty:
         # No counts pulled for this window yet: pull them now. A Prometheus that is down is a line
         # in the report's data section, never a failed report.
@@ -94,6 +98,20 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
         path = Path(out_dir) / "signoff.json"
         write_json(doc, path)
     return Signoff(profile, analysis, decision, doc, path)
+
+
+def _pull_platform(profile: Profile, data: Path) -> list[str]:
+    """Deploys and flags from the hosting platform, now. No key or a failed call is a line in the
+    report's data section, never a failed report."""
+    from .platform import pull_platform
+
+    src = profile.platform
+    if not os.environ.get(src.api_key_env):
+        return [f"platform: ${src.api_key_env} is not set: {src.kind} deploys and flags were not read"]
+    res = pull_platform(src, data, profile.target.name)
+    flags = ", ".join(f"{k}={'unset' if v is None else str(v).lower()}" for k, v in res.flags.items())
+    return [f"platform: {res.deploys} {src.kind} deploys read" + (f"; flags {flags}" if flags else "")] + \
+        [f"platform: {n}" for n in res.notes]
 
 
 def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: Analysis, d: Decision,
@@ -128,6 +146,7 @@ def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: A
         "traffic": a.traffic,
         "prometheus": a.prometheus,
         "tenants": a.tenants,
+        "platform": a.platform,
         "simulated_samples": int(a.samples["simulated"].fillna(False).astype(bool).sum()),
         "inputs": {"data_dir": str(data), **a.inputs},
         "parameters": {"bucket": bucket, "confidence": profile.criteria.confidence,

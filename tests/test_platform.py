@@ -1,0 +1,230 @@
+"""The platform adapter against a local fake of Render's API shape on 127.0.0.1."""
+
+import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from phasegate import signoff
+from phasegate.errors import ProfileError
+from phasegate.history import history
+from phasegate.platform import pull_platform
+from phasegate.profile import load_profile
+from phasegate.store import read_samples
+
+from conftest import SIM_PROFILE, phasegate, write_profile
+
+KEY = "rnd_TESTKEYsecretvalue0123456789"
+SERVICE = "srv-d5fr5hre5dus73d3gdn0"
+PHASE = "phase1-staging-canary"
+FLAGS = ("FAULT_LENS_V1_ENABLED", "FAULT_LENS_SUGGESTIONS_ENABLED", "FAULT_LENS_SIGNED_ACTIONS_ENABLED")
+
+
+def iso(dt):
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+class FakeRender(ThreadingHTTPServer):
+    """GET /v1/services/<id>/deploys and /env-vars as Render answers them: lists of
+    {"deploy": {...}, "cursor": ...} / {"envVar": {"key", "value"}, "cursor": ...}, paged by cursor,
+    401 without the right Bearer key."""
+
+    daemon_threads = True
+
+    def __init__(self, deploys=(), env=None, delay_s=0.0):
+        self.deploys, self.env, self.delay_s, self.seen = list(deploys), dict(env or {}), delay_s, []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.seen.append((self.path, self.headers.get("Authorization")))
+                time.sleep(outer.delay_s)
+                parts = urlsplit(self.path)
+                q = parse_qs(parts.query)
+                if self.headers.get("Authorization") != f"Bearer {KEY}":
+                    return self.answer(401, {"message": "unauthorized"})
+                if parts.path == f"/v1/services/{SERVICE}/deploys":
+                    items = [{"deploy": d, "cursor": f"c{i}"} for i, d in enumerate(outer.deploys)]
+                elif parts.path == f"/v1/services/{SERVICE}/env-vars":
+                    items = [{"envVar": {"key": k, "value": v}, "cursor": f"c{i}"} for i, (k, v) in enumerate(outer.env.items())]
+                else:
+                    return self.answer(404, {"message": "not found"})
+                start = int(q["cursor"][0][1:]) + 1 if "cursor" in q else 0
+                limit = int(q.get("limit", ["20"])[0])
+                self.answer(200, items[start:start + limit])
+
+            def answer(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        super().__init__(("127.0.0.1", 0), H)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def handle_error(self, request, client_address):
+        pass  # a client that gave up at its deadline is the point of one test, not a fake's bug
+
+    @property
+    def api(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+@pytest.fixture
+def fake():
+    made = []
+
+    def make(**kw):
+        f = FakeRender(**kw)
+        made.append(f)
+        return f
+    yield make
+    for f in made:
+        f.shutdown()
+        f.server_close()
+
+
+def profile_for(tmp_path, f, timeout="5s"):
+    return write_profile(tmp_path, f'''extends = "{SIM_PROFILE}"
+[platform]
+enabled = true
+api_url = "{f.api}"
+service_id = "{SERVICE}"
+api_key_env = "TEST_RENDER_KEY"
+timeout = "{timeout}"
+''')
+
+
+def deploy(did, created, finished, status="live", trigger="manual"):
+    return {"id": did, "status": status, "trigger": trigger, "createdAt": iso(created),
+            "finishedAt": iso(finished) if finished else None, "commit": {"id": "abc123", "message": "m"}}
+
+
+def live_window(tmp_path, hours=2.0):
+    """Probe history ending now, so a report's window (ending now) also holds the flags read now."""
+    end = datetime.now(timezone.utc).replace(microsecond=0)
+    start = end - timedelta(hours=hours)
+    data = tmp_path / "data"
+    history(load_profile(SIM_PROFILE), [], start.timestamp(), end.timestamp(), data, seed=1)
+    return data, start
+
+
+def crit(doc, cid):
+    return next(c for c in doc["criteria"] if c["id"] == cid)
+
+
+def test_flag_turned_off_and_a_deploy_in_the_window_show_with_their_times(tmp_path, fake, monkeypatch):
+    data, start = live_window(tmp_path)
+    mid = start + timedelta(hours=1)
+    old = deploy("dep-old", start - timedelta(days=3), start - timedelta(days=3) + timedelta(minutes=4))
+    new = deploy("dep-new", mid, mid + timedelta(minutes=5))
+    f = fake(deploys=[new, old], env={"FAULT_LENS_V1_ENABLED": "false", "FAULT_LENS_SUGGESTIONS_ENABLED": "true",
+                                      "DATABASE_URL": "postgres://u:pw@db/x"})
+    monkeypatch.setenv("TEST_RENDER_KEY", KEY)
+    so = signoff.run(profile_for(tmp_path, f), data, PHASE, start=start.isoformat(), hours=24, out_dir=tmp_path / "out")
+    doc = so.doc
+    p = doc["platform"]
+    assert [d["id"] for d in p["deploys"]] == ["dep-new"]  # the old one is outside the window
+    assert p["deploys"][0]["started"] == iso(mid) and p["deploys"][0]["status"] == "live"
+    an = crit(doc, "no_anomalies")
+    assert an["passed"] is False
+    assert f"unexpected deployment dep-new: started {iso(mid)}, finished {iso(mid + timedelta(minutes=5))} (live), trigger manual" in an["detail"]
+    fd = crit(doc, "no_feature_disabled")
+    assert fd["passed"] is False and "platform env: off in 1 of 1 reads: FAULT_LENS_V1_ENABLED=false at " in fd["detail"]
+    # An env var the service does not have is unset, not off.
+    assert p["flags"]["last"] == {"FAULT_LENS_V1_ENABLED": False, "FAULT_LENS_SUGGESTIONS_ENABLED": True}
+    assert doc["verdict"] == "NO-GO"
+    assert any(n.startswith("platform: 2 render deploys read; flags FAULT_LENS_V1_ENABLED=false") for n in doc["inputs"]["notes"])
+    assert all(auth == f"Bearer {KEY}" for _, auth in f.seen)
+    # The key is in no file written, and the env var values we did not ask for are not stored.
+    for path in [*tmp_path.rglob("*.parquet"), *tmp_path.rglob("*.json")]:
+        raw = path.read_bytes()
+        assert KEY.encode() not in raw and b"postgres://" not in raw, path
+
+
+def test_rollback_deploy_fails_no_rollback(tmp_path, fake, monkeypatch):
+    data, start = live_window(tmp_path)
+    at = start + timedelta(minutes=30)
+    f = fake(deploys=[deploy("dep-back", at, at + timedelta(minutes=3), trigger="rollback")],
+             env={n: "true" for n in FLAGS})
+    monkeypatch.setenv("TEST_RENDER_KEY", KEY)
+    doc = signoff.run(profile_for(tmp_path, f), data, PHASE, start=start.isoformat(), hours=24).doc
+    rb = crit(doc, "no_rollback")
+    assert rb["passed"] is False and rb["measured"] == 1
+    assert f"platform: rollback deploy dep-back started {iso(at)}" in rb["detail"]
+    assert crit(doc, "no_feature_disabled")["passed"] is True
+
+
+def test_deploys_are_paged_by_cursor_and_not_counted_twice_across_pulls(tmp_path, fake, monkeypatch):
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    deps = [deploy(f"dep-{i:03d}", now - timedelta(hours=300 - i), now - timedelta(hours=300 - i) + timedelta(minutes=2))
+            for i in range(250)]
+    f = fake(deploys=deps, env={})
+    monkeypatch.setenv("TEST_RENDER_KEY", KEY)
+    src = load_profile(profile_for(tmp_path, f)).platform
+    first = pull_platform(src, tmp_path / "d", "t")
+    pull_platform(src, tmp_path / "d", "t")
+    assert first.deploys == 250 and first.failed == 0
+    assert sum("cursor=" in path for path, _ in f.seen if "/deploys" in path) == 2 * 2  # pages 2 and 3, twice
+    df = read_samples(tmp_path / "d", now - timedelta(days=30), now + timedelta(hours=1), sources=["platform"],
+                      columns=["probe", "request_id", "flags"])
+    dep = df[df["probe"] == "render.deploy"]
+    assert len(dep) == 1000 and dep["request_id"].nunique() == 500  # stored twice, distinct events 500
+    assert json.loads(df[df["probe"] == "render.env"]["flags"].iloc[0]) == {n: None for n in FLAGS}
+
+
+def test_a_hanging_api_is_cut_at_the_deadline_and_stored_as_a_failed_read(tmp_path, fake, monkeypatch):
+    f = fake(delay_s=3.0)
+    monkeypatch.setenv("TEST_RENDER_KEY", KEY)
+    prof = profile_for(tmp_path, f, timeout="0.5s")
+    res = phasegate("pull-platform", "--profile", prof, "--data", tmp_path / "d", env={"TEST_RENDER_KEY": KEY})
+    assert res.returncode == 1
+    assert "deploys not read: no complete response within 0.5s" in res.stderr
+    assert res.stderr.strip().endswith("phasegate: error: 2 platform API call(s) failed (stored as failed reads)")
+    assert KEY not in res.stdout + res.stderr
+    df = read_samples(tmp_path / "d", datetime(2020, 1, 1, tzinfo=timezone.utc), datetime.now(timezone.utc) + timedelta(1),
+                      sources=["platform"], columns=["probe", "outcome"])
+    # The server answers after 3 s: a timeout outcome means the 0.5 s deadline cut the call.
+    assert sorted(df["outcome"]) == ["timeout", "timeout"]
+
+
+def test_wrong_key_is_an_http_error_row_that_names_no_key(tmp_path, fake, monkeypatch):
+    f = fake()
+    res = phasegate("pull-platform", "--profile", profile_for(tmp_path, f), "--data", tmp_path / "d",
+                    env={"TEST_RENDER_KEY": "rnd_wrongWRONGwrong"})
+    assert res.returncode == 1 and "deploys not read: HTTP 401" in res.stderr
+    assert "rnd_wrong" not in res.stdout + res.stderr
+
+
+def test_no_key_set_is_a_note_not_a_failure(tmp_path, fake, monkeypatch):
+    monkeypatch.delenv("TEST_RENDER_KEY", raising=False)
+    data, start = live_window(tmp_path, hours=1)
+    f = fake()
+    doc = signoff.run(profile_for(tmp_path, f), data, PHASE, start=start.isoformat(), hours=24).doc
+    assert "platform: $TEST_RENDER_KEY is not set: render deploys and flags were not read" in doc["inputs"]["notes"]
+    assert doc["platform"] is None and f.seen == []
+
+
+@pytest.mark.parametrize("table,message", [
+    ('[platform]\nkind = "heroku"\nservice_id = "srv-1"', "platform.kind: must be render (the only platform adapter), got 'heroku'"),
+    ('[platform]\napi_url = "srv"\nservice_id = "srv-1"', "platform.api_url: must be an http(s) URL, got 'srv'"),
+    ('[platform]\nservice_id = ""', "platform.service_id: must be a service id like srv-..., got ''"),
+    ('[platform]\nservice_id = "srv 1; rm"', "platform.service_id: must be a service id like srv-..., got 'srv 1; rm'"),
+    ('[platform]\nservice_id = "srv-1"\napi_key_env = "rnd_abc def"',
+     "platform.api_key_env: must name an environment variable (the key itself never goes in a profile)"),
+    ('[platform]\nservice_id = "srv-1"\napi_key = "x"', "platform.api_key: unknown key"),
+])
+def test_bad_platform_sections_name_the_key(tmp_path, table, message):
+    path = write_profile(tmp_path, f'extends = "{SIM_PROFILE}"\n{table}\n')
+    with pytest.raises(ProfileError) as exc:
+        load_profile(path)
+    assert str(exc.value) == f"{path}: {message}"
