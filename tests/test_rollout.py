@@ -166,3 +166,27 @@ def test_bad_plans_name_the_key(tmp_path, body, message):
     assert message in str(exc.value).replace(str(tmp_path) + "/", "")
     res = phasegate("status", "--plan", path)
     assert res.returncode == 2 and len(res.stderr.splitlines()) == 1 and message in res.stderr.replace(str(tmp_path) + "/", "")
+
+
+@pytest.mark.slow
+def test_rollout_summary_document_compiles_every_phase(tmp_path):
+    from pypdf import PdfReader
+
+    signed_go(tmp_path)
+    gen(tmp_path, "fault-lens-staging-fleet.toml", P2, P2_START, 3,
+        [Fault("server_error", start_s=H, end_s=H + 600, rate=0.5, tenants=("yacht-12",))])
+    as_of = P2_START + timedelta(hours=3)
+    res = phasegate("summary", "--plan", PLAN, "--as-of", as_of.isoformat(), cwd=tmp_path, timeout=300)
+    assert res.returncode == 10, res.stdout + res.stderr
+    assert "  Phase 1: Staging Canary: GO (signed)\n  Phase 2: Staging Full Rollout: NO-GO\n" in res.stdout
+    folder = tmp_path / "reports" / "rollout" / as_of.strftime("%Y%m%dT%H%M%SZ")
+    assert sorted(p.name for p in folder.iterdir()) == ["rollout.html", "rollout.ipynb", "rollout.json", "rollout.pdf"]
+    doc = json.loads((folder / "rollout.json").read_text())
+    assert [p["state"] for p in doc["phases"]] == ["done", "current", "waiting", "waiting"]
+    assert doc["phases"][0]["report"].endswith(f"{P1}/20260129T144501Z/signoff.json")
+    assert [c["id"] for c in doc["phases"][1]["failed"]] == ["no_5xx", "tenant_error_rate"]
+    text = "".join(pg.extract_text() for pg in PdfReader(folder / "rollout.pdf").pages)
+    for needle in ("Fault Lens V1 rollout", "Phase 1: Staging Canary", "GO (signed)", "Phase 4: Production Rollout",
+                   "Failed criteria", "tenant_error_rate", "Next: run Scenario 1: 5xx Errors Detected"):
+        assert needle in text.replace("\n", " "), needle
+    assert "Rollout timeline" in (folder / "rollout.html").read_text()  # the figure's alt text

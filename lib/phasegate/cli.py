@@ -171,6 +171,21 @@ def status(plan, as_of):
     sys.exit(EXIT_CODES[st.verdict] if st.verdict else 0)
 
 
+@cli.command()
+@click.option("--plan", type=PATH, required=True, help="Rollout plan TOML.")
+@click.option("--out", "out_root", type=PATH, help="Root folder [default: the plan's reports dir].")
+@click.option("--formats", default="html,pdf", show_default=True, help="Exports besides the notebook and JSON.")
+@click.option("--as-of", help="Evaluate as if it were this time.")
+@_guard
+def summary(plan, out_root, formats, as_of):
+    """Render every phase's sign-off on one timeline (notebooks/rollout_summary.ipynb); exit as `status`."""
+    from .report import EXIT_CODES, make_summary
+
+    result = make_summary(plan, out_root=out_root, formats=formats, as_of=as_of)
+    click.echo(result.summary)
+    sys.exit(EXIT_CODES.get(result.verdict, 0))
+
+
 @cli.command("import-logs")
 @click.option("--format", "fmt", type=click.Choice(["nginx", "json"]), default="nginx", show_default=True)
 @click.option("--file", "path", type=PATH, required=True, help="Log file, or - for standard input.")

@@ -179,3 +179,30 @@ def traffic_over_time(a: Analysis, bucket: str = "5min"):
     _fmt(ax, a)
     fig.tight_layout()
     return fig
+
+
+def rollout_timeline(doc: dict):
+    """One bar per phase over its window, coloured by verdict; the part not yet observed hatched."""
+    from .present import COLORS
+
+    rows = [p for p in doc["phases"] if p.get("start")]
+    fig, ax = _figure(10, 0.6 + 0.5 * max(1, len(doc["phases"])))
+    labels = [p["title"] for p in doc["phases"]]
+    for i, p in enumerate(doc["phases"]):
+        if not p.get("start"):
+            ax.text(0.01, i, "not started", transform=ax.get_yaxis_transform(), va="center", color="#6e7781")
+            continue
+        start, end, seen = (pd.Timestamp(p[k]) for k in ("start", "end", "observed_end"))
+        color = COLORS.get(p["verdict"] or p["report_verdict"], "#6e7781")
+        ax.barh(i, seen - start, left=start, color=color, height=0.5)
+        if end > seen:
+            ax.barh(i, end - seen, left=seen, color="white", edgecolor=color, hatch="//", height=0.5)
+        ax.text(start, i + 0.33, p["verdict"] or p["report_verdict"] or "", fontsize=8, color=color)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    if rows:
+        ax.axvline(pd.Timestamp(doc["as_of"]), color="black", lw=0.8, ls="--")
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz="UTC"))
+    ax.set_title("Rollout timeline: each phase's window, coloured by verdict (hatched: not yet observed)")
+    fig.subplots_adjust(left=0.2, right=0.98)
+    return fig

@@ -259,3 +259,26 @@ def traffic_table(doc: dict) -> str:
     return out + ('<div class="pg"><p>From request logs: every request the service answered in the window, '
                   'P99 exact from the logged request times (millisecond resolution).</p></div>'
                   + _table(["route", "requests", "status codes", "5xx", "5xx rate", "p50 ms", "p99 ms", "max ms"], rows))
+
+
+def rollout_banner(doc: dict) -> str:
+    v = doc["current_verdict"]
+    color = COLORS.get(v, "#333") if v else "#333"
+    return CSS + (f'<div class="pg"><div class="banner" style="background:{color}"><h1>{escape(doc["plan"]["name"])}</h1>'
+                  f'<p>as of {doc["as_of"]} · phase in progress: {escape(v or "none")}</p></div>'
+                  f'<p><b>Next:</b> {escape(doc["next_action"])}</p></div>')
+
+
+def rollout_table(doc: dict) -> str:
+    rows, fails = [], []
+    for p in doc["phases"]:
+        verdict = "GO (signed)" if p["state"] == "done" else (p["verdict"] or "–")
+        window = f"{p['start']} →<br>{p['end']}" if p.get("start") else "not started"
+        report = f"{p['report_verdict']} as of {p['report_as_of']}: {escape(p['report'])}" if p["report"] else "none"
+        rows.append([f"<b>{escape(p['title'])}</b>", escape(verdict), window,
+                     f"{p['samples']:,}" if p.get("samples") is not None else "–", report])
+        fails += [[escape(p["title"]), escape(f"{c['kind']} {c['id']}"), escape(c["detail"])] for c in p.get("failed", [])]
+    out = _table(["phase", "verdict", "window", "samples", "latest report"], rows)
+    if fails:
+        out += "<h4>Failed criteria</h4>" + _table(["phase", "criterion", "detail"], fails)
+    return out

@@ -132,6 +132,43 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     return ReportResult(doc["verdict"], folder, files, doc, summary, notify_failed=sent.failed)
 
 
+SUMMARY_NOTEBOOK = NOTEBOOK.with_name("rollout_summary.ipynb")
+
+
+def make_summary(plan, out_root=None, formats="html,pdf", as_of=None, notebook=SUMMARY_NOTEBOOK) -> ReportResult:
+    """The rollout summary document: every phase's sign-off on one timeline, as notebook, JSON,
+    HTML and PDF under <reports>/rollout/<as-of>/."""
+    from .rollout import load_plan
+
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in wanted if f not in FORMATS]
+    if bad:
+        raise ReportError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    p = load_plan(plan)
+    now = parse_time(as_of, name="as_of") if as_of else utcnow().replace(microsecond=0)
+    folder = Path(out_root or p.reports) / "rollout" / iso(now).replace("-", "").replace(":", "")
+    stage = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    params = {"plan": str(Path(plan).resolve()), "as_of": now.isoformat(), "out_dir": str(stage.resolve()),
+              "root": str(Path.cwd())}
+    _execute(notebook, stage / "rollout.ipynb", params)
+    doc = json.loads((stage / "rollout.json").read_text())
+    html = export_html(stage / "rollout.ipynb")
+    if "html" in wanted:
+        (stage / "rollout.html").write_text(html, encoding="utf-8")
+    if "pdf" in wanted:
+        export_pdf(html, stage / "rollout.pdf")
+    _swap_in(stage, folder)
+    files = {k: folder / f"rollout.{k}" for k in ("ipynb", "json", "html", "pdf") if (folder / f"rollout.{k}").exists()}
+    lines = [f"ROLLOUT SUMMARY: {doc['plan']['name']} as of {doc['as_of']}"]
+    lines += [f"  {ph['title']}: {'GO (signed)' if ph['state'] == 'done' else ph['verdict'] or ph['state']}"
+              for ph in doc["phases"]]
+    lines.append(f"  next: {doc['next_action']}")
+    lines += [f"  {k:5} {v}" for k, v in files.items()]
+    return ReportResult(doc["current_verdict"] or "", folder, files, doc, "\n".join(lines))
+
+
 def _swap_in(stage: Path, folder: Path) -> None:
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

@@ -58,15 +58,17 @@ class Plan:
         return profile
 
 
-def load_plan(path: str | os.PathLike) -> Plan:
-    """Read and validate a plan; every phase's profile is loaded now, so a typo fails here."""
+def load_plan(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Plan:
+    """Read and validate a plan; every phase's profile is loaded now, so a typo fails here.
+    `root`: the directory its data and report dirs are relative to (default: the working directory)."""
     path = Path(path)
+    base = Path(root) if root not in (None, "") else Path()
     raw = _read_toml(path)
     src = str(path)
     top = _Reader(src, raw, "")
     name = top.take("name", (str,), path.stem)
     # Data and report dirs are relative to the working directory (the project), profiles to the plan.
-    reports = Path(top.take("reports", (str,), "reports"))
+    reports = base / top.take("reports", (str,), "reports")
     tables = top.take("phase", (list,), required=True)
     top.done()
     if not tables:
@@ -93,7 +95,7 @@ def load_plan(path: str | os.PathLike) -> Plan:
             overrides["duration"] = f"{duration:g}s"
         phases.append(Phase(
             id=pid, title=r.take("title", (str,), pid), profile_file=prof,
-            data=Path(r.take("data", (str,), f"data/{pid}")), start=start,
+            data=base / r.take("data", (str,), f"data/{pid}"), start=start,
             duration_s=duration or 0.0, begin=r.take("begin", (str,), ""), overrides=overrides))
         r.done()
     ids = [p.id for p in phases]
@@ -279,3 +281,32 @@ def phase_window(plan: Plan, phase_id: str | None, now: datetime) -> tuple[Phase
     if current.start is None:
         raise DataError(f"{current.phase.id}: {current.reason}; next: {st.next_action}")
     return current.phase, current.start
+
+
+def summary(plan, as_of=None, out_dir=None, root=None) -> dict:
+    """Every phase's sign-off compiled into one timeline document (`rollout.json` in out_dir)."""
+    from .signoff import find_path, write_json
+
+    plan = plan if isinstance(plan, Plan) else load_plan(find_path(plan), root)
+    now = parse_time(as_of, name="as_of") if as_of not in (None, "") else utcnow()
+    st = status(plan, now)
+    phases = []
+    for s in st.phases:
+        d = s.doc or s.report  # the live verdict for the phase in progress, else its latest report
+        row = {"id": s.phase.id, "title": s.phase.title, "state": s.state, "verdict": s.verdict,
+               "required_s": s.phase.duration_s, "report": str(s.report_path) if s.report_path else None,
+               "report_verdict": s.report["verdict"] if s.report else None,
+               "report_as_of": s.report["as_of"] if s.report else None, "reason": s.reason}
+        if d:
+            row.update(start=d["window"]["start"], end=d["window"]["end"], observed_end=d["window"]["observed_end"],
+                       samples=d["overall"]["samples"], errors=d["overall"]["errors"],
+                       failed=[{"id": c["id"], "kind": c["kind"], "detail": c["detail"]}
+                               for c in d["criteria"] if c["passed"] is False and c["id"] != "window_complete"],
+                       runbook=[r["title"] for r in d.get("runbook", [])],
+                       tenants=(d.get("tenants") or {}).get("count"))
+        phases.append(row)
+    doc = {"plan": {"name": plan.name, "path": str(plan.path)}, "as_of": iso(now), "generated_at": iso(utcnow()),
+           "current_verdict": st.verdict, "next_action": st.next_action, "phases": phases}
+    if out_dir not in (None, ""):
+        write_json(doc, Path(out_dir) / "rollout.json")
+    return doc
