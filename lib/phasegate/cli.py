@@ -96,9 +96,7 @@ def collect(profile_path, data_dir, run_for, until, compact_every, quiet, base_u
     c = Collector(profile, data_dir, until_ts=until_ts,
                   compact_every_s=parse_duration(compact_every), progress=None if quiet else terminal_progress)
     c.install_signal_handlers()
-    stats = c.run()
-    for note in stats.recovered:
-        click.echo(f"phasegate: {note}", err=True)
+    stats = c.run()  # a recovered journal is logged as it happens (a warning: always shown)
     click.echo(f"collected {stats.samples} samples ({stats.errors} not ok) into {data_dir}, run {stats.run_id}")
     if stats.store_dropped:
         click.echo(f"phasegate: error: {stats.store_dropped} samples could not be stored and were dropped", err=True)

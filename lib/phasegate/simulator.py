@@ -283,6 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = dict(self.headers)
         resp = srv.model.respond(endpoint, t0 - srv.started, headers, tenant_of(self.path, headers))
         status = resp.status
+        logged = False
         try:
             if resp.transport == "reset" or resp.transport == "outage":
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -294,6 +295,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream(resp.transport)
             else:
                 time.sleep(resp.latency_s)
+                # Logged (and counted in /metrics) before the answer leaves: a client that has its
+                # answer finds it in the log and the counters, never a moment later.
+                srv.log_request_line(t0, self.command, self.path, status, (time.monotonic() - t0) * 1000.0,
+                                     resp.faults, self.headers.get("X-Request-Id"))
+                logged = True
                 self.send_response(status)
                 for k, v in resp.headers.items():
                     self.send_header(k, v)
@@ -304,7 +310,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             pass
-        srv.log_request_line(t0, self.command, self.path, status if resp.transport not in ("reset", "hang", "outage") else None,
+        if not logged:
+            srv.log_request_line(t0, self.command, self.path, status if resp.transport not in ("reset", "hang", "outage") else None,
                              (time.monotonic() - t0) * 1000.0, resp.faults, self.headers.get("X-Request-Id"))
 
     def _wait_for_close(self, limit_s: float):
