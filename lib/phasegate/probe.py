@@ -10,6 +10,7 @@ slow-drip body defeats) and so that latency splits into phases like blackbox_exp
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import socket
 import ssl
@@ -243,12 +244,22 @@ def render(template: str, tenant: str | None) -> str:
     return template.replace("{tenant}", tenant) if tenant is not None else template
 
 
+_ID_PREFIX = uuid.uuid4().hex[:8]
+_ID_COUNTER = itertools.count(1)
+
+
+def next_request_id() -> str:
+    """Unique per process (a random prefix) and sequential within it: as traceable as a random id,
+    and ~1 byte per sample on disk instead of ~10."""
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
 def run_probe(target: Target, probe: Probe, *, tenant: str | None = None, secrets=(),
               keep_evidence: bool = False, run_id: str = "", now=None) -> dict:
     """Probe once; always returns a sample row (failures are rows, not exceptions)."""
     url = target.base_url + render(probe.path, tenant)
     # X-Request-Id lets a sample be matched to the server's own log line.
-    request_id = uuid.uuid4().hex[:16]
+    request_id = next_request_id()
     headers = {"User-Agent": "phasegate/0.1", "Accept": "application/json", "Connection": "close",
                "X-Request-Id": request_id}
     headers.update({k: render(v, tenant) for k, v in target.headers.items()})

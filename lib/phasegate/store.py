@@ -26,6 +26,7 @@ from collections import deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as ds
@@ -52,11 +53,11 @@ SCHEMA = pa.schema([
     ("error_code", pa.string()),
     ("error", pa.string()),
     ("latency_ms", pa.float64()),
-    ("dns_ms", pa.float64()),
-    ("connect_ms", pa.float64()),
-    ("tls_ms", pa.float64()),
-    ("processing_ms", pa.float64()),
-    ("transfer_ms", pa.float64()),
+    ("dns_ms", pa.float32()),
+    ("connect_ms", pa.float32()),
+    ("tls_ms", pa.float32()),
+    ("processing_ms", pa.float32()),
+    ("transfer_ms", pa.float32()),
     ("bytes", pa.int64()),
     ("health_status", pa.string()),
     ("handlers_loaded", pa.int32()),
@@ -70,6 +71,12 @@ SCHEMA = pa.schema([
     ("count", pa.float64()),  # requests a row stands for (Prometheus increments); null means 1
 ])
 COLUMNS = tuple(SCHEMA.names)
+# Latency phases are float32 (0.001 ms resolution up to ~8 s, 0.01 ms beyond): where time went,
+# not the ranked latency, which stays float64. Floats and the random-ish request ids are not worth
+# a dictionary; floats byte-stream-split before zstd compress about a third better.
+_FLOATS = [f.name for f in SCHEMA if pa.types.is_floating(f.type)]
+WRITE_OPTIONS = dict(compression="zstd", use_byte_stream_split=_FLOATS,
+                     use_dictionary=[f.name for f in SCHEMA if f.name not in (*_FLOATS, "request_id", "seq")])
 
 # -- durable file operations -----------------------------------------------------------
 
@@ -101,7 +108,7 @@ def write_parquet_atomic(table: pa.Table, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         _step("write_temp")
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **WRITE_OPTIONS)
         _step("fsync_temp")
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -145,7 +152,7 @@ def write_tables(data_dir, tables, name: str) -> int:
                     dest = root / "samples" / f"date={day}" / f"{name}.parquet"
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-                    open_files[day] = (pq.ParquetWriter(tmp, SCHEMA, compression="zstd"), tmp, dest)
+                    open_files[day] = (pq.ParquetWriter(tmp, SCHEMA, **WRITE_OPTIONS), tmp, dest)
                 open_files[day][0].write_table(part)
                 total += part.num_rows
         for writer, tmp, dest in open_files.values():
@@ -442,6 +449,14 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
         flt = flt & ds.field("source").isin(list(sources))
     if nonnull:
         flt = flt & ds.field(nonnull).is_valid()
+    schema, fmt = SCHEMA, "parquet"
+    if categorical:
+        # Parquet stores repeated strings dictionary-encoded: read them as dictionaries, and
+        # pandas gets categoricals without hashing every string (10 M samples: 9 s -> 1 s).
+        strs = [f.name for f in SCHEMA if f.type == pa.string() and f.name in cols]
+        schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in strs else f
+                            for f in SCHEMA])
+        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=strs))
     excluded, good = [], []
     for f in list_files(root, start, end):
         try:
@@ -452,12 +467,12 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
     tables = []
     try:
         if good:
-            tables.append(ds.dataset(good, schema=SCHEMA, format="parquet").to_table(columns=cols, filter=flt))
+            tables.append(ds.dataset(good, schema=schema, format=fmt).to_table(columns=cols, filter=flt))
     except (pa.ArrowException, OSError):
         tables = []  # one file is bad past its footer: find it, keep the rest
         for f in list(good):
             try:
-                tables.append(ds.dataset([f], schema=SCHEMA, format="parquet").to_table(columns=cols, filter=flt))
+                tables.append(ds.dataset([f], schema=schema, format=fmt).to_table(columns=cols, filter=flt))
             except (pa.ArrowException, OSError) as exc:
                 good.remove(f)
                 excluded.append({"file": f, "reason": f"unreadable parquet: {_short(exc)}"})
@@ -473,13 +488,19 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
                 continue  # compacted meanwhile; a rare race costs these rows in this read only
             if rows:
                 t = rows_to_table(rows).select(cols)
+                t = t.cast(pa.schema([schema.field(c) for c in cols]))
                 tables.append(ds.dataset(t).to_table(filter=flt))
                 inputs.append(str(seg))
             if dropped:
                 excluded.append({"file": str(seg), "reason": f"{dropped} unreadable journal bytes skipped"})
-    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table().select(cols)
+    table = pa.concat_tables(tables) if tables else schema.empty_table().select(cols)
     # Categoricals keep repeated strings (probe, outcome, tenant...) small and fast to group.
     df = table.to_pandas(types_mapper={pa.int32(): _int_dtype()}.get, strings_to_categorical=categorical)
+    if categorical:
+        for c in df.columns:
+            if isinstance(df[c].dtype, pd.CategoricalDtype):
+                # Sorted categories: the same data gives the same order whatever the file order.
+                df[c] = df[c].cat.reorder_categories(sorted(df[c].cat.categories))
     df.attrs["input_files"] = inputs
     df.attrs["excluded"] = excluded
     for item in excluded:
@@ -488,7 +509,6 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
 
 
 def _int_dtype():
-    import pandas as pd
     return pd.Int64Dtype()
 
 
