@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FLEET = ROOT / "bench" / "fleet.toml"
 SIM = ROOT / "profiles" / "simulator.toml"
+YACHTS = ROOT / "profiles" / "fault-lens-staging-fleet.toml"
 END = "2026-11-26T12:00:00Z"
 PER_HOUR = 500 * 5 * 120  # fleet samples an hour
 PY = sys.executable
@@ -156,10 +157,17 @@ def report_bench(work: Path, fleet_data, lines: list):
         out = subprocess.run([PY, "-c", FLOOR, str(work / "floor-out"), str(nb)], check=True, capture_output=True, text=True)
         floor_runs.append((time.perf_counter() - t, json.loads(out.stdout.strip().splitlines()[-1])))
     floor, parts = min(floor_runs, key=lambda r: r[0])
+    # The seed's Phase 2 fleet: 50 staging yachts, two of them answering 5 % 500s.
+    yachts = work / "yachts"
+    sched = work / "two-bad.toml"
+    sched.write_text('[[fault]]\nkind = "server_error"\nrate = 0.05\ntenants = ["yacht-07", "yacht-31"]\n')
+    history(YACHTS, 24, yachts, schedule=sched)
     lines += ["", "| report | phasegate report s | floor s (papermill + HTML + PDF of a one-line notebook) | over floor | target |",
               "|---|---|---|---|---|"]
-    for name, profile, data, hours, target in (("default 24 h (53,280 samples)", SIM, default, 24, f"≤ floor + 20 % = {floor * 1.2:.1f} s"),
-                                               ("fleet 24 h (7.2 M samples)", FLEET, fleet_data, 24, f"≤ floor + 15 s = {floor + 15:.1f} s")):
+    for name, profile, data, hours, target in (
+            ("default 24 h (53,280 samples)", SIM, default, 24, f"≤ floor + 20 % = {floor * 1.2:.1f} s"),
+            ("staging fleet 24 h, 50 yachts, 2 bad (504,000 samples)", YACHTS, yachts, 24, f"≤ floor + 15 s = {floor + 15:.1f} s"),
+            ("fleet 24 h (7.2 M samples)", FLEET, fleet_data, 24, f"≤ floor + 15 s = {floor + 15:.1f} s")):
         if data is None:
             continue
         runs = []
@@ -171,11 +179,19 @@ def report_bench(work: Path, fleet_data, lines: list):
             runs.append(time.perf_counter() - t)
             assert res.returncode in (0, 10, 11, 12, 13), res.stderr
         best = min(runs)
+        if data is yachts:  # the report must also be right, not only fast
+            doc = _latest_doc(work / "reports")
+            first = sorted(r["tenant"] for r in doc["tenants"]["rows"][:2])
+            name += f"; worst two named first: {', '.join(first)}"
         lines.append(f"| {name} | {best:.1f} | {floor:.1f} | {best - floor:+.1f} s ({best / floor - 1:+.0%}) | {target} |")
         print(lines[-1], flush=True)
     lines.append(f"\nWhere the floor goes: papermill (kernel start, imports, run) {parts['papermill']:.1f} s, "
                  f"nbconvert HTML {parts['html']:.1f} s, WeasyPrint PDF {parts['pdf']:.1f} s; "
                  f"interpreter start and imports of the CLI process make up the rest.")
+
+
+def _latest_doc(reports: Path) -> dict:
+    return json.loads(max(reports.glob("*/*/signoff.json"), key=lambda f: f.stat().st_mtime).read_text())
 
 
 def collector_bench(work: Path, lines: list):

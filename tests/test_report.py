@@ -166,12 +166,22 @@ def test_too_few_execute_samples_is_inconclusive_not_pass(tmp_path):
      "profile not found: profiles/nope.toml"),
     (["--start", START.isoformat(), "--hours", "24", "--data", "/nonexistent/pg"],
      "data dir does not exist: /nonexistent/pg"),
+    (["--hours", "24", "--profile", ""], "missing --profile, --start (or give --plan)"),
+    (["--latest"], "--latest needs --plan (the plan says which phase is in progress)"),
+    (["--plan", "profiles/fault-lens-rollout.toml", "--start", START.isoformat()],
+     "give --profile or --plan, not both (the plan names each phase's profile)"),
+    (["--plan", "profiles/fault-lens-rollout.toml", "--profile", "", "--latest", "--phase", PHASE],
+     "with --plan, give --phase or --latest (one of them)"),
+    (["--start", START.isoformat(), "--notify", "sometimes"], "Invalid value for '--notify'"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     base = {"--profile": str(SIM_PROFILE), "--data": str(tmp_path), "--phase": PHASE}
     for k in list(base):
         if k in args:
             base.pop(k)
+    if "" in args:  # an option given as "" is left out: the user did not pass it
+        i = args.index("")
+        args = args[:i - 1] + args[i + 1:]
     res = phasegate("report", *[x for kv in base.items() for x in kv], *args, "--out", tmp_path / "r")
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()

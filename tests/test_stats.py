@@ -179,3 +179,18 @@ def test_report_with_baseline_shows_both_distributions(tmp_path):
     assert 'alt="Latency of execute: canary vs baseline (ECDF)"' in html
     assert "Mann-Whitney p (canary slower)" in html
     assert "--baseline-data" in json.loads(next((tmp_path / "r").rglob("signoff.json")).read_text())["rerun"]
+
+
+def test_binom_ppf_from_scipy_special_matches_scipy_stats():
+    """The order-statistic ranks come from scipy.special (scipy.stats is not imported by reports)."""
+    import random
+
+    from scipy.stats import binom
+
+    from phasegate.stats import binom_ppf
+
+    rng = random.Random(7)
+    cases = [(n, p, q) for n in (1, 2, 5, 299, 300, 1440, 10_000, 2_000_000) for p in (0.01, 0.5, 0.95, 0.99)
+             for q in (0.025, 0.05, 0.5, 0.95, 0.975)]
+    cases += [(rng.randint(1, 50_000), rng.random(), rng.random()) for _ in range(2000)]
+    assert [binom_ppf(q, n, p) for n, p, q in cases] == [int(binom.ppf(q, n, p)) for n, p, q in cases]

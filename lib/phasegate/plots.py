@@ -47,12 +47,14 @@ def _fmt(ax, a: Analysis):
 def errors_over_time(a: Analysis):
     fig, ax = _figure(10, 2.8)
     t = a.timeline
-    width = (t["bucket"].iloc[1] - t["bucket"].iloc[0]) if len(t["bucket"].unique()) > 1 else pd.Timedelta("5min")
+    buckets = np.sort(t["bucket"].unique())
+    width = pd.Timedelta(np.diff(buckets).min()) if len(buckets) > 1 else pd.Timedelta("5min")
     bottom = None
     for probe, g in t.groupby("probe"):
         s = g.set_index("bucket")["errors"]
-        base = bottom.reindex(s.index).fillna(0) if bottom is not None else 0
-        ax.bar(s.index, s.values, width=width, bottom=base, align="edge", label=probe)
+        base = bottom.reindex(s.index).fillna(0) if bottom is not None else pd.Series(0, index=s.index)
+        hit = s > 0  # a day of 5-minute buckets is ~1,000 bars per probe: draw only those with errors
+        ax.bar(s.index[hit], s.values[hit], width=width, bottom=base[hit].values, align="edge", label=probe)
         bottom = s if bottom is None else bottom.add(s, fill_value=0)
     five = t.groupby("bucket")["http_5xx"].sum()
     five = five[five > 0]

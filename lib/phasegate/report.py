@@ -59,6 +59,8 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     now = parse_time(as_of, name="as_of") if as_of else utcnow().replace(microsecond=0)
     if plan:
         from .rollout import load_plan, phase_window
+        if profile_path:
+            raise ReportError("give --profile or --plan, not both (the plan names each phase's profile)")
         p = load_plan(plan)
         if bool(latest) == bool(phase):
             raise ReportError("with --plan, give --phase or --latest (one of them)")

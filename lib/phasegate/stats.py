@@ -7,7 +7,9 @@ import math
 
 import numpy as np
 from scipy import special
-from scipy import stats as sps
+
+# scipy.stats costs ~0.6 s to import, paid by every report's kernel; only the canary-vs-baseline
+# tests need it, so they import it themselves. The rest uses scipy.special.
 
 
 def rate_upper(k: int, n: int, confidence: float = 0.95) -> float | None:
@@ -40,11 +42,19 @@ def n_for_rate(k: int, threshold: float, confidence: float = 0.95, limit: int = 
     return lo
 
 
+def binom_ppf(q: float, n: int, p: float) -> int:
+    """The smallest k with P(Binomial(n, p) <= k) >= q: scipy.stats.binom.ppf, from scipy.special."""
+    k = math.ceil(float(special.bdtrik(q, n, p)))
+    k = min(max(k, 0), n)
+    below = max(k - 1, 0)
+    return below if special.bdtr(below, n, p) >= q else k
+
+
 def quantile_upper_rank(n: int, p: float, confidence: float = 0.95) -> int | None:
     """1-based rank r with P(X_(r) >= q_p) >= confidence, or None when n is too small."""
     if n <= 0:
         return None
-    r = int(sps.binom.ppf(confidence, n, p)) + 1
+    r = binom_ppf(confidence, n, p) + 1
     return r if r <= n else None
 
 
@@ -54,8 +64,8 @@ def quantile_interval(sorted_x: np.ndarray, p: float, confidence: float = 0.95):
     if n == 0:
         return None
     a = (1.0 - confidence) / 2
-    lo = int(sps.binom.ppf(a, n, p))  # rank lo (1-based) is X_(lo); 0 means unbounded below
-    hi = int(sps.binom.ppf(1 - a, n, p)) + 1
+    lo = binom_ppf(a, n, p)  # rank lo (1-based) is X_(lo); 0 means unbounded below
+    hi = binom_ppf(1 - a, n, p) + 1
     if lo < 1 or hi > n:
         return None
     return float(sorted_x[lo - 1]), float(sorted_x[hi - 1])
@@ -69,9 +79,11 @@ def n_for_quantile(p: float, confidence: float = 0.95) -> int:
 def mann_whitney_greater(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """U of x against y and the one-sided p-value that x tends to be larger (normal
     approximation with tie correction and continuity correction, as scipy's 'asymptotic')."""
+    from scipy.stats import rankdata
+
     x, y = np.asarray(x, float), np.asarray(y, float)
     n1, n2 = len(x), len(y)
-    ranks = sps.rankdata(np.concatenate([x, y]))
+    ranks = rankdata(np.concatenate([x, y]))
     u1 = ranks[:n1].sum() - n1 * (n1 + 1) / 2.0
     _, counts = np.unique(ranks, return_counts=True)
     n = n1 + n2
@@ -80,7 +92,7 @@ def mann_whitney_greater(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     if sigma == 0:
         return float(u1), 1.0
     z = (u1 - n1 * n2 / 2.0 - 0.5) / sigma
-    return float(u1), float(sps.norm.sf(z))
+    return float(u1), float(0.5 * special.erfc(z / math.sqrt(2.0)))  # the normal's upper tail
 
 
 def hodges_lehmann(x: np.ndarray, y: np.ndarray, max_each: int = 2000, seed: int = 0) -> float:
@@ -96,4 +108,6 @@ def hodges_lehmann(x: np.ndarray, y: np.ndarray, max_each: int = 2000, seed: int
 
 def fisher_greater(k1: int, n1: int, k2: int, n2: int) -> float:
     """One-sided p-value that the first error rate exceeds the second (Fisher's exact test)."""
-    return float(sps.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative="greater")[1])
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative="greater")[1])
