@@ -152,7 +152,9 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     pnames = list(df["probe"].cat.categories)
     v, starts, counts = _sorted_groups(pcodes, lat_all, len(pnames), order)
     lat_by = {pnames[i]: v[starts[i]:starts[i] + counts[i]] for i in range(len(pnames))}
-    probes = {name: probe_stats(g, conf, lat_by[name]) for name, g in df.groupby("probe", sort=True, observed=True)}
+    # Only the columns probe_stats reads: grouping copies each group's rows, so not all 15 columns.
+    narrow = df[["probe", "status", "outcome", "error_code"]]
+    probes = {name: probe_stats(g, conf, lat_by[name]) for name, g in narrow.groupby("probe", sort=True, observed=True)}
     hourly = coverage_hourly(profile, df, window.start, observed_end)
     base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
                                                          columns=["probe", "status", "outcome", "latency_ms"])
