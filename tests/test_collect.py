@@ -28,7 +28,12 @@ def _collector(profile, data, *extra, env=None):
 def kill_and_restart(profile, data, log, kill_after_s):
     """SIGKILL a collector at `kill_after_s`, restart it briefly; (lost, duplicated, rows, log lines)."""
     proc = _collector(profile, data, "--quiet")
-    time.sleep(kill_after_s)
+    # Kill once probing is under way (interpreter start-up varies with load), then after a further
+    # stretch that puts the kill at different points of the 2 s compaction cycle.
+    end = time.monotonic() + 60
+    while time.monotonic() < end and (not log.exists() or len(log.read_text().splitlines()) < 12):
+        time.sleep(0.05)
+    time.sleep(kill_after_s / 2)
     killed_at = time.time()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
