@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .groups import epoch_us, group_codes, group_extreme, grouped_percentiles, sorted_groups, value_order
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_interval, quantile_upper_rank, rate_upper
@@ -147,10 +148,10 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
                         + (f" ({len(inputs['excluded'])} file(s) excluded as unreadable)" if inputs["excluded"] else ""))
     conf = profile.criteria.confidence
     lat_all = _answered_latency(df)
-    order = _value_order(lat_all)
-    pcodes = _codes(df["probe"]).astype(np.int64)
+    order = value_order(lat_all)
+    pcodes = group_codes(df["probe"]).astype(np.int64)
     pnames = list(df["probe"].cat.categories)
-    v, starts, counts = _sorted_groups(pcodes, lat_all, len(pnames), order)
+    v, starts, counts = sorted_groups(pcodes, lat_all, len(pnames), order)
     lat_by = {pnames[i]: v[starts[i]:starts[i] + counts[i]] for i in range(len(pnames))}
     # Only the columns probe_stats reads: grouping copies each group's rows, so not all 15 columns.
     narrow = df[["probe", "status", "outcome", "error_code"]]
@@ -176,57 +177,12 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     )
 
 
-def _codes(col: pd.Series) -> np.ndarray:
-    """Integer codes of a categorical column (missing values are -1)."""
-    return col.cat.codes.to_numpy() if isinstance(col.dtype, pd.CategoricalDtype) else \
-        pd.factorize(col, use_na_sentinel=True)[0]
-
-
-def _value_order(values: np.ndarray) -> np.ndarray:
-    """Indices of the non-NaN values in ascending order: sorted once, reused by every grouping."""
-    order = np.argsort(values)  # NaN sorts last
-    return order[: int((~np.isnan(values)).sum())]
-
-
-def _sorted_groups(codes: np.ndarray, values: np.ndarray, n_groups: int, order: np.ndarray | None = None):
-    """(values sorted within each group, each group's start, each group's count); codes < 0 dropped.
-    With the values' global order at hand, grouping is one stable radix sort on small integers,
-    several times faster than a two-key lexsort on millions of rows."""
-    order = _value_order(values) if order is None else order
-    c = codes[order]
-    keep = c >= 0
-    c, v = c[keep], values[order][keep]
-    # numpy radix-sorts 8- and 16-bit integers (stable): keep the group codes that small.
-    small = np.int8 if n_groups <= 127 else np.int16 if n_groups <= 32767 else np.int64
-    by_group = np.argsort(c.astype(small), kind="stable")
-    c, v = c[by_group], v[by_group]
-    counts = np.bincount(c, minlength=n_groups)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return v, starts, counts
-
-
-def _grouped_percentiles(codes: np.ndarray, values: np.ndarray, n_groups: int, qs, order=None) -> np.ndarray:
-    """numpy's linear-interpolation percentiles of `values` within each group code (NaN where a
-    group has no value). Shape: (n_groups, len(qs))."""
-    v, starts, counts = _sorted_groups(codes, values, n_groups, order)
-    out = np.full((n_groups, len(qs)), np.nan)
-    has = counts > 0
-    for j, q in enumerate(qs):
-        pos = (counts[has] - 1) * q
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.minimum(lo + 1, counts[has] - 1)
-        frac = pos - lo
-        a, b = v[starts[has] + lo], v[starts[has] + hi]
-        out[has, j] = a + (b - a) * frac
-    return out
-
-
 def tenant_stats(df: pd.DataFrame, confidence: float = 0.95, order: np.ndarray | None = None) -> dict | None:
     """Every probe statistic per tenant, worst first (error rate, then 5xx, then p99), or None
     when no sample carries a tenant. Grouped on integer codes: a 500-yacht fleet is one pass."""
     if df.empty or df["tenant"].isna().all():
         return None
-    codes = _codes(df["tenant"])
+    codes = group_codes(df["tenant"])
     names = list(df["tenant"].cat.categories) if isinstance(df["tenant"].dtype, pd.CategoricalDtype) \
         else list(pd.unique(df["tenant"].dropna()))
     keep = codes >= 0
@@ -242,9 +198,9 @@ def tenant_stats(df: pd.DataFrame, confidence: float = 0.95, order: np.ndarray |
     five = count(df["status"].between(500, 599).fillna(False).to_numpy(dtype=bool) & ~fd)
     fdc = count(fd)
     timeouts = count((df["outcome"] == "timeout").to_numpy())
-    pct = _grouped_percentiles(codes.astype(np.int64), _answered_latency(df), m, (0.5, 0.95, 0.99), order)
+    pct = grouped_percentiles(codes.astype(np.int64), _answered_latency(df), m, (0.5, 0.95, 0.99), order)
     # The probe with most errors, per tenant: where to look first.
-    probe_codes = _codes(df["probe"])[keep].astype(np.int64)
+    probe_codes = group_codes(df["probe"])[keep].astype(np.int64)
     n_probes = int(probe_codes.max(initial=-1)) + 1
     err_k = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()[keep]
     by_pair = np.bincount(codes_k * max(n_probes, 1) + probe_codes, weights=err_k,
@@ -309,8 +265,8 @@ def _quality(df: pd.DataFrame, hourly: pd.DataFrame) -> dict:
     full = hourly[hourly["expected"] >= 1]
     thin = full[full["actual"] < 0.5 * full["expected"]].groupby("probe").size()
     # Transitions within each (probe, tenant) series, counted without a Python loop per series.
-    probe_codes = _codes(df["probe"])
-    tenant_codes = _codes(df["tenant"])
+    probe_codes = group_codes(df["probe"])
+    tenant_codes = group_codes(df["tenant"])
     series = probe_codes.astype(np.int64) * (tenant_codes.max(initial=0) + 2) + tenant_codes + 1
     if series.max(initial=0) <= 32767:
         series = series.astype(np.int16)  # a radix sort (numpy's stable sort of 16-bit integers)
@@ -376,7 +332,7 @@ def _flags(df: pd.DataFrame) -> dict:
     # observed: it is neither on nor off.
     col = df["flags"]
     names = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else list(pd.unique(col.dropna()))
-    all_codes = _codes(col)
+    all_codes = group_codes(col)
     seen = all_codes >= 0
     codes = all_codes[seen].astype(np.int64)
     counts = np.bincount(codes, minlength=len(names))
@@ -384,7 +340,7 @@ def _flags(df: pd.DataFrame) -> dict:
     observed = np.array([bool(decoded.get(i)) for i in range(len(names))], dtype=bool)
     keep = observed[codes] if len(codes) else np.zeros(0, bool)
     codes = codes[keep]
-    us = _epoch_us(df["ts"])[seen][keep]
+    us = epoch_us(df["ts"])[seen][keep]
     off: dict[str, int] = {}
     off_obs = 0
     for i, values in decoded.items():
@@ -412,16 +368,16 @@ def _deployments(df: pd.DataFrame) -> dict:
     # On integer codes and int64 microseconds: no per-id DataFrame, no string comparisons.
     col = df["deployment_id"]
     names = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else list(pd.unique(col.dropna()))
-    all_codes = _codes(col)
+    all_codes = group_codes(col)
     seen = all_codes >= 0
     codes = all_codes[seen].astype(np.int64)
-    us = _epoch_us(df["ts"])[seen]
+    us = epoch_us(df["ts"])[seen]
     n = np.bincount(codes, minlength=len(names))
     first = np.full(len(names), np.iinfo(np.int64).max)
     last = np.full(len(names), np.iinfo(np.int64).min)
     if len(codes):
-        _group_extreme(first, codes, us, np.minimum)
-        _group_extreme(last, codes, us, np.maximum)
+        group_extreme(first, codes, us, np.minimum)
+        group_extreme(last, codes, us, np.maximum)
     order = sorted((i for i in range(len(names)) if n[i]), key=lambda i: first[i])
     ids = [{"id": names[i], "first": _us(first[i]), "last": _us(last[i]), "samples": int(n[i])} for i in order]
     change = np.concatenate([[True], codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, bool)
@@ -458,19 +414,6 @@ def _platform(p: pd.DataFrame) -> dict:
         "failed_reads": [{"ts": _ts(ts), "probe": pr, "outcome": o, "error": e}
                          for ts, pr, o, e in zip(failed["ts"], failed["probe"], failed["outcome"], failed["error"])],
     }
-
-
-def _group_extreme(out: np.ndarray, codes: np.ndarray, values: np.ndarray, ufunc) -> None:
-    """out[c] = ufunc over values of group c, via one stable sort and reduceat (ufunc.at is slow)."""
-    order = np.argsort(codes, kind="stable")
-    c, v = codes[order], values[order]
-    starts = np.flatnonzero(np.concatenate([[True], c[1:] != c[:-1]]))
-    out[c[starts]] = ufunc(out[c[starts]], ufunc.reduceat(v, starts))
-
-
-def _epoch_us(ts: pd.Series) -> np.ndarray:
-    """UTC microseconds since the epoch, without a Timestamp object per row."""
-    return ts.dt.as_unit("us").astype("int64").to_numpy()
 
 
 def _us(t) -> str:
@@ -540,10 +483,10 @@ def timeline(df: pd.DataFrame, bucket_s: float = 300.0, lat: np.ndarray | None =
         return pd.DataFrame()
     lat = _answered_latency(df) if lat is None else lat
     step = int(bucket_s * 1e6)
-    us = _epoch_us(df["ts"])
+    us = epoch_us(df["ts"])
     b = us // step
     b0 = int(b.min())
-    pcodes = _codes(df["probe"]).astype(np.int64)
+    pcodes = group_codes(df["probe"]).astype(np.int64)
     n_probes = int(pcodes.max()) + 1
     key = (b - b0) * n_probes + pcodes
     n_keys = int(key.max()) + 1
@@ -552,7 +495,7 @@ def timeline(df: pd.DataFrame, bucket_s: float = 300.0, lat: np.ndarray | None =
     five = (df["status"].between(500, 599).fillna(False).to_numpy(dtype=bool)
             & ~(df["error_code"] == "FEATURE_DISABLED").fillna(False).to_numpy(dtype=bool))
     fives = np.bincount(key, weights=five, minlength=n_keys)
-    pct = _grouped_percentiles(key, lat, n_keys, (0.50, 0.95, 0.99), order)
+    pct = grouped_percentiles(key, lat, n_keys, (0.50, 0.95, 0.99), order)
     k = np.flatnonzero(samples)
     names = np.asarray(df["probe"].cat.categories, dtype=object) if isinstance(df["probe"].dtype, pd.CategoricalDtype) \
         else np.asarray(pd.unique(df["probe"]), dtype=object)
