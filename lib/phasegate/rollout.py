@@ -196,7 +196,8 @@ def _report_cmd(plan: Plan, ph: Phase) -> str:
     return f"phasegate report --plan {plan.path} --phase {ph.id}"
 
 
-def status(plan: Plan, now: datetime | None = None) -> RolloutStatus:
+def status(plan: Plan, now: datetime | None = None, evaluate: bool = True) -> RolloutStatus:
+    """`evaluate=False`: where each phase starts and which is current, without analysing its data."""
     from .signoff import run
 
     now = now or utcnow()
@@ -227,6 +228,9 @@ def status(plan: Plan, now: datetime | None = None) -> RolloutStatus:
         if start > now:
             s.reason = f"starts {iso(start)}"
             action = f"wait {format_duration((start - now).total_seconds())} until {iso(start)}, then {begin}"
+            continue
+        if not evaluate:
+            s.reason, action = "in progress", f"report it: {_report_cmd(plan, ph)}"
             continue
         try:
             so = run(plan.path, ph.data, ph.id, start=iso(start), hours=ph.duration_s / 3600.0, as_of=iso(now),
@@ -269,8 +273,9 @@ def _next_action(plan: Plan, ph: Phase, nxt: Phase | None, d: dict, end: datetim
 
 
 def phase_window(plan: Plan, phase_id: str | None, now: datetime) -> tuple[Phase, datetime]:
-    """The phase to report (None: the one in progress) and its window start, as `status` sees them."""
-    st = status(plan, now)
+    """The phase to report (None: the one in progress) and its window start, as `status` sees them
+    (without analysing the data: the report is about to do that)."""
+    st = status(plan, now, evaluate=False)
     if phase_id is None:
         current = next((s for s in st.phases if s.state == "current"), None)
         if current is None:
