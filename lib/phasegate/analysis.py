@@ -129,7 +129,9 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     is_prom = is_prom | (df["source"] == "prometheus-histogram").to_numpy()
     traffic_df, prom_df = df[is_traffic], df[(df["source"] == "prometheus").to_numpy()]
     is_platform = (df["source"] == "platform").to_numpy()
-    df = df[~(is_traffic | is_prom | is_platform)].reset_index(drop=True)
+    other = is_traffic | is_prom | is_platform
+    if other.any():  # a boolean filter copies every column: only when there is something to drop
+        df = df[~other].reset_index(drop=True)
     platform = None
     if is_platform.any():
         platform = _platform(read_samples(data_dir, window.start, observed_end, sources=["platform"], columns=[
