@@ -139,6 +139,14 @@ def test_report_latest_with_nothing_running_is_one_line(tmp_path):
     assert len(res.stderr.splitlines()) == 1
 
 
+def test_a_missing_plan_or_a_profile_given_as_plan_is_one_line(tmp_path):
+    res = phasegate("status", "--plan", tmp_path / "nope.toml")
+    assert res.returncode == 2 and res.stderr == f"phasegate: error: rollout plan not found: {tmp_path / 'nope.toml'}\n"
+    res = phasegate("status", "--plan", PROFILES / "fault-lens-staging.toml")
+    assert res.returncode == 2 and res.stderr.endswith(
+        "fault-lens-staging.toml: a profile, not a rollout plan (a plan lists [[phase]] tables with their profiles)\n")
+
+
 def _plan(tmp_path, body):
     return write_profile(tmp_path, f'name = "t"\n{body}', "plan.toml")
 

@@ -63,7 +63,11 @@ def load_plan(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
     `root`: the directory its data and report dirs are relative to (default: the working directory)."""
     path = Path(path)
     base = Path(root) if root not in (None, "") else Path()
+    if not path.is_file():
+        raise ProfileError(f"rollout plan not found: {path}")
     raw = _read_toml(path)
+    if "target" in raw and "phase" not in raw:
+        raise ProfileError(f"{path}: a profile, not a rollout plan (a plan lists [[phase]] tables with their profiles)")
     src = str(path)
     top = _Reader(src, raw, "")
     name = top.take("name", (str,), path.stem)
