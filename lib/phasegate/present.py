@@ -12,8 +12,10 @@ COLORS = {"GO": "#1a7f37", "NO-GO": "#cf222e", "REVIEW": "#9a6700", "PENDING": "
 CSS = """
 <style>
 .pg table { border-collapse: collapse; font-size: 11px; margin: 6px 0 14px 0; max-width: 100%; }
-.pg th, .pg td { border: 1px solid #d0d7de; padding: 2px 5px; text-align: left !important; vertical-align: top;
+.pg th, .pg td { border: 1px solid #d0d7de; padding: 2px 4px; text-align: left !important; vertical-align: top;
   white-space: nowrap; }
+.pg th { white-space: normal; }
+@media print { .pg table { font-size: 8px; } .pg th, .pg td { padding: 1px 3px; } }
 .pg td:last-child { white-space: normal; overflow-wrap: anywhere; }
 .pg th { background: #f6f8fa; }
 .pg .pass { color: #1a7f37; font-weight: bold; } .pg .fail { color: #cf222e; font-weight: bold; }
