@@ -222,9 +222,45 @@ def test_no_key_set_is_a_note_not_a_failure(tmp_path, fake, monkeypatch):
     ('[platform]\nservice_id = "srv-1"\napi_key_env = "rnd_abc def"',
      "platform.api_key_env: must name an environment variable (the key itself never goes in a profile)"),
     ('[platform]\nservice_id = "srv-1"\napi_key = "x"', "platform.api_key: unknown key"),
+    ('[platform]\nservice_id = "srv-1"\ninterval = "5s"\ntimeout = "10s"',
+     "platform.timeout: must be below platform.interval (10s >= 5s)"),
 ])
 def test_bad_platform_sections_name_the_key(tmp_path, table, message):
     path = write_profile(tmp_path, f'extends = "{SIM_PROFILE}"\n{table}\n')
     with pytest.raises(ProfileError) as exc:
         load_profile(path)
     assert str(exc.value) == f"{path}: {message}"
+
+
+def test_a_running_collector_reads_the_platform_on_its_interval(tmp_path, fake, sim, monkeypatch):
+    from phasegate.collector import Collector
+
+    from conftest import url
+
+    srv = sim()
+    f = fake(env={"FAULT_LENS_V1_ENABLED": "true", "FAULT_LENS_SUGGESTIONS_ENABLED": "false"})
+    prof = write_profile(tmp_path, f'''extends = "{SIM_PROFILE}"
+[target]
+base_url = "{url(srv)}"
+interval = "1s"
+timeout = "0.8s"
+[platform]
+enabled = true
+api_url = "{f.api}"
+service_id = "{SERVICE}"
+api_key_env = "TEST_RENDER_KEY"
+interval = "1s"
+timeout = "0.5s"
+''')
+    monkeypatch.setenv("TEST_RENDER_KEY", KEY)
+    data = tmp_path / "data"
+    c = Collector(load_profile(prof), data, until_ts=time.time() + 3.5, compact_every_s=1.0)
+    stats = c.run()
+    assert stats.platform_reads >= 3 and stats.platform_failed == 0
+    df = read_samples(data, datetime(2020, 1, 1, tzinfo=timezone.utc), datetime.now(timezone.utc) + timedelta(minutes=1),
+                      sources=["platform"], columns=["probe", "flags"])
+    env = df[df["probe"] == "render.env"]
+    assert len(env) == stats.platform_reads
+    assert json.loads(env["flags"].iloc[-1])["FAULT_LENS_SUGGESTIONS_ENABLED"] is False
+    assert stats.samples > 0  # the probes ran beside it
+

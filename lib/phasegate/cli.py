@@ -98,6 +98,9 @@ def collect(profile_path, data_dir, run_for, until, compact_every, quiet, base_u
     c.install_signal_handlers()
     stats = c.run()  # a recovered journal is logged as it happens (a warning: always shown)
     click.echo(f"collected {stats.samples} samples ({stats.errors} not ok) into {data_dir}, run {stats.run_id}")
+    if profile.platform is not None:
+        click.echo(f"platform: {stats.platform_reads} reads, {stats.platform_failed} failed calls"
+                   + (f" ({stats.platform_note})" if stats.platform_note else ""))
     if stats.store_dropped:
         click.echo(f"phasegate: error: {stats.store_dropped} samples could not be stored and were dropped", err=True)
         sys.exit(1)

@@ -34,6 +34,9 @@ class CollectStats:
     store_dropped: int = 0
     store_error: str | None = None
     lag_ms: list = field(default_factory=list)  # start of each probe minus its scheduled time (last 100k)
+    platform_reads: int = 0  # reads of the hosting platform's API ([platform]); failed ones counted apart
+    platform_failed: int = 0
+    platform_note: str | None = None
 
     @property
     def errors(self) -> int:
@@ -122,6 +125,9 @@ class Collector:
         ticker = threading.Thread(target=self._report_progress, args=(start,), daemon=True)
         if self.progress:
             ticker.start()
+        platform = threading.Thread(target=self._poll_platform, daemon=True, name="platform")
+        if self.profile.platform is not None:
+            platform.start()
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="probe") as pool:
                 while not self._stop.is_set():
@@ -148,10 +154,38 @@ class Collector:
             self._stop.set()
             writer.close(wait_s=5.0)  # a disk that is full right now gets a few seconds to recover
             self.stats.store_pending, self.stats.store_dropped = writer.pending, writer.dropped
+        if platform.is_alive():
+            platform.join(timeout=self.profile.platform.timeout_s * 2 + 1)
         if self.progress:
             ticker.join(timeout=2)
             self.progress(self.stats, time.monotonic() - start, final=True)
         return self.stats
+
+    def _poll_platform(self) -> None:
+        """Deploys and flags from the hosting platform every `platform.interval`, beside the probes:
+        a flag turned off shows with the time of the read that saw it."""
+        from .errors import DataError
+        from .platform import pull_platform
+
+        src = self.profile.platform
+        if not os.environ.get(src.api_key_env):
+            self.stats.platform_note = f"${src.api_key_env} is not set: {src.kind} deploys and flags not read"
+            log.warning("platform: %s", self.stats.platform_note)
+            return
+        while not self._stop.is_set():
+            try:
+                res = pull_platform(src, self.data_dir, self.profile.target.name)
+                with self._lock:
+                    self.stats.platform_reads += 1
+                    self.stats.platform_failed += res.failed
+                for note in res.notes:
+                    log.warning("platform: %s", note)
+            except (DataError, OSError) as exc:  # a full disk: say so, try again next time
+                with self._lock:
+                    self.stats.platform_failed += 1
+                log.warning("platform: read not stored: %s", exc)
+            if self._stop.wait(src.interval_s):
+                return
 
     def _report_progress(self, start: float) -> None:
         while not self._stop.wait(1.0):
