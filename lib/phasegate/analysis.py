@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .groups import epoch_us, group_codes, group_extreme, grouped_percentiles, sorted_groups, value_order
+from .groups import (epoch_us, group_codes, group_extreme, group_names, grouped_percentiles, sorted_groups,
+                     value_order)
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_interval, quantile_upper_rank, rate_upper
@@ -58,13 +59,15 @@ class Analysis:
         return max(0.0, (self.observed_end - self.window.start).total_seconds())
 
 
-def _latencies(df: pd.DataFrame) -> np.ndarray:
-    return df.loc[df["status"].notna(), "latency_ms"].dropna().to_numpy(dtype=float)
-
-
 def _answered_latency(df: pd.DataFrame) -> np.ndarray:
     """latency_ms where an HTTP answer came back, NaN elsewhere (a timeout has no latency to rank)."""
     return df["latency_ms"].where(df["status"].notna()).to_numpy(dtype=float, na_value=np.nan)
+
+
+def _latencies(df: pd.DataFrame) -> np.ndarray:
+    """The answered latencies alone."""
+    lat = _answered_latency(df)
+    return lat[~np.isnan(lat)]
 
 
 def probe_stats(df: pd.DataFrame, confidence: float = 0.95, lat: np.ndarray | None = None) -> dict:
@@ -152,7 +155,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     lat_all = _answered_latency(df)
     order = value_order(lat_all)
     pcodes = group_codes(df["probe"]).astype(np.int64)
-    pnames = list(df["probe"].cat.categories)
+    pnames = group_names(df["probe"])
     v, starts, counts = sorted_groups(pcodes, lat_all, len(pnames), order)
     lat_by = {pnames[i]: v[starts[i]:starts[i] + counts[i]] for i in range(len(pnames))}
     # Only the columns probe_stats reads: grouping copies each group's rows, so not all 15 columns.
@@ -185,8 +188,7 @@ def tenant_stats(df: pd.DataFrame, confidence: float = 0.95, order: np.ndarray |
     if df.empty or df["tenant"].isna().all():
         return None
     codes = group_codes(df["tenant"])
-    names = list(df["tenant"].cat.categories) if isinstance(df["tenant"].dtype, pd.CategoricalDtype) \
-        else list(pd.unique(df["tenant"].dropna()))
+    names = group_names(df["tenant"])
     keep = codes >= 0
     codes_k = codes[keep].astype(np.int64)  # categorical codes are int8 for a small fleet: widen before arithmetic
     m = len(names)
@@ -207,7 +209,7 @@ def tenant_stats(df: pd.DataFrame, confidence: float = 0.95, order: np.ndarray |
     err_k = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()[keep]
     by_pair = np.bincount(codes_k * max(n_probes, 1) + probe_codes, weights=err_k,
                           minlength=m * max(n_probes, 1)).reshape(m, max(n_probes, 1))
-    probe_names = list(df["probe"].cat.categories) if isinstance(df["probe"].dtype, pd.CategoricalDtype) else []
+    probe_names = group_names(df["probe"])
     rows = []
     for i, name in enumerate(names):
         if not n[i]:
@@ -220,7 +222,7 @@ def tenant_stats(df: pd.DataFrame, confidence: float = 0.95, order: np.ndarray |
             "p50_ms": _f(None if np.isnan(pct[i, 0]) else pct[i, 0]),
             "p95_ms": _f(None if np.isnan(pct[i, 1]) else pct[i, 1]),
             "p99_ms": _f(None if np.isnan(pct[i, 2]) else pct[i, 2]),
-            "worst_probe": None if worst is None or worst >= len(probe_names) else probe_names[worst],
+            "worst_probe": None if worst is None else probe_names[worst],
             "worst_probe_errors": None if worst is None else int(by_pair[i, worst]),
         })
     rows.sort(key=lambda r: (-r["error_rate"], -r["http_5xx"], -(r["p99_ms"] or 0.0), r["tenant"]))
@@ -276,11 +278,12 @@ def _quality(df: pd.DataFrame, hourly: pd.DataFrame) -> dict:
     bad0 = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()
     g, bad = series[order], bad0[order]
     flip = np.concatenate([[False], (bad[1:] != bad[:-1]) & (g[1:] == g[:-1])])
-    n_probes = len(df["probe"].cat.categories)
+    probe_names = group_names(df["probe"])
+    n_probes = len(probe_names)
     flips = np.bincount(probe_codes[order], weights=flip, minlength=n_probes)
     fails = np.bincount(probe_codes, weights=bad0, minlength=n_probes)
     out = {}
-    for code, name in enumerate(df["probe"].cat.categories):
+    for code, name in enumerate(probe_names):
         if not (probe_codes == code).any():
             continue
         t, f = int(flips[code]), int(fails[code])
@@ -333,7 +336,7 @@ def _flags(df: pd.DataFrame) -> dict:
     # the rows where the value changes. A flag the answer did not carry (an error body) is not
     # observed: it is neither on nor off.
     col = df["flags"]
-    names = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else list(pd.unique(col.dropna()))
+    names = group_names(col)
     all_codes = group_codes(col)
     seen = all_codes >= 0
     codes = all_codes[seen].astype(np.int64)
@@ -369,7 +372,7 @@ _UNSET = object()
 def _deployments(df: pd.DataFrame) -> dict:
     # On integer codes and int64 microseconds: no per-id DataFrame, no string comparisons.
     col = df["deployment_id"]
-    names = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else list(pd.unique(col.dropna()))
+    names = group_names(col)
     all_codes = group_codes(col)
     seen = all_codes >= 0
     codes = all_codes[seen].astype(np.int64)
@@ -499,8 +502,7 @@ def timeline(df: pd.DataFrame, bucket_s: float = 300.0, lat: np.ndarray | None =
     fives = np.bincount(key, weights=five, minlength=n_keys)
     pct = grouped_percentiles(key, lat, n_keys, (0.50, 0.95, 0.99), order)
     k = np.flatnonzero(samples)
-    names = np.asarray(df["probe"].cat.categories, dtype=object) if isinstance(df["probe"].dtype, pd.CategoricalDtype) \
-        else np.asarray(pd.unique(df["probe"]), dtype=object)
+    names = np.asarray(group_names(df["probe"]), dtype=object)
     return pd.DataFrame({
         "bucket": pd.to_datetime((k // n_probes + b0) * step, unit="us", utc=True),
         "probe": names[k % n_probes],

@@ -17,6 +17,11 @@ def group_codes(col: pd.Series) -> np.ndarray:
         pd.factorize(col, use_na_sentinel=True)[0]
 
 
+def group_names(col: pd.Series) -> list:
+    """The value each code of `group_codes(col)` stands for, in code order."""
+    return list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else list(pd.unique(col.dropna()))
+
+
 def epoch_us(ts: pd.Series) -> np.ndarray:
     """UTC microseconds since the epoch, without a Timestamp object per row."""
     return ts.dt.as_unit("us").astype("int64").to_numpy()
