@@ -252,8 +252,8 @@ def pull_platform_cmd(profile_path, data_dir):
     if profile.platform is None:
         raise ProfileError(f"{profile_path}: platform: no enabled [platform] section to read")
     res = pull_platform(profile.platform, data_dir, profile.target.name)
-    flags = ", ".join(f"{k}={'unset' if v is None else str(v).lower()}" for k, v in res.flags.items())
-    click.echo(f"read {res.deploys} deploys" + (f" and flags {flags}" if flags else "") + f"; {res.rows} rows into {data_dir}")
+    click.echo(f"read {res.deploys} deploys" + (f" and flags {res.flags_text}" if res.flags else "")
+               + f"; {res.rows} rows into {data_dir}")
     for note in res.notes:
         click.echo(f"  {note}", err=True)
     if res.failed:

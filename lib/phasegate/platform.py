@@ -38,6 +38,10 @@ class PlatformResult:
     notes: list = field(default_factory=list)
     failed: int = 0  # API calls that did not answer a list
 
+    @property
+    def flags_text(self) -> str:
+        return ", ".join(f"{k}={'unset' if v is None else str(v).lower()}" for k, v in self.flags.items())
+
 
 def _get(src: PlatformSource, path: str, key: str, params: dict) -> tuple[list | None, dict]:
     """One GET against the API under a total deadline: (items, the row describing the call)."""

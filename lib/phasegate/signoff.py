@@ -109,8 +109,7 @@ def _pull_platform(profile: Profile, data: Path) -> list[str]:
     if not os.environ.get(src.api_key_env):
         return [f"platform: ${src.api_key_env} is not set: {src.kind} deploys and flags were not read"]
     res = pull_platform(src, data, profile.target.name)
-    flags = ", ".join(f"{k}={'unset' if v is None else str(v).lower()}" for k, v in res.flags.items())
-    return [f"platform: {res.deploys} {src.kind} deploys read" + (f"; flags {flags}" if flags else "")] + \
+    return [f"platform: {res.deploys} {src.kind} deploys read" + (f"; flags {res.flags_text}" if res.flags else "")] + \
         [f"platform: {n}" for n in res.notes]
 
 
