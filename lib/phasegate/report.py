@@ -51,10 +51,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
                 webhook_env=None) -> ReportResult:
     """With `plan`, the profile, data dir, reports root and window default to the plan's phase;
     `latest` reports the phase in progress from its start to now."""
-    wanted = [f.strip() for f in formats.split(",") if f.strip()]
-    bad = [f for f in wanted if f not in FORMATS]
-    if bad:
-        raise ReportError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    wanted = _formats(formats)
     # Validate everything cheap before starting a kernel: bad input is exit 2 in milliseconds.
     now = parse_time(as_of, name="as_of") if as_of else utcnow().replace(microsecond=0)
     if plan:
@@ -89,12 +86,8 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     parse_duration(bucket)
     if not Path(data_dir).is_dir():
         raise DataError(f"data dir does not exist: {data_dir}")
-    folder = Path(out_root) / phase / iso(window.end).replace("-", "").replace(":", "")
-    # Rendered beside the folder and swapped in whole, so a failed run never leaves a previous
-    # report half-replaced (an hourly interim report rewrites the same folder).
-    stage = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
+    folder = Path(out_root) / phase / _stamp(window.end)
+    stage = _stage(folder)
     params = {
         "profile": str(Path(profile_path).resolve()) if profile_path else "", "data_dir": str(Path(data_dir).resolve()),
         "phase": phase, "start": window.start.isoformat(), "end": window.end.isoformat(), "hours": "",
@@ -109,20 +102,11 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         for key, value in params.items():  # papermill writes parameters into the notebook
             if redact_text(value) != value:
                 raise ReportError(f"parameter {key} looks like it holds a secret; refusing to write it into the notebook")
-        _execute(notebook, stage / "signoff.ipynb", params)
-        doc = json.loads((stage / "signoff.json").read_text())
-        if "html" in wanted or "pdf" in wanted:
-            html = export_html(stage / "signoff.ipynb")
-            if "html" in wanted:
-                (stage / "signoff.html").write_text(html, encoding="utf-8")
-            if "pdf" in wanted:
-                export_pdf(html, stage / "signoff.pdf")
+        doc = _render(notebook, stage, "signoff", params, wanted)
     except (DataError, ProfileError, WindowError):
         shutil.rmtree(stage, ignore_errors=True)  # bad input: nothing worth keeping
         raise
-    _swap_in(stage, folder)
-    names = {"ipynb": "signoff.ipynb", "json": "signoff.json", "html": "signoff.html", "pdf": "signoff.pdf"}
-    files = {k: folder / v for k, v in names.items() if (folder / v).exists()}
+    files = _swap_in(stage, folder, "signoff")
     from .notify import DEFAULT_ENV, notify as send
 
     sent = send(doc, files.get("pdf") or files.get("html") or files["json"], folder.parent, notify,
@@ -142,27 +126,15 @@ def make_summary(plan, out_root=None, formats="html,pdf", as_of=None, notebook=S
     HTML and PDF under <reports>/rollout/<as-of>/."""
     from .rollout import load_plan
 
-    wanted = [f.strip() for f in formats.split(",") if f.strip()]
-    bad = [f for f in wanted if f not in FORMATS]
-    if bad:
-        raise ReportError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    wanted = _formats(formats)
     p = load_plan(plan)
     now = parse_time(as_of, name="as_of") if as_of else utcnow().replace(microsecond=0)
-    folder = Path(out_root or p.reports) / "rollout" / iso(now).replace("-", "").replace(":", "")
-    stage = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
+    folder = Path(out_root or p.reports) / "rollout" / _stamp(now)
+    stage = _stage(folder)
     params = {"plan": str(Path(plan).resolve()), "as_of": now.isoformat(), "out_dir": str(stage.resolve()),
               "root": str(Path.cwd())}
-    _execute(notebook, stage / "rollout.ipynb", params)
-    doc = json.loads((stage / "rollout.json").read_text())
-    html = export_html(stage / "rollout.ipynb")
-    if "html" in wanted:
-        (stage / "rollout.html").write_text(html, encoding="utf-8")
-    if "pdf" in wanted:
-        export_pdf(html, stage / "rollout.pdf")
-    _swap_in(stage, folder)
-    files = {k: folder / f"rollout.{k}" for k in ("ipynb", "json", "html", "pdf") if (folder / f"rollout.{k}").exists()}
+    doc = _render(notebook, stage, "rollout", params, wanted)
+    files = _swap_in(stage, folder, "rollout")
     lines = [f"ROLLOUT SUMMARY: {doc['plan']['name']} as of {doc['as_of']}"]
     lines += [f"  {ph['title']}: {'GO (signed)' if ph['state'] == 'done' else ph['verdict'] or ph['state']}"
               for ph in doc["phases"]]
@@ -171,13 +143,51 @@ def make_summary(plan, out_root=None, formats="html,pdf", as_of=None, notebook=S
     return ReportResult(doc["current_verdict"] or "", folder, files, doc, "\n".join(lines))
 
 
-def _swap_in(stage: Path, folder: Path) -> None:
+def _formats(formats: str) -> list[str]:
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in wanted if f not in FORMATS]
+    if bad:
+        raise ReportError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    return wanted
+
+
+def _stamp(dt) -> str:
+    """A folder name for a time: 20260129T144501Z."""
+    return iso(dt).replace("-", "").replace(":", "")
+
+
+def _stage(folder: Path) -> Path:
+    """A fresh folder beside `folder` to render into. Swapped in whole when done, so a failed run
+    never leaves a previous report half-replaced (an hourly interim report rewrites one folder)."""
+    stage = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    return stage
+
+
+def _render(notebook: Path, stage: Path, stem: str, params: dict, wanted: list) -> dict:
+    """Execute the notebook into stage/<stem>.ipynb (it writes <stem>.json), export the wanted
+    formats from that executed notebook, and return the JSON document."""
+    _execute(notebook, stage / f"{stem}.ipynb", params)
+    doc = json.loads((stage / f"{stem}.json").read_text())
+    if "html" in wanted or "pdf" in wanted:
+        html = export_html(stage / f"{stem}.ipynb")
+        if "html" in wanted:
+            (stage / f"{stem}.html").write_text(html, encoding="utf-8")
+        if "pdf" in wanted:
+            export_pdf(html, stage / f"{stem}.pdf")
+    return doc
+
+
+def _swap_in(stage: Path, folder: Path, stem: str) -> dict:
+    """Replace folder by stage; the files it now holds, by format."""
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
     os.replace(stage, folder)
     shutil.rmtree(old, ignore_errors=True)
+    return {k: folder / f"{stem}.{k}" for k in ("ipynb", "json", "html", "pdf") if (folder / f"{stem}.{k}").exists()}
 
 
 def _execute(notebook: Path, out: Path, params: dict) -> None:
