@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,20 +16,39 @@ PROFILES = ROOT / "profiles"
 SIM_PROFILE = PROFILES / "simulator.toml"
 
 
-@pytest.fixture
-def sim():
-    """Factory: sim(scenario=..., schedule=..., request_log=...) -> running server, stopped after."""
-    servers = []
+def stopping(build):
+    """A factory fixture's body: tests make servers with build(...); each is shut down after the test."""
+    made = []
 
-    def make(scenario="healthy", **kw):
-        srv = start_server(0, scenario, hang_s=kw.pop("hang_s", 10.0), **kw)
-        servers.append(srv)
+    def make(*args, **kw):
+        srv = build(*args, **kw)
+        made.append(srv)
         return srv
 
     yield make
-    for srv in servers:
+    for srv in made:
         srv.shutdown()
         srv.server_close()
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 (a free port), serving from a background thread."""
+
+    daemon_threads = True
+
+    def __init__(self, handler):
+        super().__init__(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def sim():
+    """Factory: sim(scenario=..., schedule=..., request_log=...) -> running server, stopped after."""
+    yield from stopping(lambda scenario="healthy", **kw: start_server(0, scenario, hang_s=kw.pop("hang_s", 10.0), **kw))
 
 
 def url(srv) -> str:

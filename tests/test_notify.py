@@ -1,9 +1,8 @@
 """Webhook notifications against a real receiver on 127.0.0.1: only on verdict change by default."""
 
 import json
-import threading
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -13,16 +12,14 @@ from phasegate.notify import notify
 from phasegate.profile import load_profile
 from phasegate.simulator import Fault
 
-from conftest import SIM_PROFILE, phasegate
+from conftest import SIM_PROFILE, LoopbackServer, phasegate, stopping
 
 START = datetime(2026, 1, 28, 14, 45, 1, tzinfo=timezone.utc)
 PHASE = "phase1-staging-canary"
 SECRET_PATH = "/services/T0SECRET/B0SECRET/xoxwebhooktokensecret"
 
 
-class Receiver(ThreadingHTTPServer):
-    daemon_threads = True
-
+class Receiver(LoopbackServer):
     def __init__(self, status=200):
         self.got, self.status = [], status
         outer = self
@@ -39,26 +36,16 @@ class Receiver(ThreadingHTTPServer):
             def log_message(self, *a):
                 pass
 
-        super().__init__(("127.0.0.1", 0), H)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__(H)
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.server_address[1]}{SECRET_PATH}"
+        return self.base + SECRET_PATH
 
 
 @pytest.fixture
 def receiver():
-    made = []
-
-    def make(status=200):
-        r = Receiver(status)
-        made.append(r)
-        return r
-    yield make
-    for r in made:
-        r.shutdown()
-        r.server_close()
+    yield from stopping(Receiver)
 
 
 def doc_at(data, hours):

@@ -1,10 +1,9 @@
 """The platform adapter against a local fake of Render's API shape on 127.0.0.1."""
 
 import json
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -16,7 +15,7 @@ from phasegate.platform import pull_platform
 from phasegate.profile import load_profile
 from phasegate.store import read_samples
 
-from conftest import SIM_PROFILE, phasegate, write_profile
+from conftest import SIM_PROFILE, LoopbackServer, phasegate, stopping, write_profile
 
 KEY = "rnd_TESTKEYsecretvalue0123456789"
 SERVICE = "srv-d5fr5hre5dus73d3gdn0"
@@ -28,12 +27,10 @@ def iso(dt):
     return dt.isoformat().replace("+00:00", "Z")
 
 
-class FakeRender(ThreadingHTTPServer):
+class FakeRender(LoopbackServer):
     """GET /v1/services/<id>/deploys and /env-vars as Render answers them: lists of
     {"deploy": {...}, "cursor": ...} / {"envVar": {"key", "value"}, "cursor": ...}, paged by cursor,
     401 without the right Bearer key."""
-
-    daemon_threads = True
 
     def __init__(self, deploys=(), env=None, delay_s=0.0):
         self.deploys, self.env, self.delay_s, self.seen = list(deploys), dict(env or {}), delay_s, []
@@ -68,29 +65,19 @@ class FakeRender(ThreadingHTTPServer):
             def log_message(self, *a):
                 pass
 
-        super().__init__(("127.0.0.1", 0), H)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__(H)
 
     def handle_error(self, request, client_address):
         pass  # a client that gave up at its deadline is the point of one test, not a fake's bug
 
     @property
     def api(self):
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+        return self.base + "/v1"
 
 
 @pytest.fixture
 def fake():
-    made = []
-
-    def make(**kw):
-        f = FakeRender(**kw)
-        made.append(f)
-        return f
-    yield make
-    for f in made:
-        f.shutdown()
-        f.server_close()
+    yield from stopping(FakeRender)
 
 
 def profile_for(tmp_path, f, timeout="5s"):
