@@ -194,3 +194,77 @@ def test_binom_ppf_from_scipy_special_matches_scipy_stats():
              for q in (0.025, 0.05, 0.5, 0.95, 0.975)]
     cases += [(rng.randint(1, 50_000), rng.random(), rng.random()) for _ in range(2000)]
     assert [binom_ppf(q, n, p) for n, p, q in cases] == [int(binom.ppf(q, n, p)) for n, p, q in cases]
+
+
+def _frame(seed: int, n: int = 6000):
+    """Samples with every awkward case: unanswered rows, NaN latency, FEATURE_DISABLED, missing
+    tenants, an unused probe category, and rows out of group order."""
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    outcome = rng.choice(["ok", "http_error", "timeout", "assertion_failed", "connect_error"], n,
+                         p=[0.8, 0.08, 0.05, 0.04, 0.03])
+    status = np.where(outcome == "ok", 200, rng.choice([500, 502, 503, 404], n)).astype(float)
+    status[np.isin(outcome, ["timeout", "connect_error"])] = np.nan
+    status[outcome == "assertion_failed"] = 200
+    code = np.where(status == 503, rng.choice(["FEATURE_DISABLED", "OTHER"], n), None)
+    lat = rng.lognormal(4, 1, n)
+    lat[rng.random(n) < 0.02] = np.nan
+    probe = pd.Categorical(rng.choice(["health", "list", "execute"], n), categories=["execute", "health", "list", "unused"])
+    tenant = pd.Categorical(np.where(rng.random(n) < 0.1, None, rng.choice([f"y{i:02d}" for i in range(40)], n)))
+    ts = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.sort(rng.integers(0, 6 * 3600 * 10**6, n)), unit="us")
+    return pd.DataFrame({"ts": ts, "probe": probe, "tenant": tenant, "status": pd.array(status, dtype="Int32"),
+                         "outcome": pd.Categorical(outcome), "error_code": pd.Categorical(code), "latency_ms": lat})
+
+
+def _reference_stats(g, conf):
+    """probe_stats the slow, obvious way: per group, pandas counts and numpy's percentile."""
+    from phasegate.probe import ERROR_OUTCOMES
+    from phasegate.stats import quantile_interval, quantile_upper_rank
+    lat = np.sort(g.loc[g["status"].notna(), "latency_ms"].dropna().to_numpy(float))
+    errors = int(g["outcome"].isin(ERROR_OUTCOMES).sum())
+    up = quantile_upper_rank(len(lat), 0.99, conf)
+    r = lambda x: None if x is None else round(float(x), 3)  # noqa: E731
+    pct = np.percentile(lat, [50, 95, 99]) if len(lat) else [None] * 3
+    return {
+        "samples": len(g),
+        "status_counts": {str(k): int(v) for k, v in sorted(g["status"].dropna().astype(int).value_counts().items())},
+        "outcome_counts": {k: int(v) for k, v in sorted(g["outcome"].astype(str).value_counts().items())},
+        "errors": errors, "error_rate": errors / len(g),
+        "http_5xx": int((g["status"].between(500, 599).fillna(False).astype(bool)
+                         & (g["error_code"].astype(object) != "FEATURE_DISABLED")).sum()),
+        "feature_disabled": int((g["error_code"] == "FEATURE_DISABLED").sum()),
+        "assertion_failed": int((g["outcome"] == "assertion_failed").sum()),
+        "latency_n": len(lat), "p50_ms": r(pct[0]), "p95_ms": r(pct[1]), "p99_ms": r(pct[2]),
+        "max_ms": r(lat.max()) if len(lat) else None,
+        **{f"p{q}_ci_ms": (lambda ci: None if ci is None else [r(ci[0]), r(ci[1])])(quantile_interval(lat, q / 100, conf))
+           for q in (50, 95, 99)},
+        "p99_upper_ms": None if up is None else r(lat[up - 1]),
+    }
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_grouped_statistics_equal_the_per_group_computation(seed):
+    # The per-probe, per-tenant and timeline figures come from one vectorised pass over integer
+    # codes; each must equal the same figure computed group by group the obvious way.
+    from phasegate import analysis
+    df = _frame(seed)
+    rows = analysis.Rows.of(df)
+    probes = analysis._by_probe(df, rows, 0.95)
+    assert sorted(probes) == ["execute", "health", "list"]  # the unused category is not a probe
+    for name, g in df.groupby("probe", observed=True):
+        assert probes[name] == _reference_stats(g, 0.95), name
+    assert analysis.probe_stats(df) == _reference_stats(df, 0.95)
+    tenants = analysis.tenant_stats(df, rows, 0.95)
+    assert tenants["untagged_samples"] == int(df["tenant"].isna().sum())
+    for row in tenants["rows"]:
+        want = _reference_stats(df[df["tenant"] == row["tenant"]], 0.95)
+        assert (row["samples"], row["errors"], row["http_5xx"], row["feature_disabled"]) == \
+            (want["samples"], want["errors"], want["http_5xx"], want["feature_disabled"])
+        assert (row["p50_ms"], row["p95_ms"], row["p99_ms"]) == (want["p50_ms"], want["p95_ms"], want["p99_ms"])
+    tl = analysis.timeline(df, rows, 1800.0)
+    for (bucket, probe), g in df.groupby([df["ts"].dt.floor("30min"), "probe"], observed=True):
+        got = tl[(tl["bucket"] == bucket) & (tl["probe"] == probe)].iloc[0]
+        want = _reference_stats(g, 0.95)
+        assert (got["samples"], got["errors"], got["http_5xx"]) == (want["samples"], want["errors"], want["http_5xx"])
+        assert round(float(got["p99_ms"]), 3) == want["p99_ms"]
+    assert len(tl) == df.groupby([df["ts"].dt.floor("30min"), "probe"], observed=True).ngroups

@@ -2,7 +2,7 @@
 
 Every grouping (probe, tenant, timeline bucket, deployment id) works on the small integer codes
 of a categorical column. numpy's stable sort is a radix sort for 8- and 16-bit integers, so
-"sort the values once, then stably by group" costs one float sort for all groupings together.
+grouping is one cheap pass, and each group's values are then sorted where they lie.
 """
 
 from __future__ import annotations
@@ -27,33 +27,38 @@ def epoch_us(ts: pd.Series) -> np.ndarray:
     return ts.dt.as_unit("us").astype("int64").to_numpy()
 
 
-def value_order(values: np.ndarray) -> np.ndarray:
-    """Indices of the non-NaN values in ascending order: sorted once, reused by every grouping."""
-    order = np.argsort(values)  # NaN sorts last
-    return order[: int((~np.isnan(values)).sum())]
+def group_count(codes: np.ndarray, n_groups: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Rows per group code (codes >= 0), or rows where `mask` holds: one bincount of code*2+mask,
+    several times faster than bincount's float weights."""
+    if mask is None:
+        return np.bincount(codes, minlength=n_groups)
+    return np.bincount(codes * 2 + mask, minlength=2 * n_groups)[1::2]
 
 
-def sorted_groups(codes: np.ndarray, values: np.ndarray, n_groups: int, order: np.ndarray | None = None):
-    """(values sorted within each group, each group's start, each group's count); codes < 0 dropped.
-    With the values' global order at hand, grouping is one stable radix sort on small integers,
-    several times faster than a two-key lexsort on millions of rows."""
-    order = value_order(values) if order is None else order
-    c = codes[order]
-    keep = c >= 0
-    c, v = c[keep], values[order][keep]
-    # numpy radix-sorts 8- and 16-bit integers (stable): keep the group codes that small.
-    small = np.int8 if n_groups <= 127 else np.int16 if n_groups <= 32767 else np.int64
-    by_group = np.argsort(c.astype(small), kind="stable")
-    c, v = c[by_group], v[by_group]
-    counts = np.bincount(c, minlength=n_groups)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+def sorted_groups(codes: np.ndarray, values: np.ndarray, n_groups: int):
+    """(values sorted within each group, each group's start, each group's count); codes < 0 and
+    NaN values dropped. One stable radix sort of the small group codes, then numpy's SIMD sort
+    of each group's contiguous slice: several times faster than an argsort of every value."""
+    drop = (codes < 0) | np.isnan(values)
+    if n_groups == 1:
+        v = np.sort(values[~drop])
+        return v, np.zeros(1, np.int64), np.array([len(v)])
+    # Dropped rows go to one more group after the last, so nothing is compacted first; numpy
+    # radix-sorts 8- and 16-bit integers (stable): keep the group codes that small.
+    small = np.int8 if n_groups < 127 else np.int16 if n_groups < 32767 else np.int64
+    c = np.where(drop, n_groups, codes).astype(small)
+    v = values[np.argsort(c, kind="stable")]
+    counts = np.bincount(c, minlength=n_groups + 1)[:n_groups]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    for s, n in zip(starts[counts > 1], counts[counts > 1]):
+        v[s:s + n].sort()
     return v, starts, counts
 
 
-def grouped_percentiles(codes: np.ndarray, values: np.ndarray, n_groups: int, qs, order=None) -> np.ndarray:
+def grouped_percentiles(codes: np.ndarray, values: np.ndarray, n_groups: int, qs) -> np.ndarray:
     """numpy's linear-interpolation percentiles of `values` within each group code (NaN where a
     group has no value). Shape: (n_groups, len(qs))."""
-    v, starts, counts = sorted_groups(codes, values, n_groups, order)
+    v, starts, counts = sorted_groups(codes, values, n_groups)
     out = np.full((n_groups, len(qs)), np.nan)
     has = counts > 0
     for j, q in enumerate(qs):
