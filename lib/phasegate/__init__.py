@@ -1,6 +1,13 @@
 """phasegate: decide from evidence whether a phased rollout may proceed."""
 
 import logging
+import os
+
+# Transparent huge pages on demand made numpy's fresh 80 MB arrays stall for 0.3-0.5 s each on
+# our 2-core VM (direct compaction); without them a 10 M-sample analysis was ~15 % faster.
+# Read by numpy at import: set before any module of ours imports it (and inherited by the
+# report kernel, which the CLI starts).
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 from .errors import (DataError, PhasegateError, ProfileError, ReportError, ScenarioError, StoreError,
                      WindowError)

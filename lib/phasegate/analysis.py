@@ -74,6 +74,9 @@ class Rows:
     status: np.ndarray       # -1 where no HTTP answer
     outcome: np.ndarray      # codes into outcome_names
     outcome_names: list
+    kinds: np.ndarray        # one bit per mask in KINDS, for tally()
+
+    KINDS = ("bad", "five", "disabled", "assertion", "timeout")
 
     @classmethod
     def of(cls, df: pd.DataFrame) -> "Rows":
@@ -85,10 +88,22 @@ class Rows:
         def outcome_in(values) -> np.ndarray:
             return np.array([n in values for n in names] + [False])[oc]  # code -1 (missing) picks the False
 
-        return cls(bad=outcome_in(ERROR_OUTCOMES), five=(status >= 500) & (status <= 599) & ~disabled,
-                   disabled=disabled, timeout=outcome_in({"timeout"}), assertion=outcome_in({"assertion_failed"}),
-                   lat=_answered_latency(df),
-                   status=status, outcome=oc, outcome_names=names)
+        masks = {"bad": outcome_in(ERROR_OUTCOMES), "five": (status >= 500) & (status <= 599) & ~disabled,
+                 "disabled": disabled, "assertion": outcome_in({"assertion_failed"}), "timeout": outcome_in({"timeout"})}
+        kinds = np.zeros(len(df), np.uint8)
+        for bit, name in enumerate(cls.KINDS):
+            kinds |= masks[name].astype(np.uint8) << bit
+        return cls(**masks, lat=_answered_latency(df), status=status, outcome=oc, outcome_names=names, kinds=kinds)
+
+    def tally(self, codes: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
+        """Rows ("n") and rows of each kind per group code, codes < 0 not counted: one bincount
+        over code*32 + the kind bits instead of one pass per kind."""
+        key = codes.astype(np.int64) * 32 + self.kinds
+        if (codes < 0).any():
+            key = key[codes >= 0]
+        t = np.bincount(key, minlength=32 * n_groups).reshape(n_groups, 32)
+        bits = np.arange(32)
+        return {"n": t.sum(axis=1), **{name: t[:, (bits >> i & 1) == 1].sum(axis=1) for i, name in enumerate(self.KINDS)}}
 
 
 def _answered_latency(df: pd.DataFrame) -> np.ndarray:
@@ -104,10 +119,8 @@ def _latencies(df: pd.DataFrame) -> np.ndarray:
 
 def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence: float = 0.95) -> list[dict]:
     """`probe_stats` of every group code at once: counts by bincount, latencies from one grouped sort."""
-    def count(mask=None) -> np.ndarray:
-        return group_count(codes, n_groups, mask)
-
-    n, errors, five, disabled, assertion = (count(m) for m in (None, rows.bad, rows.five, rows.disabled, rows.assertion))
+    t = rows.tally(codes, n_groups)
+    n, errors, five, disabled, assertion = t["n"], t["bad"], t["five"], t["disabled"], t["assertion"]
     # Shifted by one so "no status" (-1) counts in a column of its own, then dropped: no compaction.
     width = int(rows.status.max(initial=-1)) + 2
     by_status = np.bincount(codes * width + rows.status + 1, minlength=n_groups * width).reshape(n_groups, width)[:, 1:]
@@ -245,12 +258,8 @@ def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95) -> dict
     keep = codes >= 0
     codes_k = codes[keep].astype(np.int64)  # categorical codes are int8 for a small fleet: widen before arithmetic
     m = len(names)
-
-    def count(mask) -> np.ndarray:
-        return group_count(codes_k, m, mask[keep])
-
-    n = np.bincount(codes_k, minlength=m)
-    errors, five, fdc, timeouts = count(rows.bad), count(rows.five), count(rows.disabled), count(rows.timeout)
+    t = rows.tally(codes, m)
+    n, errors, five, fdc, timeouts = t["n"], t["bad"], t["five"], t["disabled"], t["timeout"]
     pct = grouped_percentiles(codes.astype(np.int64), rows.lat, m, (0.5, 0.95, 0.99))
     # The probe with most errors, per tenant: where to look first.
     probe_codes = group_codes(df["probe"])[keep].astype(np.int64)
@@ -542,8 +551,8 @@ def timeline(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0) -> pd.DataFr
     n_probes = int(pcodes.max()) + 1
     key = (b - b0) * n_probes + pcodes
     n_keys = int(key.max()) + 1
-    samples = np.bincount(key, minlength=n_keys)
-    errors, fives = group_count(key, n_keys, rows.bad), group_count(key, n_keys, rows.five)
+    t = rows.tally(key, n_keys)
+    samples, errors, fives = t["n"], t["bad"], t["five"]
     pct = grouped_percentiles(key, rows.lat, n_keys, (0.50, 0.95, 0.99))
     k = np.flatnonzero(samples)
     names = np.asarray(group_names(df["probe"]), dtype=object)
@@ -564,8 +573,8 @@ def coverage_hourly(profile: Profile, df: pd.DataFrame, start: datetime, end: da
     pcodes, pnames = group_codes(df["probe"]).astype(np.int64), group_names(df["probe"])
     n_p = max(len(pnames), 1)
     key = (epoch_us(df["ts"]) - h0) // hour_us * n_p + pcodes
-    actual = np.bincount(key, minlength=len(hours) * n_p)
-    good = actual - group_count(key, len(hours) * n_p, rows.bad)
+    t = rows.tally(key, len(hours) * n_p)
+    actual, good = t["n"], t["n"] - t["bad"]
     at = {p: j for j, p in enumerate(pnames)}
     out = []
     for i, h in enumerate(hours[hours < pd.Timestamp(end)]):
