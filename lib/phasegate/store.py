@@ -78,11 +78,13 @@ SCHEMA = pa.schema([
 ])
 COLUMNS = tuple(SCHEMA.names)
 # Latency phases are float32 (0.001 ms resolution up to ~8 s, 0.01 ms beyond): where time went,
-# not the ranked latency, which stays float64. Floats and the random-ish request ids are not worth
-# a dictionary; floats byte-stream-split before zstd compress about a third better.
-_FLOATS = [f.name for f in SCHEMA if pa.types.is_floating(f.type)]
-WRITE_OPTIONS = dict(compression="zstd", use_byte_stream_split=_FLOATS,
-                     use_dictionary=[f.name for f in SCHEMA if f.name not in (*_FLOATS, "request_id", "seq")])
+# not the ranked latency, which stays float64. Floats byte-stream-split before zstd compress about
+# a third better; the rising timestamps and sequence numbers are stored as deltas, and request ids
+# (a per-process prefix and a counter) by shared prefix: live ok samples 33 -> 29 B each.
+_ENCODING = {**{f.name: "BYTE_STREAM_SPLIT" for f in SCHEMA if pa.types.is_floating(f.type)},
+             "ts": "DELTA_BINARY_PACKED", "seq": "DELTA_BINARY_PACKED", "request_id": "DELTA_BYTE_ARRAY"}
+WRITE_OPTIONS = dict(compression="zstd", column_encoding=_ENCODING,
+                     use_dictionary=[f.name for f in SCHEMA if f.name not in _ENCODING])
 
 # -- durable file operations -----------------------------------------------------------
 
