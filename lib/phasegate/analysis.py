@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,7 +17,7 @@ import pandas as pd
 
 from .errors import DataError
 from .groups import (epoch_us, group_codes, group_count, group_extreme, group_names, grouped_percentiles,
-                     sorted_groups)
+                     sorted_groups, sorted_groups_many)
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_interval, quantile_upper_rank, rate_upper
@@ -117,8 +115,10 @@ def _latencies(df: pd.DataFrame) -> np.ndarray:
     return lat[~np.isnan(lat)]
 
 
-def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence: float = 0.95) -> list[dict]:
-    """`probe_stats` of every group code at once: counts by bincount, latencies from one grouped sort."""
+def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence: float = 0.95,
+                        grouped=None) -> list[dict]:
+    """`probe_stats` of every group code at once: counts by bincount, latencies from one grouped
+    sort (`grouped`: sorted_groups' result, if at hand)."""
     t = rows.tally(codes, n_groups)
     n, errors, five, disabled, assertion = t["n"], t["bad"], t["five"], t["disabled"], t["assertion"]
     # Shifted by one so "no status" (-1) counts in a column of its own, then dropped: no compaction.
@@ -126,7 +126,7 @@ def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence
     by_status = np.bincount(codes * width + rows.status + 1, minlength=n_groups * width).reshape(n_groups, width)[:, 1:]
     k = len(rows.outcome_names) + 1
     by_outcome = np.bincount(codes * k + rows.outcome + 1, minlength=n_groups * k).reshape(n_groups, k)[:, 1:]
-    v, starts, counts = sorted_groups(codes, rows.lat, n_groups)
+    v, starts, counts = grouped or sorted_groups(codes, rows.lat, n_groups)
     out = []
     for i in range(n_groups):
         lat = v[starts[i]:starts[i] + counts[i]]
@@ -155,9 +155,9 @@ def probe_stats(df: pd.DataFrame, confidence: float = 0.95) -> dict:
     return grouped_probe_stats(Rows.of(df), np.zeros(len(df), np.int64), 1, confidence)[0]
 
 
-def _by_probe(df: pd.DataFrame, rows: Rows, confidence: float) -> dict:
+def _by_probe(df: pd.DataFrame, rows: Rows, confidence: float, grouped=None) -> dict:
     codes, names = group_codes(df["probe"]).astype(np.int64), group_names(df["probe"])
-    stats = grouped_probe_stats(rows, codes, len(names), confidence)
+    stats = grouped_probe_stats(rows, codes, len(names), confidence, grouped)
     return {name: st for name, st in sorted(zip(names, stats)) if st["samples"]}
 
 
@@ -208,47 +208,44 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     if df.empty:
         raise DataError(f"no samples in {data_dir} between {iso(window.start)} and {iso(observed_end)}"
                         + (f" ({len(inputs['excluded'])} file(s) excluded as unreadable)" if inputs["excluded"] else ""))
-    # Independent parts run on every core: pyarrow's reads and numpy's sorts and gathers release
-    # the GIL (10 M samples on 2 cores: ~1.5x faster than one after the other).
-    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-    # The heavy columns are only needed on few rows: read those rows alone.
-    fails = pool.submit(read_samples, data_dir, window.start, observed_end, outcomes=["assertion_failed"],
-                        columns=["probe", "assertion_failures"])
-    evid = pool.submit(read_samples, data_dir, window.start, observed_end, nonnull="evidence", categorical=True,
-                       columns=["probe", "status", "outcome", "error_code", "evidence"])  # dictionaries: 3x faster
+    # The heavy columns are only needed on few rows: read those rows alone (strings as dictionaries: 3x faster).
+    fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
+                         columns=["probe", "assertion_failures"]).sort_values("ts", kind="stable")
+    evid = read_samples(data_dir, window.start, observed_end, nonnull="evidence", categorical=True,
+                        columns=["probe", "status", "outcome", "error_code", "evidence"]).sort_values("ts", kind="stable")
     conf = profile.criteria.confidence
+    # No thread pool here: it bought ~1 s at 10 M samples, but the first use of a lazily imported
+    # module from two threads at once can fail ("partially initialized module"), which we saw
+    # happen to the report's own imports; a go/no-go must not fail one run in twenty.
     rows = Rows.of(df)
-    with pool:
-        jobs = {
-            "probes": pool.submit(_by_probe, df, rows, conf),
-            "overall": pool.submit(lambda: grouped_probe_stats(rows, np.zeros(len(df), np.int64), 1, conf)[0]),
-            "tenants": pool.submit(tenant_stats, df, rows, conf),
-            "timeline": pool.submit(timeline, df, rows, bucket_s),
-            "coverage": pool.submit(_coverage, profile, df, window.start, observed_end, rows),
-        }
-        hourly = coverage_hourly(profile, df, window.start, observed_end, rows)
-        jobs["quality"] = pool.submit(_quality, df, hourly, rows)
-        done = {k: f.result() for k, f in jobs.items()}
+    tl_key, tl_n, _ = timeline_keys(df, bucket_s)
+    groupings = {"overall": (np.zeros(len(df), np.int64), 1), "timeline": (tl_key, tl_n),
+                 "probe": (group_codes(df["probe"]).astype(np.int64), len(group_names(df["probe"])))}
+    if df["tenant"].notna().any():
+        groupings["tenant"] = (group_codes(df["tenant"]).astype(np.int64), len(group_names(df["tenant"])))
+    grouped = sorted_groups_many(rows.lat, groupings)
+    hourly = coverage_hourly(profile, df, window.start, observed_end, rows)
     base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
                                                          columns=["probe", "status", "outcome", "latency_ms"])
     return Analysis(
-        window=window, observed_end=observed_end, now=now, probes=done["probes"], overall=done["overall"],
+        window=window, observed_end=observed_end, now=now, probes=_by_probe(df, rows, conf, grouped["probe"]),
+        overall=grouped_probe_stats(rows, groupings["overall"][0], 1, conf, grouped["overall"])[0],
         health=_health(profile, df), flags=_flags(df), deployments=_deployments(df),
-        anomalies=_anomalies(fails.result().sort_values("ts", kind="stable")), coverage=done["coverage"],
-        evidence=_evidence(evid.result().sort_values("ts", kind="stable")), inputs=inputs, quality=done["quality"],
-        baseline=None if base_df is None else compare(df, base_df), tenants=done["tenants"],
+        anomalies=_anomalies(fails), coverage=_coverage(profile, df, window.start, observed_end, rows),
+        evidence=_evidence(evid), inputs=inputs, quality=_quality(df, hourly, rows),
+        baseline=None if base_df is None else compare(df, base_df), tenants=tenant_stats(df, rows, conf, grouped.get("tenant")),
         platform=platform,
         prometheus=None if prom_df.empty else {**_prom_stats(prom_df), "p99_from_histogram": _hist_p99(hist_df)},
         traffic=None if traffic_df.empty else {
             "overall": probe_stats(traffic_df, conf),
             "routes": {r: probe_stats(g, conf) for r, g in traffic_df.groupby("probe", sort=True, observed=True)},
         },
-        timeline=done["timeline"], coverage_hourly=hourly, samples=df, baseline_samples=base_df,
+        timeline=timeline(df, rows, bucket_s, grouped["timeline"]), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
         traffic_samples=pd.concat([traffic_df, prom_df]) if len(traffic_df) or len(prom_df) else None,
     )
 
 
-def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95) -> dict | None:
+def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95, grouped=None) -> dict | None:
     """Every probe statistic per tenant, worst first (error rate, then 5xx, then p99), or None
     when no sample carries a tenant. Grouped on integer codes: a 500-yacht fleet is one pass."""
     if df.empty or df["tenant"].isna().all():
@@ -260,7 +257,7 @@ def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95) -> dict
     m = len(names)
     t = rows.tally(codes, m)
     n, errors, five, fdc, timeouts = t["n"], t["bad"], t["five"], t["disabled"], t["timeout"]
-    pct = grouped_percentiles(codes.astype(np.int64), rows.lat, m, (0.5, 0.95, 0.99))
+    pct = grouped_percentiles(codes.astype(np.int64), rows.lat, m, (0.5, 0.95, 0.99), grouped)
     # The probe with most errors, per tenant: where to look first.
     probe_codes = group_codes(df["probe"])[keep].astype(np.int64)
     n_probes = int(probe_codes.max(initial=-1)) + 1
@@ -539,21 +536,25 @@ def _coverage(profile: Profile, df: pd.DataFrame, start: datetime, end: datetime
     }
 
 
-def timeline(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0) -> pd.DataFrame:
+def timeline_keys(df: pd.DataFrame, bucket_s: float = 300.0):
+    """(key, number of keys, (first bucket, probes, step in us)): one integer per (bucket, probe)."""
+    step = int(bucket_s * 1e6)
+    b = epoch_us(df["ts"]) // step
+    b0 = int(b.min()) if len(b) else 0
+    pcodes = group_codes(df["probe"]).astype(np.int64)
+    n_probes = int(pcodes.max(initial=0)) + 1
+    key = (b - b0) * n_probes + pcodes
+    return key, int(key.max(initial=0)) + 1, (b0, n_probes, step)
+
+
+def timeline(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0, grouped=None) -> pd.DataFrame:
     """Per bucket and probe: samples, errors, 5xx, latency p50/p95/p99 (ms); only pairs with samples."""
     if df.empty:
         return pd.DataFrame()
-    step = int(bucket_s * 1e6)
-    us = epoch_us(df["ts"])
-    b = us // step
-    b0 = int(b.min())
-    pcodes = group_codes(df["probe"]).astype(np.int64)
-    n_probes = int(pcodes.max()) + 1
-    key = (b - b0) * n_probes + pcodes
-    n_keys = int(key.max()) + 1
+    key, n_keys, (b0, n_probes, step) = timeline_keys(df, bucket_s)
     t = rows.tally(key, n_keys)
     samples, errors, fives = t["n"], t["bad"], t["five"]
-    pct = grouped_percentiles(key, rows.lat, n_keys, (0.50, 0.95, 0.99))
+    pct = grouped_percentiles(key, rows.lat, n_keys, (0.50, 0.95, 0.99), grouped)
     k = np.flatnonzero(samples)
     names = np.asarray(group_names(df["probe"]), dtype=object)
     return pd.DataFrame({

@@ -7,6 +7,9 @@ grouping is one cheap pass, and each group's values are then sorted where they l
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 
@@ -55,10 +58,19 @@ def sorted_groups(codes: np.ndarray, values: np.ndarray, n_groups: int):
     return v, starts, counts
 
 
-def grouped_percentiles(codes: np.ndarray, values: np.ndarray, n_groups: int, qs) -> np.ndarray:
+def sorted_groups_many(values: np.ndarray, groupings: dict) -> dict:
+    """`sorted_groups` of the same values under several groupings ({name: (codes, n_groups)}) on
+    all cores. The one place we use threads: numpy's sorts and gathers release the GIL and import
+    nothing, whereas general code run from two threads can race on a module's first import."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(groupings), os.cpu_count() or 1))) as pool:
+        futures = {k: pool.submit(sorted_groups, codes, values, n) for k, (codes, n) in groupings.items()}
+        return {k: f.result() for k, f in futures.items()}
+
+
+def grouped_percentiles(codes: np.ndarray, values: np.ndarray, n_groups: int, qs, grouped=None) -> np.ndarray:
     """numpy's linear-interpolation percentiles of `values` within each group code (NaN where a
-    group has no value). Shape: (n_groups, len(qs))."""
-    v, starts, counts = sorted_groups(codes, values, n_groups)
+    group has no value). Shape: (n_groups, len(qs)). `grouped`: sorted_groups' result, if at hand."""
+    v, starts, counts = grouped or sorted_groups(codes, values, n_groups)
     out = np.full((n_groups, len(qs)), np.nan)
     has = counts > 0
     for j, q in enumerate(qs):
