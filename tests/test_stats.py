@@ -268,3 +268,21 @@ def test_grouped_statistics_equal_the_per_group_computation(seed):
         assert (got["samples"], got["errors"], got["http_5xx"]) == (want["samples"], want["errors"], want["http_5xx"])
         assert round(float(got["p99_ms"]), 3) == want["p99_ms"]
     assert len(tl) == df.groupby([df["ts"].dt.floor("30min"), "probe"], observed=True).ngroups
+
+
+def test_grouped_sorts_on_threads_equal_one_after_the_other():
+    from phasegate.groups import sorted_groups, sorted_groups_many
+    rng = np.random.default_rng(5)
+    values = rng.lognormal(3, 1, 50_000)
+    values[rng.random(50_000) < 0.03] = np.nan
+    groupings = {"one": (np.zeros(50_000, np.int64), 1), "few": (rng.integers(-1, 5, 50_000), 5),
+                 "many": (rng.integers(0, 40_000, 50_000), 40_000)}  # past int16: the int64 sort
+    got = sorted_groups_many(values, groupings)
+    for name, (codes, n) in groupings.items():
+        want = sorted_groups(codes, values, n)
+        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got[name], want)), name
+        v, starts, counts = want
+        keep = (codes >= 0) & ~np.isnan(values)
+        assert counts.sum() == keep.sum()
+        for g in rng.choice(np.flatnonzero(counts), 20):
+            assert np.array_equal(v[starts[g]:starts[g] + counts[g]], np.sort(values[keep & (codes == g)]))
