@@ -286,3 +286,14 @@ def test_grouped_sorts_on_threads_equal_one_after_the_other():
         assert counts.sum() == keep.sum()
         for g in rng.choice(np.flatnonzero(counts), 20):
             assert np.array_equal(v[starts[g]:starts[g] + counts[g]], np.sort(values[keep & (codes == g)]))
+
+
+def test_status_counts_keep_odd_statuses_from_imported_logs():
+    # A JSON access log may carry any integer as its status: counted as it is, never wrapped.
+    from phasegate import analysis
+    df = _frame(4, 3000)
+    df.loc[:9, "status"] = 99_999
+    df.loc[10:14, "status"] = -5
+    got = analysis.probe_stats(df)
+    assert got == _reference_stats(df, 0.95)
+    assert got["status_counts"]["99999"] == 10 and got["status_counts"]["-5"] == 5

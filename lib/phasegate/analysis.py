@@ -69,7 +69,7 @@ class Rows:
     timeout: np.ndarray
     assertion: np.ndarray
     lat: np.ndarray          # _answered_latency
-    status: np.ndarray       # -1 where no HTTP answer
+    status: np.ndarray       # NO_STATUS where no HTTP answer
     outcome: np.ndarray      # codes into outcome_names
     outcome_names: list
     kinds: np.ndarray        # one bit per mask in KINDS, for tally()
@@ -80,7 +80,7 @@ class Rows:
     def of(cls, df: pd.DataFrame) -> "Rows":
         # Narrow integers: ten million rows of these are live for the whole analysis.
         oc, names = group_codes(df["outcome"]).astype(np.int16), group_names(df["outcome"])
-        status = df["status"].to_numpy(dtype=np.int16, na_value=-1)
+        status = df["status"].to_numpy(dtype=np.int32, na_value=NO_STATUS)
         disabled = (df["error_code"] == "FEATURE_DISABLED").fillna(False).to_numpy(dtype=bool)
 
         def outcome_in(values) -> np.ndarray:
@@ -104,6 +104,21 @@ class Rows:
         return {"n": t.sum(axis=1), **{name: t[:, (bits >> i & 1) == 1].sum(axis=1) for i, name in enumerate(self.KINDS)}}
 
 
+NO_STATUS = np.iinfo(np.int32).min
+
+
+def _status_codes(status: np.ndarray) -> tuple[list, np.ndarray]:
+    """(the statuses, ascending, with None first for "no answer"; each row's index into them)."""
+    answered = status != NO_STATUS
+    seen = status[answered]
+    lo, hi = (int(seen.min()), int(seen.max())) if len(seen) else (0, -1)
+    if 0 <= lo and hi < 1000:  # HTTP's three digits: index by value, no sort
+        return [None, *range(hi + 1)], np.where(answered, status + 1, 0)
+    # Odd values from imported logs: compact them (NO_STATUS is the smallest int32, so it sorts first).
+    values, codes = np.unique(status, return_inverse=True)
+    return [None if v == NO_STATUS else int(v) for v in values], codes.reshape(-1)
+
+
 def _answered_latency(df: pd.DataFrame) -> np.ndarray:
     """latency_ms where an HTTP answer came back, NaN elsewhere (a timeout has no latency to rank)."""
     return df["latency_ms"].where(df["status"].notna()).to_numpy(dtype=float, na_value=np.nan)
@@ -121,9 +136,9 @@ def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence
     sort (`grouped`: sorted_groups' result, if at hand)."""
     t = rows.tally(codes, n_groups)
     n, errors, five, disabled, assertion = t["n"], t["bad"], t["five"], t["disabled"], t["assertion"]
-    # Shifted by one so "no status" (-1) counts in a column of its own, then dropped: no compaction.
-    width = int(rows.status.max(initial=-1)) + 2
-    by_status = np.bincount(codes * width + rows.status + 1, minlength=n_groups * width).reshape(n_groups, width)[:, 1:]
+    statuses, scode = _status_codes(rows.status)
+    width = len(statuses)
+    by_status = np.bincount(codes * width + scode, minlength=n_groups * width).reshape(n_groups, width)
     k = len(rows.outcome_names) + 1
     by_outcome = np.bincount(codes * k + rows.outcome + 1, minlength=n_groups * k).reshape(n_groups, k)[:, 1:]
     v, starts, counts = grouped or sorted_groups(codes, rows.lat, n_groups)
@@ -134,7 +149,7 @@ def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence
         up = quantile_upper_rank(len(lat), 0.99, confidence)
         out.append({
             "samples": int(n[i]),
-            "status_counts": {str(s): int(c) for s, c in enumerate(by_status[i]) if c},
+            "status_counts": {str(s): int(c) for s, c in zip(statuses, by_status[i]) if c and s is not None},
             "outcome_counts": {name: int(by_outcome[i, j]) for j, name in sorted(enumerate(rows.outcome_names),
                                                                                  key=lambda x: x[1]) if by_outcome[i, j]},
             "errors": int(errors[i]),
@@ -214,10 +229,10 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     evid = read_samples(data_dir, window.start, observed_end, nonnull="evidence", categorical=True,
                         columns=["probe", "status", "outcome", "error_code", "evidence"]).sort_values("ts", kind="stable")
     conf = profile.criteria.confidence
-    # No thread pool here: it bought ~1 s at 10 M samples, but the first use of a lazily imported
-    # module from two threads at once can fail ("partially initialized module"), which we saw
-    # happen to the report's own imports; a go/no-go must not fail one run in twenty.
     rows = Rows.of(df)
+    # Only the grouped sorts run on threads (pure numpy). A pool over the other parts made 10 M
+    # samples ~3 s faster, but two threads importing a module for the first time can fail
+    # ("partially initialized module"): it failed 2 of 8 reports when tried on the exporters' imports.
     tl_key, tl_n, _ = timeline_keys(df, bucket_s)
     groupings = {"overall": (np.zeros(len(df), np.int64), 1), "timeline": (tl_key, tl_n),
                  "probe": (group_codes(df["probe"]).astype(np.int64), len(group_names(df["probe"])))}

@@ -549,6 +549,7 @@ def _int_dtype():
 
 
 def _scan(files, schema, fmt, cols, flt, only_time: bool, start_us, end_us) -> pa.Table:
+    """The rows of `files` that `flt` keeps; with `only_time`, [start_us, end_us) cut as cheaply as the data allows."""
     d = ds.dataset(files, schema=schema, format=fmt)
     if not only_time:
         return d.to_table(columns=cols, filter=flt)
