@@ -73,6 +73,8 @@ class Rows:
     outcome: np.ndarray      # codes into outcome_names
     outcome_names: list
     kinds: np.ndarray        # one bit per mask in KINDS, for tally()
+    probe: np.ndarray        # int64 codes into probe_names (every grouping needs them)
+    probe_names: list
 
     KINDS = ("bad", "five", "disabled", "assertion", "timeout")
 
@@ -91,12 +93,13 @@ class Rows:
         kinds = np.zeros(len(df), np.uint8)
         for bit, name in enumerate(cls.KINDS):
             kinds |= masks[name].astype(np.uint8) << bit
-        return cls(**masks, lat=_answered_latency(df), status=status, outcome=oc, outcome_names=names, kinds=kinds)
+        return cls(**masks, lat=_answered_latency(df), status=status, outcome=oc, outcome_names=names, kinds=kinds,
+                   probe=group_codes(df["probe"]).astype(np.int64), probe_names=group_names(df["probe"]))
 
     def tally(self, codes: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
         """Rows ("n") and rows of each kind per group code, codes < 0 not counted: one bincount
         over code*32 + the kind bits instead of one pass per kind."""
-        key = codes.astype(np.int64) * 32 + self.kinds
+        key = codes.astype(np.int64, copy=False) * 32 + self.kinds
         if (codes < 0).any():
             key = key[codes >= 0]
         t = np.bincount(key, minlength=32 * n_groups).reshape(n_groups, 32)
@@ -171,7 +174,7 @@ def probe_stats(df: pd.DataFrame, confidence: float = 0.95) -> dict:
 
 
 def _by_probe(df: pd.DataFrame, rows: Rows, confidence: float, grouped=None) -> dict:
-    codes, names = group_codes(df["probe"]).astype(np.int64), group_names(df["probe"])
+    codes, names = rows.probe, rows.probe_names
     stats = grouped_probe_stats(rows, codes, len(names), confidence, grouped)
     return {name: st for name, st in sorted(zip(names, stats)) if st["samples"]}
 
@@ -233,9 +236,9 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     # Only the grouped sorts run on threads (pure numpy). A pool over the other parts made 10 M
     # samples ~3 s faster, but two threads importing a module for the first time can fail
     # ("partially initialized module"): it failed 2 of 8 reports when tried on the exporters' imports.
-    tl_key, tl_n, _ = timeline_keys(df, bucket_s)
-    groupings = {"overall": (np.zeros(len(df), np.int64), 1), "timeline": (tl_key, tl_n),
-                 "probe": (group_codes(df["probe"]).astype(np.int64), len(group_names(df["probe"])))}
+    tl_keys = timeline_keys(df, rows, bucket_s)
+    groupings = {"overall": (np.zeros(len(df), np.int64), 1), "timeline": tl_keys[:2],
+                 "probe": (rows.probe, len(rows.probe_names))}
     if df["tenant"].notna().any():
         groupings["tenant"] = (group_codes(df["tenant"]).astype(np.int64), len(group_names(df["tenant"])))
     grouped = sorted_groups_many(rows.lat, groupings)
@@ -255,7 +258,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
             "overall": probe_stats(traffic_df, conf),
             "routes": {r: probe_stats(g, conf) for r, g in traffic_df.groupby("probe", sort=True, observed=True)},
         },
-        timeline=timeline(df, rows, bucket_s, grouped["timeline"]), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
+        timeline=timeline(df, rows, bucket_s, grouped["timeline"], tl_keys), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
         traffic_samples=pd.concat([traffic_df, prom_df]) if len(traffic_df) or len(prom_df) else None,
     )
 
@@ -272,13 +275,13 @@ def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95, grouped
     m = len(names)
     t = rows.tally(codes, m)
     n, errors, five, fdc, timeouts = t["n"], t["bad"], t["five"], t["disabled"], t["timeout"]
-    pct = grouped_percentiles(codes.astype(np.int64), rows.lat, m, (0.5, 0.95, 0.99), grouped)
+    pct = grouped_percentiles(codes.astype(np.int64) if grouped is None else codes, rows.lat, m, (0.5, 0.95, 0.99), grouped)
     # The probe with most errors, per tenant: where to look first.
-    probe_codes = group_codes(df["probe"])[keep].astype(np.int64)
+    probe_codes = rows.probe[keep]
     n_probes = int(probe_codes.max(initial=-1)) + 1
     err_k = rows.bad[keep]
     by_pair = group_count(codes_k * max(n_probes, 1) + probe_codes, m * max(n_probes, 1), err_k).reshape(m, max(n_probes, 1))
-    probe_names = group_names(df["probe"])
+    probe_names = rows.probe_names
     rows = []
     for i, name in enumerate(names):
         if not n[i]:
@@ -338,20 +341,19 @@ def _quality(df: pd.DataFrame, hourly: pd.DataFrame, rows: Rows) -> dict:
     full = hourly[hourly["expected"] >= 1]
     thin = full[full["actual"] < 0.5 * full["expected"]].groupby("probe").size()
     # Transitions within each (probe, tenant) series, counted without a Python loop per series.
-    probe_codes = group_codes(df["probe"])
+    probe_codes, probe_names = rows.probe, rows.probe_names
     tenant_codes = group_codes(df["tenant"])
     per_probe = int(tenant_codes.max(initial=0)) + 2
-    series = probe_codes.astype(np.int64) * per_probe + tenant_codes + 1
+    series = probe_codes * per_probe + tenant_codes + 1
     if series.max(initial=0) <= 32767:
         series = series.astype(np.int16)  # a radix sort (numpy's stable sort of 16-bit integers)
     order = np.argsort(series, kind="stable")  # df is in time order already; stable keeps it per series
     g, bad = series[order], rows.bad[order]
     flip = np.concatenate([[False], (bad[1:] != bad[:-1]) & (g[1:] == g[:-1])])
-    probe_names = group_names(df["probe"])
     n_probes = len(probe_names)
     flips = group_count(g.astype(np.int64) // per_probe, n_probes, flip)
-    fails = group_count(probe_codes.astype(np.int64), n_probes, rows.bad)
-    present = group_count(probe_codes.astype(np.int64), n_probes)
+    t = rows.tally(probe_codes, n_probes)
+    fails, present = t["bad"], t["n"]
     out = {}
     for code, name in enumerate(probe_names):
         if not present[code]:
@@ -525,7 +527,7 @@ def _coverage(profile: Profile, df: pd.DataFrame, start: datetime, end: datetime
     ratio = min(1.0, len(df) / total_e) if total_e else None
     # Collector down: no attempts at all. Slack of two of the longest intervals tolerates jitter.
     slack = 2.0 / min(rate.values()) if rate else 0
-    ts = df["ts"].astype("int64").to_numpy() / 1e6
+    ts = epoch_us(df["ts"]) / 1e6
     edges = np.concatenate([[start.timestamp()], ts, [end.timestamp()]])
     gaps = np.diff(edges)
     i = int(np.argmax(gaps)) if len(gaps) else 0
@@ -551,22 +553,22 @@ def _coverage(profile: Profile, df: pd.DataFrame, start: datetime, end: datetime
     }
 
 
-def timeline_keys(df: pd.DataFrame, bucket_s: float = 300.0):
+def timeline_keys(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0):
     """(key, number of keys, (first bucket, probes, step in us)): one integer per (bucket, probe)."""
     step = int(bucket_s * 1e6)
     b = epoch_us(df["ts"]) // step
     b0 = int(b.min()) if len(b) else 0
-    pcodes = group_codes(df["probe"]).astype(np.int64)
+    pcodes = rows.probe
     n_probes = int(pcodes.max(initial=0)) + 1
     key = (b - b0) * n_probes + pcodes
     return key, int(key.max(initial=0)) + 1, (b0, n_probes, step)
 
 
-def timeline(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0, grouped=None) -> pd.DataFrame:
+def timeline(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0, grouped=None, keys=None) -> pd.DataFrame:
     """Per bucket and probe: samples, errors, 5xx, latency p50/p95/p99 (ms); only pairs with samples."""
     if df.empty:
         return pd.DataFrame()
-    key, n_keys, (b0, n_probes, step) = timeline_keys(df, bucket_s)
+    key, n_keys, (b0, n_probes, step) = keys or timeline_keys(df, rows, bucket_s)
     t = rows.tally(key, n_keys)
     samples, errors, fives = t["n"], t["bad"], t["five"]
     pct = grouped_percentiles(key, rows.lat, n_keys, (0.50, 0.95, 0.99), grouped)
@@ -586,7 +588,7 @@ def coverage_hourly(profile: Profile, df: pd.DataFrame, start: datetime, end: da
     hours = pd.date_range(pd.Timestamp(start).floor("h"), pd.Timestamp(end), freq="h")
     # Counted on integer (hour, probe) keys: a groupby on 10 M timestamps costs more than the rest.
     hour_us, h0 = 3_600_000_000, hours[0].value // 1000
-    pcodes, pnames = group_codes(df["probe"]).astype(np.int64), group_names(df["probe"])
+    pcodes, pnames = rows.probe, rows.probe_names
     n_p = max(len(pnames), 1)
     key = (epoch_us(df["ts"]) - h0) // hour_us * n_p + pcodes
     t = rows.tally(key, len(hours) * n_p)

@@ -26,8 +26,12 @@ def group_names(col: pd.Series) -> list:
 
 
 def epoch_us(ts: pd.Series) -> np.ndarray:
-    """UTC microseconds since the epoch, without a Timestamp object per row."""
-    return ts.dt.as_unit("us").astype("int64").to_numpy()
+    """UTC microseconds since the epoch, without a Timestamp object per row: a read-only view of
+    the column when it is stored in microseconds (as the store reads it), else a converted copy."""
+    arr = ts.array
+    if getattr(arr, "unit", None) != "us":
+        arr = ts.dt.as_unit("us").array
+    return arr.asi8
 
 
 def group_count(codes: np.ndarray, n_groups: int, mask: np.ndarray | None = None) -> np.ndarray:
