@@ -17,11 +17,12 @@ import pandas as pd
 
 from .errors import DataError
 from .groups import (epoch_us, group_codes, group_count, group_extreme, group_names, grouped_percentiles,
-                     sorted_groups, sorted_groups_many)
+                     sorted_groups_many)
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
-from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_interval, quantile_upper_rank, rate_upper
+from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, rate_upper
 from .store import read_samples, sha256
+from .tally import Rows, grouped_probe_stats, latencies, probe_stats, round_ms
 from .window import Window, iso, utcnow
 
 COLUMNS = ["source", "count", "probe", "tenant", "status", "outcome", "error_code", "latency_ms", "health_status",
@@ -59,132 +60,10 @@ class Analysis:
         return max(0.0, (self.observed_end - self.window.start).total_seconds())
 
 
-@dataclass(frozen=True)
-class Rows:
-    """Per-row facts that every grouping (overall, probe, tenant, timeline bucket) counts:
-    computed once per window, then tallied by integer group codes."""
-    bad: np.ndarray          # an error outcome
-    five: np.ndarray         # 5xx other than FEATURE_DISABLED (those are judged by their own criterion)
-    disabled: np.ndarray     # FEATURE_DISABLED
-    timeout: np.ndarray
-    assertion: np.ndarray
-    lat: np.ndarray          # _answered_latency
-    status: np.ndarray       # NO_STATUS where no HTTP answer
-    outcome: np.ndarray      # codes into outcome_names
-    outcome_names: list
-    kinds: np.ndarray        # one bit per mask in KINDS, for tally()
-    probe: np.ndarray        # int64 codes into probe_names (every grouping needs them)
-    probe_names: list
-
-    KINDS = ("bad", "five", "disabled", "assertion", "timeout")
-
-    @classmethod
-    def of(cls, df: pd.DataFrame) -> "Rows":
-        # Narrow integers: ten million rows of these are live for the whole analysis.
-        oc, names = group_codes(df["outcome"]).astype(np.int16), group_names(df["outcome"])
-        status = df["status"].to_numpy(dtype=np.int32, na_value=NO_STATUS)
-        disabled = (df["error_code"] == "FEATURE_DISABLED").fillna(False).to_numpy(dtype=bool)
-
-        def outcome_in(values) -> np.ndarray:
-            return np.array([n in values for n in names] + [False])[oc]  # code -1 (missing) picks the False
-
-        masks = {"bad": outcome_in(ERROR_OUTCOMES), "five": (status >= 500) & (status <= 599) & ~disabled,
-                 "disabled": disabled, "assertion": outcome_in({"assertion_failed"}), "timeout": outcome_in({"timeout"})}
-        kinds = np.zeros(len(df), np.uint8)
-        for bit, name in enumerate(cls.KINDS):
-            kinds |= masks[name].astype(np.uint8) << bit
-        return cls(**masks, lat=_answered_latency(df), status=status, outcome=oc, outcome_names=names, kinds=kinds,
-                   probe=group_codes(df["probe"]).astype(np.int64), probe_names=group_names(df["probe"]))
-
-    def tally(self, codes: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
-        """Rows ("n") and rows of each kind per group code, codes < 0 not counted: one bincount
-        over code*32 + the kind bits instead of one pass per kind."""
-        key = codes.astype(np.int64, copy=False) * 32 + self.kinds
-        if (codes < 0).any():
-            key = key[codes >= 0]
-        t = np.bincount(key, minlength=32 * n_groups).reshape(n_groups, 32)
-        bits = np.arange(32)
-        return {"n": t.sum(axis=1), **{name: t[:, (bits >> i & 1) == 1].sum(axis=1) for i, name in enumerate(self.KINDS)}}
-
-
-NO_STATUS = np.iinfo(np.int32).min
-
-
-def _status_codes(status: np.ndarray) -> tuple[list, np.ndarray]:
-    """(the statuses, ascending, with None first for "no answer"; each row's index into them)."""
-    answered = status != NO_STATUS
-    seen = status[answered]
-    lo, hi = (int(seen.min()), int(seen.max())) if len(seen) else (0, -1)
-    if 0 <= lo and hi < 1000:  # HTTP's three digits: index by value, no sort
-        return [None, *range(hi + 1)], np.where(answered, status + 1, 0)
-    # Odd values from imported logs: compact them (NO_STATUS is the smallest int32, so it sorts first).
-    values, codes = np.unique(status, return_inverse=True)
-    return [None if v == NO_STATUS else int(v) for v in values], codes.reshape(-1)
-
-
-def _answered_latency(df: pd.DataFrame) -> np.ndarray:
-    """latency_ms where an HTTP answer came back, NaN elsewhere (a timeout has no latency to rank)."""
-    return df["latency_ms"].where(df["status"].notna()).to_numpy(dtype=float, na_value=np.nan)
-
-
-def _latencies(df: pd.DataFrame) -> np.ndarray:
-    """The answered latencies alone."""
-    lat = _answered_latency(df)
-    return lat[~np.isnan(lat)]
-
-
-def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence: float = 0.95,
-                        grouped=None) -> list[dict]:
-    """`probe_stats` of every group code at once: counts by bincount, latencies from one grouped
-    sort (`grouped`: sorted_groups' result, if at hand)."""
-    t = rows.tally(codes, n_groups)
-    n, errors, five, disabled, assertion = t["n"], t["bad"], t["five"], t["disabled"], t["assertion"]
-    statuses, scode = _status_codes(rows.status)
-    width = len(statuses)
-    by_status = np.bincount(codes * width + scode, minlength=n_groups * width).reshape(n_groups, width)
-    k = len(rows.outcome_names) + 1
-    by_outcome = np.bincount(codes * k + rows.outcome + 1, minlength=n_groups * k).reshape(n_groups, k)[:, 1:]
-    v, starts, counts = grouped or sorted_groups(codes, rows.lat, n_groups)
-    out = []
-    for i in range(n_groups):
-        lat = v[starts[i]:starts[i] + counts[i]]
-        pct = np.percentile(lat, [50, 95, 99]) if len(lat) else [None] * 3
-        up = quantile_upper_rank(len(lat), 0.99, confidence)
-        out.append({
-            "samples": int(n[i]),
-            "status_counts": {str(s): int(c) for s, c in zip(statuses, by_status[i]) if c and s is not None},
-            "outcome_counts": {name: int(by_outcome[i, j]) for j, name in sorted(enumerate(rows.outcome_names),
-                                                                                 key=lambda x: x[1]) if by_outcome[i, j]},
-            "errors": int(errors[i]),
-            "error_rate": float(errors[i] / n[i]) if n[i] else None,
-            "http_5xx": int(five[i]), "feature_disabled": int(disabled[i]), "assertion_failed": int(assertion[i]),
-            "latency_n": int(len(lat)),
-            "p50_ms": _f(pct[0]), "p95_ms": _f(pct[1]), "p99_ms": _f(pct[2]),
-            "max_ms": _f(lat[-1]) if len(lat) else None,
-            **{f"p{q}_ci_ms": _pair(quantile_interval(lat, q / 100, confidence)) for q in (50, 95, 99)},
-            "p99_upper_ms": None if up is None else _f(lat[up - 1]),
-        })
-    return out
-
-
-def probe_stats(df: pd.DataFrame, confidence: float = 0.95) -> dict:
-    """samples, counts by status and outcome, errors, 5xx, FEATURE_DISABLED, latency percentiles
-    with distribution-free confidence intervals (None where n is too small for one)."""
-    return grouped_probe_stats(Rows.of(df), np.zeros(len(df), np.int64), 1, confidence)[0]
-
-
 def _by_probe(df: pd.DataFrame, rows: Rows, confidence: float, grouped=None) -> dict:
     codes, names = rows.probe, rows.probe_names
     stats = grouped_probe_stats(rows, codes, len(names), confidence, grouped)
     return {name: st for name, st in sorted(zip(names, stats)) if st["samples"]}
-
-
-def _pair(ci):
-    return None if ci is None else [_f(ci[0]), _f(ci[1])]
-
-
-def _f(x):
-    return None if x is None else round(float(x), 3)
 
 
 def _ts(x) -> str | None:
@@ -291,9 +170,9 @@ def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95, grouped
             "tenant": name, "samples": int(n[i]), "errors": int(errors[i]), "error_rate": float(errors[i] / n[i]),
             "rate_upper": rate_upper(int(errors[i]), int(n[i]), confidence),
             "http_5xx": int(five[i]), "feature_disabled": int(fdc[i]), "timeouts": int(timeouts[i]),
-            "p50_ms": _f(None if np.isnan(pct[i, 0]) else pct[i, 0]),
-            "p95_ms": _f(None if np.isnan(pct[i, 1]) else pct[i, 1]),
-            "p99_ms": _f(None if np.isnan(pct[i, 2]) else pct[i, 2]),
+            "p50_ms": round_ms(None if np.isnan(pct[i, 0]) else pct[i, 0]),
+            "p95_ms": round_ms(None if np.isnan(pct[i, 1]) else pct[i, 1]),
+            "p99_ms": round_ms(None if np.isnan(pct[i, 2]) else pct[i, 2]),
             "worst_probe": None if worst is None else probe_names[worst],
             "worst_probe_errors": None if worst is None else int(by_pair[i, worst]),
         })
@@ -370,7 +249,7 @@ def compare(canary: pd.DataFrame, base: pd.DataFrame) -> dict:
     out = {}
     for probe in sorted(set(canary["probe"]) & set(base["probe"])):
         c, b = canary[canary["probe"] == probe], base[base["probe"] == probe]
-        x, y = _latencies(c), _latencies(b)
+        x, y = latencies(c), latencies(b)
         kc, kb = int(c["outcome"].isin(ERROR_OUTCOMES).sum()), int(b["outcome"].isin(ERROR_OUTCOMES).sum())
         if len(x) < 2 or len(y) < 2:
             continue
@@ -378,8 +257,8 @@ def compare(canary: pd.DataFrame, base: pd.DataFrame) -> dict:
         shift = hodges_lehmann(x, y)
         out[probe] = {
             "n_canary": int(len(c)), "n_base": int(len(b)),
-            "median_canary_ms": _f(np.median(x)), "median_base_ms": _f(np.median(y)),
-            "hl_shift_ms": _f(shift), "rel_shift": round(shift / float(np.median(y)), 4) if np.median(y) else 0.0,
+            "median_canary_ms": round_ms(np.median(x)), "median_base_ms": round_ms(np.median(y)),
+            "hl_shift_ms": round_ms(shift), "rel_shift": round(shift / float(np.median(y)), 4) if np.median(y) else 0.0,
             "p_latency": p_lat, "p99_ratio": round(float(np.percentile(x, 99) / np.percentile(y, 99)), 4),
             "err_canary": kc / len(c), "err_base": kb / len(b), "p_errors": fisher_greater(kc, len(c), kb, len(b)),
         }
