@@ -118,8 +118,8 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     tl_keys = timeline_keys(df, rows, bucket_s)
     groupings = {"overall": (np.zeros(len(df), np.int64), 1), "timeline": tl_keys[:2],
                  "probe": (rows.probe, len(rows.probe_names))}
-    if df["tenant"].notna().any():
-        groupings["tenant"] = (group_codes(df["tenant"]).astype(np.int64), len(group_names(df["tenant"])))
+    if (rows.tenant >= 0).any():
+        groupings["tenant"] = (rows.tenant, len(rows.tenant_names))
     grouped = sorted_groups_many(rows.lat, groupings)
     hourly = coverage_hourly(profile, df, window.start, observed_end, rows)
     base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
@@ -145,16 +145,15 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
 def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95, grouped=None) -> dict | None:
     """Every probe statistic per tenant, worst first (error rate, then 5xx, then p99), or None
     when no sample carries a tenant. Grouped on integer codes: a 500-yacht fleet is one pass."""
-    if df.empty or df["tenant"].isna().all():
+    if not (rows.tenant >= 0).any():
         return None
-    codes = group_codes(df["tenant"])
-    names = group_names(df["tenant"])
+    codes, names = rows.tenant, rows.tenant_names
     keep = codes >= 0
-    codes_k = codes[keep].astype(np.int64)  # categorical codes are int8 for a small fleet: widen before arithmetic
+    codes_k = codes[keep]
     m = len(names)
     t = rows.tally(codes, m)
     n, errors, five, fdc, timeouts = t["n"], t["bad"], t["five"], t["disabled"], t["timeout"]
-    pct = grouped_percentiles(codes.astype(np.int64) if grouped is None else codes, rows.lat, m, (0.5, 0.95, 0.99), grouped)
+    pct = grouped_percentiles(codes, rows.lat, m, (0.5, 0.95, 0.99), grouped)
     # The probe with most errors, per tenant: where to look first.
     probe_codes = rows.probe[keep]
     n_probes = int(probe_codes.max(initial=-1)) + 1
@@ -221,7 +220,7 @@ def _quality(df: pd.DataFrame, hourly: pd.DataFrame, rows: Rows) -> dict:
     thin = full[full["actual"] < 0.5 * full["expected"]].groupby("probe").size()
     # Transitions within each (probe, tenant) series, counted without a Python loop per series.
     probe_codes, probe_names = rows.probe, rows.probe_names
-    tenant_codes = group_codes(df["tenant"])
+    tenant_codes = rows.tenant
     per_probe = int(tenant_codes.max(initial=0)) + 2
     series = probe_codes * per_probe + tenant_codes + 1
     if series.max(initial=0) <= 32767:
@@ -286,17 +285,12 @@ def _flags(df: pd.DataFrame) -> dict:
     # Flag JSON repeats: decode each distinct value once, count on integer codes, and walk only
     # the rows where the value changes. A flag the answer did not carry (an error body) is not
     # observed: it is neither on nor off.
-    col = df["flags"]
-    names = group_names(col)
-    all_codes = group_codes(col)
-    seen = all_codes >= 0
-    codes = all_codes[seen].astype(np.int64)
+    names, codes, us = _set_rows(df, "flags")
     counts = np.bincount(codes, minlength=len(names))
     decoded = {i: {k: v for k, v in json.loads(names[i]).items() if v is not None} for i in np.flatnonzero(counts)}
     observed = np.array([bool(decoded.get(i)) for i in range(len(names))], dtype=bool)
     keep = observed[codes] if len(codes) else np.zeros(0, bool)
-    codes = codes[keep]
-    us = epoch_us(df["ts"])[seen][keep]
+    codes, us = codes[keep], us[keep]
     off: dict[str, int] = {}
     off_obs = 0
     for i, values in decoded.items():
@@ -320,14 +314,16 @@ def _flags(df: pd.DataFrame) -> dict:
 _UNSET = object()
 
 
+def _set_rows(df: pd.DataFrame, column: str):
+    """(the column's values, the int64 code and the epoch microseconds of each row where it is set)."""
+    all_codes = group_codes(df[column])
+    seen = all_codes >= 0
+    return group_names(df[column]), all_codes[seen].astype(np.int64), epoch_us(df["ts"])[seen]
+
+
 def _deployments(df: pd.DataFrame) -> dict:
     # On integer codes and int64 microseconds: no per-id DataFrame, no string comparisons.
-    col = df["deployment_id"]
-    names = group_names(col)
-    all_codes = group_codes(col)
-    seen = all_codes >= 0
-    codes = all_codes[seen].astype(np.int64)
-    us = epoch_us(df["ts"])[seen]
+    names, codes, us = _set_rows(df, "deployment_id")
     n = np.bincount(codes, minlength=len(names))
     first = np.full(len(names), np.iinfo(np.int64).max)
     last = np.full(len(names), np.iinfo(np.int64).min)
@@ -452,7 +448,7 @@ def timeline(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0, grouped=None
     samples, errors, fives = t["n"], t["bad"], t["five"]
     pct = grouped_percentiles(key, rows.lat, n_keys, (0.50, 0.95, 0.99), grouped)
     k = np.flatnonzero(samples)
-    names = np.asarray(group_names(df["probe"]), dtype=object)
+    names = np.asarray(rows.probe_names, dtype=object)
     return pd.DataFrame({
         "bucket": pd.to_datetime((k // n_probes + b0) * step, unit="us", utc=True),
         "probe": names[k % n_probes],

@@ -33,6 +33,8 @@ class Rows:
     kinds: np.ndarray        # one bit per mask in KINDS, for tally()
     probe: np.ndarray        # int64 codes into probe_names (every grouping needs them)
     probe_names: list
+    tenant: np.ndarray       # int64 codes into tenant_names, -1 where a sample has no tenant
+    tenant_names: list
 
     KINDS = ("bad", "five", "disabled", "assertion", "timeout")
 
@@ -52,7 +54,9 @@ class Rows:
         for bit, name in enumerate(cls.KINDS):
             kinds |= masks[name].astype(np.uint8) << bit
         return cls(**masks, lat=answered_latency(df), status=status, outcome=oc, outcome_names=names, kinds=kinds,
-                   probe=group_codes(df["probe"]).astype(np.int64), probe_names=group_names(df["probe"]))
+                   probe=group_codes(df["probe"]).astype(np.int64), probe_names=group_names(df["probe"]),
+                   tenant=group_codes(df["tenant"]).astype(np.int64) if "tenant" in df else np.full(len(df), -1),
+                   tenant_names=group_names(df["tenant"]) if "tenant" in df else [])
 
     def tally(self, codes: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
         """Rows ("n") and rows of each kind per group code, codes < 0 not counted: one bincount
