@@ -261,6 +261,11 @@ def test_grouped_statistics_equal_the_per_group_computation(seed):
         assert (row["samples"], row["errors"], row["http_5xx"], row["feature_disabled"]) == \
             (want["samples"], want["errors"], want["http_5xx"], want["feature_disabled"])
         assert (row["p50_ms"], row["p95_ms"], row["p99_ms"]) == (want["p50_ms"], want["p95_ms"], want["p99_ms"])
+        from phasegate.probe import ERROR_OUTCOMES
+        g = df[(df["tenant"] == row["tenant"]) & df["outcome"].isin(ERROR_OUTCOMES)]
+        per_probe = g.groupby("probe", observed=False).size()  # in category order: ties go to the first
+        assert (row["worst_probe"], row["worst_probe_errors"]) == \
+            ((per_probe.idxmax(), int(per_probe.max())) if len(g) else (None, None))
     tl = analysis.timeline(df, rows, 1800.0)
     for (bucket, probe), g in df.groupby([df["ts"].dt.floor("30min"), "probe"], observed=True):
         got = tl[(tl["bucket"] == bucket) & (tl["probe"] == probe)].iloc[0]
@@ -297,3 +302,45 @@ def test_status_counts_keep_odd_statuses_from_imported_logs():
     got = analysis.probe_stats(df)
     assert got == _reference_stats(df, 0.95)
     assert got["status_counts"]["99999"] == 10 and got["status_counts"]["-5"] == 5
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_coverage_gaps_equal_the_obvious_computation(seed):
+    # Gaps are found in integer microseconds without copying the timestamps; each figure must
+    # equal the plain float computation over [start, every sample, end].
+    import pandas as pd
+    from datetime import datetime, timezone
+    from phasegate import analysis
+    df = _frame(seed)
+    rng = np.random.default_rng(seed)
+    hole = rng.integers(100, len(df) - 100)
+    df = df.drop(index=range(hole, hole + 80)).reset_index(drop=True)  # a real outage inside
+    df.loc[10:60, "outcome"] = "timeout"  # a failing stretch
+    profile = load_profile(SIM_PROFILE)
+    start = datetime(2025, 12, 31, 23, 50, tzinfo=timezone.utc)  # the head gap is ten minutes and more
+    end = datetime(2026, 1, 1, 6, 7, tzinfo=timezone.utc) + timedelta(minutes=30 * (seed == 3))  # the tail's turn
+    got = analysis._coverage(profile, df, start, end, analysis.Rows.of(df))
+    ts = df["ts"].dt.as_unit("us").astype("int64").to_numpy() / 1e6
+    edges = np.concatenate([[start.timestamp()], ts, [end.timestamp()]])
+    gaps = np.diff(edges)
+    i = int(np.argmax(gaps))
+    slack = 2.0 / min(analysis._expected(profile).values())
+    assert got["longest_gap_s"] == round(float(gaps[i]), 3)
+    assert got["longest_gap_start"] == pd.Timestamp(edges[i], unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert got["longest_gap_end"] == pd.Timestamp(edges[i + 1], unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert got["collector_down_s"] == pytest.approx(round(float(np.clip(gaps - slack, 0, None).sum()), 3), abs=0.0011)
+    from phasegate.probe import ERROR_OUTCOMES
+    bad = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()
+    best, run_start = 0.0, None
+    for t, b in zip(ts, bad):
+        if b and run_start is None:
+            run_start = t
+        if b:
+            best = max(best, t - run_start)
+        else:
+            run_start = None
+    assert got["longest_failing_s"] == pytest.approx(round(best, 3), abs=0.0011)
+    assert best > 0
+    for name, p in got["per_probe"].items():
+        assert p["actual"] == int((df["probe"] == name).sum())
+    assert got["actual"] == len(df)

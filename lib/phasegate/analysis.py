@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .groups import (epoch_us, group_codes, group_count, group_extreme, group_names, grouped_percentiles,
+from .groups import (epoch_us, group_codes, group_extreme, group_names, grouped_percentiles,
                      sorted_groups_many)
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
@@ -148,17 +148,14 @@ def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95, grouped
     if not (rows.tenant >= 0).any():
         return None
     codes, names = rows.tenant, rows.tenant_names
-    keep = codes >= 0
-    codes_k = codes[keep]
     m = len(names)
     t = rows.tally(codes, m)
     n, errors, five, fdc, timeouts = t["n"], t["bad"], t["five"], t["disabled"], t["timeout"]
     pct = grouped_percentiles(codes, rows.lat, m, (0.5, 0.95, 0.99), grouped)
-    # The probe with most errors, per tenant: where to look first.
-    probe_codes = rows.probe[keep]
-    n_probes = int(probe_codes.max(initial=-1)) + 1
-    err_k = rows.bad[keep]
-    by_pair = group_count(codes_k * max(n_probes, 1) + probe_codes, m * max(n_probes, 1), err_k).reshape(m, max(n_probes, 1))
+    # The probe with most errors, per tenant: where to look first (counted on the error rows alone).
+    n_probes = max(len(rows.probe_names), 1)
+    at = np.flatnonzero(rows.bad & (codes >= 0))
+    by_pair = np.bincount(codes[at] * n_probes + rows.probe[at], minlength=m * n_probes).reshape(m, n_probes)
     probe_names = rows.probe_names
     rows = []
     for i, name in enumerate(names):
@@ -176,7 +173,7 @@ def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95, grouped
             "worst_probe_errors": None if worst is None else int(by_pair[i, worst]),
         })
     rows.sort(key=lambda r: (-r["error_rate"], -r["http_5xx"], -(r["p99_ms"] or 0.0), r["tenant"]))
-    untagged = int((~keep).sum())
+    untagged = int((codes < 0).sum())
     return {"count": len(rows), "untagged_samples": untagged, "rows": rows}
 
 
@@ -227,9 +224,10 @@ def _quality(df: pd.DataFrame, hourly: pd.DataFrame, rows: Rows) -> dict:
         series = series.astype(np.int16)  # a radix sort (numpy's stable sort of 16-bit integers)
     order = np.argsort(series, kind="stable")  # df is in time order already; stable keeps it per series
     g, bad = series[order], rows.bad[order]
-    flip = np.concatenate([[False], (bad[1:] != bad[:-1]) & (g[1:] == g[:-1])])
+    # Transitions are few: count them by probe at their positions, not over every row.
+    at = np.flatnonzero((bad[1:] != bad[:-1]) & (g[1:] == g[:-1])) + 1
     n_probes = len(probe_names)
-    flips = group_count(g.astype(np.int64) // per_probe, n_probes, flip)
+    flips = np.bincount(g[at].astype(np.int64) // per_probe, minlength=n_probes)
     t = rows.tally(probe_codes, n_probes)
     fails, present = t["bad"], t["n"]
     out = {}
@@ -368,6 +366,10 @@ def _platform(p: pd.DataFrame) -> dict:
     }
 
 
+def _epoch_us(t: datetime) -> int:
+    return pd.Timestamp(t).value // 1000  # .value is nanoseconds whatever the unit
+
+
 def _us(t) -> str:
     return _ts(pd.Timestamp(int(t), unit="us", tz="UTC"))
 
@@ -395,32 +397,42 @@ def _coverage(profile: Profile, df: pd.DataFrame, start: datetime, end: datetime
     span = (end - start).total_seconds()
     rate = _expected(profile)
     expected = {p: r * span for p, r in rate.items()}
-    actual = df["probe"].value_counts().to_dict()
+    counts = np.bincount(rows.probe[rows.probe >= 0], minlength=len(rows.probe_names))
+    actual = {p: int(c) for p, c in zip(rows.probe_names, counts)}
     per_probe = {p: {"expected": round(e, 1), "actual": int(actual.get(p, 0)),
                      "ratio": round(min(1.0, actual.get(p, 0) / e), 4) if e else None} for p, e in expected.items()}
     total_e = sum(expected.values())
     ratio = min(1.0, len(df) / total_e) if total_e else None
     # Collector down: no attempts at all. Slack of two of the longest intervals tolerates jitter.
     slack = 2.0 / min(rate.values()) if rate else 0
-    ts = epoch_us(df["ts"]) / 1e6
-    edges = np.concatenate([[start.timestamp()], ts, [end.timestamp()]])
-    gaps = np.diff(edges)
-    i = int(np.argmax(gaps)) if len(gaps) else 0
-    longest = float(gaps[i]) if len(gaps) else 0.0
-    down_s = float(np.clip(gaps - slack, 0, None).sum())
+    # In integer microseconds, gaps inside the data apart from the two at the window's edges:
+    # float seconds and a concatenated copy of 10 M timestamps cost more than the rest.
+    us = epoch_us(df["ts"])
+    s_us, e_us = _epoch_us(start), _epoch_us(end)
+    inner = np.diff(us)
+    edge_gaps = [us[0] - s_us, e_us - us[-1]] if len(us) else [e_us - s_us]
+    j = int(np.argmax(inner)) if len(inner) else -1
+    candidates = [(edge_gaps[0], s_us, us[0] if len(us) else e_us)]
+    if j >= 0:
+        candidates.append((int(inner[j]), int(us[j]), int(us[j + 1])))
+    if len(us):
+        candidates.append((edge_gaps[1], int(us[-1]), e_us))
+    longest_us, gap_from, gap_to = max(candidates, key=lambda c: c[0])  # the first of equal gaps wins
+    slack_us = int(slack * 1e6)
+    over = inner[inner > slack_us]
+    down_us = int(over.sum()) - slack_us * len(over) + sum(max(0, int(g) - slack_us) for g in edge_gaps)
+    longest = longest_us / 1e6
     # Service failing: the longest stretch in which every attempt failed.
-    failing = rows.bad.astype(np.int8)
-    edges_f = np.diff(np.concatenate([[0], failing, [0]]))
+    edges_f = np.diff(rows.bad.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts, ends = np.flatnonzero(edges_f == 1), np.flatnonzero(edges_f == -1) - 1
-    best = float((ts[ends] - ts[starts]).max()) if len(starts) else 0.0
+    best = float((us[ends] - us[starts]).max()) / 1e6 if len(starts) else 0.0
     return {
         "expected": round(total_e, 1), "actual": int(len(df)), "ratio": None if ratio is None else round(ratio, 4),
         "per_probe": per_probe,
         "longest_gap_s": round(longest, 3),
-        "longest_gap_start": iso(datetime.fromtimestamp(edges[i], start.tzinfo)) if len(gaps) else None,
-        "longest_gap_end": iso(datetime.fromtimestamp(edges[i + 1], start.tzinfo)) if len(gaps) else None,
+        "longest_gap_start": _us(gap_from), "longest_gap_end": _us(gap_to),
         "longest_gap_cause": "collector down (no attempts)" if longest > slack else "none",
-        "collector_down_s": round(down_s, 3),
+        "collector_down_s": round(down_us / 1e6, 3),
         "longest_failing_s": round(best, 3),
         "min_coverage": profile.criteria.min_coverage, "max_gap_s": profile.criteria.max_gap_s,
         "sufficient": bool(ratio is not None and ratio >= profile.criteria.min_coverage

@@ -34,14 +34,6 @@ def epoch_us(ts: pd.Series) -> np.ndarray:
     return arr.asi8
 
 
-def group_count(codes: np.ndarray, n_groups: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """Rows per group code (codes >= 0), or rows where `mask` holds: one bincount of code*2+mask,
-    several times faster than bincount's float weights."""
-    if mask is None:
-        return np.bincount(codes, minlength=n_groups)
-    return np.bincount(codes * 2 + mask, minlength=2 * n_groups)[1::2]
-
-
 def sorted_groups(codes: np.ndarray, values: np.ndarray, n_groups: int):
     """(values sorted within each group, each group's start, each group's count); codes < 0 and
     NaN values dropped. One stable radix sort of the small group codes, then numpy's SIMD sort

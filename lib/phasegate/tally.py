@@ -7,7 +7,7 @@ grouped sort (`groups.sorted_groups`), instead of filtering the frame once per g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ class Rows:
     probe_names: list
     tenant: np.ndarray       # int64 codes into tenant_names, -1 where a sample has no tenant
     tenant_names: list
+    # Tallies already made, by the identity of their codes (held here, so the id is not reused):
+    # the probe grouping is counted for the statistics, coverage and flapping alike.
+    _tallies: dict = field(default_factory=dict, compare=False, repr=False)
 
     KINDS = ("bad", "five", "disabled", "assertion", "timeout")
 
@@ -61,12 +64,20 @@ class Rows:
     def tally(self, codes: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
         """Rows ("n") and rows of each kind per group code, codes < 0 not counted: one bincount
         over code*32 + the kind bits instead of one pass per kind."""
-        key = codes.astype(np.int64, copy=False) * 32 + self.kinds
-        if (codes < 0).any():
-            key = key[codes >= 0]
-        t = np.bincount(key, minlength=32 * n_groups).reshape(n_groups, 32)
+        seen = self._tallies.get(id(codes))
+        if seen is not None and seen[0] is codes and seen[1] == n_groups:
+            return seen[2]
+        if n_groups == 1 and not codes.any():  # the overall figures: no key to build
+            t = np.bincount(self.kinds, minlength=32).reshape(1, 32)
+        else:
+            key = codes.astype(np.int64, copy=False) * 32 + self.kinds
+            if (codes < 0).any():
+                key = key[codes >= 0]
+            t = np.bincount(key, minlength=32 * n_groups).reshape(n_groups, 32)
         bits = np.arange(32)
-        return {"n": t.sum(axis=1), **{name: t[:, (bits >> i & 1) == 1].sum(axis=1) for i, name in enumerate(self.KINDS)}}
+        out = {"n": t.sum(axis=1), **{name: t[:, (bits >> i & 1) == 1].sum(axis=1) for i, name in enumerate(self.KINDS)}}
+        self._tallies[id(codes)] = (codes, n_groups, out)
+        return out
 
 
 NO_STATUS = np.iinfo(np.int32).min
