@@ -264,3 +264,36 @@ def test_same_inputs_same_signoff_and_hashes_track_bytes(tmp_path):
     assert c["inputs"]["files"][0]["sha256"] != a["inputs"]["files"][0]["sha256"]
     assert c["inputs"]["files"][1:] == a["inputs"]["files"][1:]
     assert c["verdict"] == a["verdict"] and c["overall"] == a["overall"]
+
+
+FLOOR_NB = {"cells": [{"cell_type": "code", "metadata": {}, "execution_count": 1, "source": "print('hello')",
+                       "outputs": [{"output_type": "stream", "name": "stdout", "text": "hello exporter\n"}]}],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+@pytest.mark.slow
+def test_export_helper_process_writes_both_files_and_says_why_it_failed(tmp_path):
+    # The helper gets ready while the kernel runs; its outcome, good or bad, reaches the caller.
+    from phasegate.errors import ReportError
+    from phasegate.export import Exporter
+    nb = tmp_path / "one.ipynb"
+    nb.write_text(json.dumps(FLOOR_NB))
+    with Exporter() as ex:
+        ex.run(nb, tmp_path / "one.html", tmp_path / "one.pdf")
+    assert "hello exporter" in (tmp_path / "one.html").read_text()
+    assert "hello exporter" in PdfReader(tmp_path / "one.pdf").pages[0].extract_text()
+    # A notebook that is not JSON: the helper's own last error line, as one ReportError line.
+    torn = tmp_path / "torn.ipynb"
+    torn.write_text("{not json")
+    with pytest.raises(ReportError) as err, Exporter() as ex:
+        ex.run(torn, tmp_path / "torn.html", None)
+    assert "export process exited 1" in str(err.value) and "JSON" in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "torn.html").exists()
+    # The PDF cannot be written: WeasyPrint's error comes back as the export's failure.
+    with pytest.raises(ReportError, match=r"^PDF export failed: .*No such file"), Exporter() as ex:
+        ex.run(nb, None, tmp_path / "missing-dir" / "one.pdf")
+    # Left without a request (the notebook failed first): the helper is stopped, not orphaned.
+    with Exporter() as ex:
+        proc = ex._proc
+    assert proc.poll() is not None

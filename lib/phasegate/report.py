@@ -1,24 +1,22 @@
 """`phasegate report`: run the sign-off notebook with papermill, export HTML and PDF.
 
 The executed notebook is the one source of truth: the HTML is nbconvert's export of it
-without code, and the PDF is WeasyPrint's rendering of that same HTML. WeasyPrint is a
-PyPI wheel that uses the system's pango (present on a fresh machine of this kind), so
+without code, and the PDF is WeasyPrint's rendering of that same HTML (`export`). WeasyPrint
+is a PyPI wheel that uses the system's pango (present on a fresh machine of this kind), so
 PDFs need no root step, no browser download and no LaTeX.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
 import shutil
 import tempfile
-from html import escape as html_escape
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError, ProfileError, ReportError, WindowError
+from .export import Exporter
 from .profile import load_profile
 from .redact import redact_text
 from .window import Window, iso, parse_duration, parse_time, utcnow
@@ -26,11 +24,6 @@ from .window import Window, iso, parse_duration, parse_time, utcnow
 EXIT_CODES = {"GO": 0, "NO-GO": 10, "REVIEW": 11, "PENDING": 12, "INCONCLUSIVE": 13}
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "phase_signoff.ipynb"
 FORMATS = ("html", "pdf")
-_EXTERNAL = re.compile(r"<script[^>]+src=\"https?://[^\"]*\"[^>]*>\s*</script>|<link[^>]+href=\"https?://[^\"]*\"[^>]*>", re.I)
-_PRINT_CSS = """<style>
-@page { size: A4; margin: 14mm 12mm; }
-@media print { body { font-size: 10px; } .jp-OutputArea-output img { max-width: 100%; } }
-</style>"""
 # Errors raised inside the notebook that mean bad input, not a crash.
 _INPUT_ERRORS = {cls.__name__: cls for cls in (DataError, ProfileError, WindowError)}
 
@@ -168,14 +161,14 @@ def _stage(folder: Path) -> Path:
 def _render(notebook: Path, stage: Path, stem: str, params: dict, wanted: list) -> dict:
     """Execute the notebook into stage/<stem>.ipynb (it writes <stem>.json), export the wanted
     formats from that executed notebook, and return the JSON document."""
-    _execute(notebook, stage / f"{stem}.ipynb", params)
-    doc = json.loads((stage / f"{stem}.json").read_text())
-    if "html" in wanted or "pdf" in wanted:
-        html = export_html(stage / f"{stem}.ipynb")
-        if "html" in wanted:
-            (stage / f"{stem}.html").write_text(html, encoding="utf-8")
-        if "pdf" in wanted:
-            export_pdf(html, stage / f"{stem}.pdf")
+    if not wanted:
+        _execute(notebook, stage / f"{stem}.ipynb", params)
+        return json.loads((stage / f"{stem}.json").read_text())
+    with Exporter() as exporter:  # imports and warms up on the other core while the kernel runs
+        _execute(notebook, stage / f"{stem}.ipynb", params)
+        doc = json.loads((stage / f"{stem}.json").read_text())
+        exporter.run(stage / f"{stem}.ipynb", stage / f"{stem}.html" if "html" in wanted else None,
+                     stage / f"{stem}.pdf" if "pdf" in wanted else None)
     return doc
 
 
@@ -218,37 +211,6 @@ def _ipc_kernel_manager(socket_dir: str):
             self.ip = str(Path(socket_dir) / "kernel")
 
     return IpcKernelManager
-
-
-def export_html(ipynb: Path) -> str:
-    """Self-contained HTML of the executed notebook, without code cells or prompts."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(ipynb, as_version=4)
-    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True, embed_images=True)
-    exporter.log.setLevel(logging.ERROR)  # its "alt text missing" warning: we put the alt back below
-    body, _ = exporter.from_notebook_node(nb)
-    # The lab template drops each image's alt text (our figure titles); restore it in order.
-    alts = iter([o.get("metadata", {}).get("image/png", {}).get("alt", "figure")
-                 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})])
-    body = re.sub(r'alt="No description has been provided for this image"',
-                  lambda _m: f'alt="{html_escape(next(alts, "figure"))}"', body)
-    # Offline and self-contained: drop CDN scripts (require.js, MathJax) the template links.
-    body = _EXTERNAL.sub("", body)
-    return body.replace("</head>", _PRINT_CSS + "</head>", 1)
-
-
-def export_pdf(html: str, dest: Path) -> None:
-    from weasyprint import HTML
-
-    logging.getLogger("weasyprint").setLevel(logging.ERROR)  # the lab CSS has rules it ignores
-    logging.getLogger("fontTools").setLevel(logging.ERROR)
-    try:
-        HTML(string=html, base_url=str(dest.parent)).write_pdf(str(dest))
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"PDF export failed: {exc}") from None
 
 
 def summarize(doc: dict, files: dict) -> str:
