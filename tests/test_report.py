@@ -225,6 +225,13 @@ def test_report_renders_four_files_and_papermill_agrees(tmp_path):
     assert "signoff.run(" not in html and "display(HTML" not in html  # no code cells
     assert not re.search(r'<(script|img|link|iframe)[^>]+(src|href)="(https?:)?//', html)  # self-contained
     assert "<img" in html and all("src=\"data:image/png;base64," in t for t in html.split("<img")[1:])
+    # The PDF's styles came pre-parsed from the export process: the pages must be exactly those
+    # of WeasyPrint rendering the HTML as it stands.
+    from weasyprint import HTML
+    plain = PdfReader(__import__("io").BytesIO(HTML(string=html, base_url=str(folder)).write_pdf()))
+    ours = PdfReader(folder / "signoff.pdf")
+    assert len(plain.pages) == len(ours.pages) > 1
+    assert [p.get_contents().get_data() for p in plain.pages] == [p.get_contents().get_data() for p in ours.pages]
     # A later run of the same window that fails leaves the earlier report whole.
     empty = tmp_path / "empty"
     empty.mkdir()
