@@ -230,6 +230,12 @@ def test_prometheus_and_nginx_log_both_count_exactly_the_injected_500s(sim, tmp_
     pulled = phasegate("pull-traffic", "--profile", profile, "--data", data, "--start", window_start.isoformat(),
                        "--end", window_end.isoformat())
     assert pulled.returncode == 0, pulled.stderr
+    # A second pull overlapping the first (the hourly job's windows overlap): only the part not
+    # yet pulled is fetched, so nothing is counted twice.
+    again = phasegate("pull-traffic", "--profile", profile, "--data", data,
+                      "--start", (window_start - timedelta(seconds=10)).isoformat(), "--end", window_end.isoformat())
+    assert again.returncode == 0, again.stderr
+    assert "already pulled: not counted again" in again.stderr and again.stdout.startswith("pulled 0 requests")
     doc = signoff.run(profile, data, "p", start=window_start.isoformat(), hours=1).doc
     assert doc["prometheus"]["routes"]["/v1/actions/list"]["http_5xx"] == 7
     assert doc["prometheus"]["routes"]["/v1/actions/list"]["samples"] == 40
@@ -253,6 +259,19 @@ def test_counter_resets_and_increments():
     inc, resets = increments([(1, "0"), (2, "3"), (3, "3"), (4, "5"), (5, "2"), (6, "4")])
     assert inc == [(2.0, 3.0), (4.0, 2.0), (5.0, 2.0), (6.0, 2.0)] and resets == 1
     assert sum(d for _, d in inc) == 9  # 5 before the restart, 4 after
+
+
+@pytest.mark.parametrize("window,covered,want", [
+    ((0, 100), [], [(0, 100)]),
+    ((0, 100), [(0, 100)], []),
+    ((0, 100), [(20, 30), (50, 60)], [(0, 20), (30, 50), (60, 100)]),
+    ((0, 100), [(-50, 10), (90, 200)], [(10, 90)]),
+    ((0, 100), [(10, 40), (30, 70)], [(0, 10), (70, 100)]),  # covered parts that overlap each other
+    ((0, 100), [(100, 200), (-100, 0)], [(0, 100)]),  # touching at a point is not overlapping
+])
+def test_only_the_parts_no_earlier_pull_covered_are_pulled(window, covered, want):
+    from phasegate.prom import uncovered
+    assert uncovered(window, covered) == want
 
 
 def test_pull_traffic_without_prometheus_section_is_bad_input(tmp_path):

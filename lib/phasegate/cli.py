@@ -225,7 +225,7 @@ def pull_traffic_cmd(profile_path, data_dir, start, end, hours):
     """Pull request counts per route and status from the profile's Prometheus (query_range)."""
     from .errors import ProfileError
     from .profile import load_profile
-    from .prom import pull_traffic
+    from .prom import iso_ts, pull_traffic
     from .window import Window
 
     profile = load_profile(profile_path)
@@ -234,6 +234,8 @@ def pull_traffic_cmd(profile_path, data_dir, start, end, hours):
     window = Window.from_args(start, end=end, hours=hours)
     res = pull_traffic(profile.prometheus, data_dir, window)
     click.echo(f"pulled {res.requests:g} requests in {res.rows} increments from {res.series} series into {data_dir}")
+    for lo, hi in res.already:
+        click.echo(f"  {iso_ts(lo)} .. {iso_ts(hi)} already pulled: not counted again", err=True)
     for note in res.notes:
         click.echo(f"  {note}", err=True)
 

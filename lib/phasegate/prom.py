@@ -5,6 +5,10 @@ the raw counter of every series is read with `query_range` (the step chosen from
 under Prometheus' 11,000-point limit) and differenced here: a drop is a counter reset (the
 process restarted) and counts the new value; a series that first appears inside the window is
 counted from 0 and reported, since requests before its first scrape cannot be seen.
+
+Pulls never overlap: each file is named by the interval its increments cover, (start, end], and
+a later pull fetches only the parts of its window that no earlier pull covered. Counter
+increments telescope, so windows that meet at a point count every request exactly once.
 """
 
 from __future__ import annotations
@@ -12,14 +16,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from .errors import DataError
 from .profile import PromSource
 from .window import Window, iso
+
+_LABEL = re.compile(r"^prom-(\d+)-(\d+)\.parquet$")
 
 
 @dataclass
@@ -29,6 +38,7 @@ class PullResult:
     series: int = 0
     resets: int = 0
     notes: list = field(default_factory=list)
+    already: list = field(default_factory=list)  # (start, end) parts of the window pulled before
 
 
 def step_for(window: Window, scrape_s: float = 1.0) -> float:
@@ -70,12 +80,67 @@ def increments(values: list) -> tuple[list, int]:
     return out, resets
 
 
-def pull_traffic(src: PromSource, data_dir, window: Window, name: str = "prometheus") -> PullResult:
+def pull_traffic(src: PromSource, data_dir, window: Window, name: str = "prometheus",
+                 now: float | None = None) -> PullResult:
+    """Pull the parts of `window` (whole seconds, up to now) that no earlier pull into
+    `data_dir` covered."""
+    from datetime import datetime, timezone
+
+    a = math.floor(window.start.timestamp())
+    b = min(math.floor(window.end.timestamp()), math.floor(time.time() if now is None else now))
+    res = PullResult()
+    if b < window.end.timestamp() - 1:
+        res.notes.append(f"the window ends in the future: pulled up to {iso_ts(b)}; pull again later for the rest")
+    covered = pulled_intervals(data_dir)
+    parts = uncovered((a, b), covered)
+    res.already = _overlaps((a, b), covered)
+    for lo, hi in parts:
+        utc = timezone.utc
+        _pull_part(src, data_dir, Window(datetime.fromtimestamp(lo, utc), datetime.fromtimestamp(hi, utc)), name, res)
+    if res.resets:
+        res.notes.append(f"{res.resets} counter reset(s) handled (a drop counts the new value)")
+    return res
+
+
+def pulled_intervals(data_dir) -> list[tuple[int, int]]:
+    """The (start, end] intervals earlier pulls wrote, from their file names."""
+    from .store import list_files
+
+    found = {tuple(map(int, m.groups())) for f in list_files(data_dir) if (m := _LABEL.match(os.path.basename(f)))}
+    return sorted(found)
+
+
+def uncovered(window: tuple[int, int], covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of window (start, end] outside every covered interval."""
+    out, lo = [], window[0]
+    for c_lo, c_hi in sorted(covered):
+        if c_hi <= lo or c_lo >= window[1]:
+            continue
+        if c_lo > lo:
+            out.append((lo, c_lo))
+        lo = max(lo, c_hi)
+    if lo < window[1]:
+        out.append((lo, window[1]))
+    return out
+
+
+def _overlaps(window, covered):
+    return [(max(lo, window[0]), min(hi, window[1])) for lo, hi in sorted(covered) if lo < window[1] and hi > window[0]]
+
+
+def _pull_part(src: PromSource, data_dir, window: Window, name: str, res: PullResult) -> None:
     from .store import rows_to_table, write_tables
 
     step = step_for(window)
+    # Points fall at start + k*step: end the window on one, so the next pull starts where this
+    # one's increments stop (a remainder shorter than a step is left for that pull).
+    covered_s = math.floor(window.duration_s / step) * step
+    if covered_s <= 0:
+        res.notes.append(f"{iso(window.start)} .. {iso(window.end)} is shorter than one step ({step:g} s): not pulled")
+        return
+    window = Window(window.start, window.start + timedelta(seconds=covered_s))
     series = query_range(src, src.metric, window, step)
-    res = PullResult(series=len(series))
+    res.series = max(res.series, len(series))
     if not series:
         res.notes.append(f"no series named {src.metric} between {iso(window.start)} and {iso(window.end)}")
     rows = []
@@ -109,12 +174,9 @@ def pull_traffic(src: PromSource, data_dir, window: Window, name: str = "prometh
             rows.append({"ts": t, "source": "prometheus-histogram", "target": name, "probe": labels.get("route", "?"),
                          "method": labels.get("method"), "latency_ms": upper_ms, "count": d, "outcome": "ok",
                          "assertion_failures": [], "simulated": False, "seq": len(rows) + 1})
-    if res.resets:
-        res.notes.append(f"{res.resets} counter reset(s) handled (a drop counts the new value)")
     rows.sort(key=lambda r: r["ts"])
     label = f"prom-{int(window.start.timestamp())}-{int(window.end.timestamp())}"
-    res.rows = write_tables(data_dir, [rows_to_table(rows)], label) if rows else 0
-    return res
+    res.rows += write_tables(data_dir, [rows_to_table(rows)], label) if rows else 0
 
 
 def iso_ts(t) -> str:

@@ -15,7 +15,7 @@ from .analysis import Analysis, analyze
 from .criteria import Decision, evaluate
 from .errors import DataError
 from .profile import Profile, load_profile
-from .store import read_samples, sha256
+from .store import sha256
 from .window import Window, iso, parse_duration, parse_time, utcnow
 
 SCHEMA_VERSION = 1
@@ -73,10 +73,10 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
             baseline_start, baseline_end, None, window.duration_s)
         baseline = (bdir, bwin)
     observed = Window(window.start, window.observed_end(now))
-    if pull and profile.prometheus is not None and observed.end > observed.start and read_samples(
-            data, observed.start, observed.end, columns=["source"], sources=["prometheus"]).empty:
-        # No counts pulled for this window yet: pull them now. A Prometheus that is down is a line
-        # in the report's data section, never a failed report.
+    if pull and profile.prometheus is not None and observed.end > observed.start:
+        # Pull whatever part of the window no earlier pull covered (pulls never overlap: an hourly
+        # report adds the last hour). A Prometheus that is down is a line in the report's data
+        # section, never a failed report.
         from .prom import pull_traffic
         try:
             pulled = pull_traffic(profile.prometheus, data, observed)
