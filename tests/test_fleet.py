@@ -151,3 +151,25 @@ def test_fleet_report_names_the_bad_yachts_first_in_the_pdf(tmp_path):
     assert first_two[1] < min(o for o in order if o not in first_two)
     doc = json.loads((folder / "signoff.json").read_text())
     assert [r["tenant"] for r in doc["tenants"]["rows"][:2]] == sorted(BAD, key=section.index)
+    # Every table fits the printed page: the tenant and probe tables are the widest, and a table
+    # wider than the page is cut off at its edge in the PDF (its text may still extract).
+    tables, overflowing = _tables_against_page(folder / "signoff.html")
+    assert tables >= 5 and overflowing == []
+
+
+def _tables_against_page(html_file):
+    """(<table>s laid out, [(page, table's right edge, page's right edge)] for those past the edge).
+    Only <table> elements: the lab template also lays out its output areas as CSS tables."""
+    from weasyprint import HTML
+    from weasyprint.formatting_structure.boxes import TableBox
+    doc = HTML(string=html_file.read_text(), base_url=str(html_file.parent)).render()
+    count, out = 0, []
+    for n, page in enumerate(doc.pages, 1):
+        box = page._page_box
+        right = box.content_box_x() + box.width
+        for b in box.descendants():
+            if isinstance(b, TableBox) and b.element is not None and b.element.tag == "table":
+                count += 1
+                if b.position_x + b.margin_width() > right + 0.5:
+                    out.append((n, round(b.position_x + b.margin_width()), round(right)))
+    return count, out
