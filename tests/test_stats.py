@@ -276,13 +276,14 @@ def test_grouped_statistics_equal_the_per_group_computation(seed):
 
 
 def test_grouped_sorts_on_threads_equal_one_after_the_other():
-    from phasegate.groups import sorted_groups, sorted_groups_many
+    from phasegate.groups import GroupSorts, sorted_groups
     rng = np.random.default_rng(5)
     values = rng.lognormal(3, 1, 50_000)
     values[rng.random(50_000) < 0.03] = np.nan
     groupings = {"one": (np.zeros(50_000, np.int64), 1), "few": (rng.integers(-1, 5, 50_000), 5),
                  "many": (rng.integers(0, 40_000, 50_000), 40_000)}  # past int16: the int64 sort
-    got = sorted_groups_many(values, groupings)
+    with GroupSorts(values, groupings) as sorts:
+        got = sorts.result()
     for name, (codes, n) in groupings.items():
         want = sorted_groups(codes, values, n)
         assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got[name], want)), name

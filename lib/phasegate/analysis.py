@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .groups import (epoch_us, group_codes, group_extreme, group_names, grouped_percentiles,
-                     sorted_groups_many)
+from .groups import GroupSorts, epoch_us, group_codes, group_extreme, group_names, grouped_percentiles
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, rate_upper
@@ -105,31 +104,32 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     if df.empty:
         raise DataError(f"no samples in {data_dir} between {iso(window.start)} and {iso(observed_end)}"
                         + (f" ({len(inputs['excluded'])} file(s) excluded as unreadable)" if inputs["excluded"] else ""))
-    # The heavy columns are only needed on few rows: read those rows alone (strings as dictionaries: 3x faster).
-    fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
-                         columns=["probe", "assertion_failures"]).sort_values("ts", kind="stable")
-    evid = read_samples(data_dir, window.start, observed_end, nonnull="evidence", categorical=True,
-                        columns=["probe", "status", "outcome", "error_code", "evidence"]).sort_values("ts", kind="stable")
     conf = profile.criteria.confidence
     rows = Rows.of(df)
-    # Only the grouped sorts run on threads (pure numpy). A pool over the other parts made 10 M
-    # samples ~3 s faster, but two threads importing a module for the first time can fail
-    # ("partially initialized module"): it failed 2 of 8 reports when tried on the exporters' imports.
     tl_keys = timeline_keys(df, rows, bucket_s)
     groupings = {"overall": (np.zeros(len(df), np.int64), 1), "timeline": tl_keys[:2],
                  "probe": (rows.probe, len(rows.probe_names))}
     if (rows.tenant >= 0).any():
         groupings["tenant"] = (rows.tenant, len(rows.tenant_names))
-    grouped = sorted_groups_many(rows.lat, groupings)
-    hourly = coverage_hourly(profile, df, window.start, observed_end, rows)
-    base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
-                                                         columns=["probe", "status", "outcome", "latency_ms"])
+    # The grouped sorts (pure numpy) run on worker threads while this thread does the rest.
+    with GroupSorts(rows.lat, groupings) as sorts:
+        # The heavy columns are only needed on few rows: read those rows alone (strings as dictionaries: 3x faster).
+        fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
+                             columns=["probe", "assertion_failures"]).sort_values("ts", kind="stable")
+        evid = read_samples(data_dir, window.start, observed_end, nonnull="evidence", categorical=True,
+                            columns=["probe", "status", "outcome", "error_code", "evidence"]).sort_values("ts", kind="stable")
+        hourly = coverage_hourly(profile, df, window.start, observed_end, rows)
+        health, flags, deployments = _health(profile, df), _flags(df), _deployments(df)
+        coverage = _coverage(profile, df, window.start, observed_end, rows)
+        quality = _quality(df, hourly, rows)
+        base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
+                                                             columns=["probe", "status", "outcome", "latency_ms"])
+        grouped = sorts.result()
     return Analysis(
         window=window, observed_end=observed_end, now=now, probes=_by_probe(df, rows, conf, grouped["probe"]),
         overall=grouped_probe_stats(rows, groupings["overall"][0], 1, conf, grouped["overall"])[0],
-        health=_health(profile, df), flags=_flags(df), deployments=_deployments(df),
-        anomalies=_anomalies(fails), coverage=_coverage(profile, df, window.start, observed_end, rows),
-        evidence=_evidence(evid), inputs=inputs, quality=_quality(df, hourly, rows),
+        health=health, flags=flags, deployments=deployments,
+        anomalies=_anomalies(fails), coverage=coverage, evidence=_evidence(evid), inputs=inputs, quality=quality,
         baseline=None if base_df is None else compare(df, base_df), tenants=tenant_stats(df, rows, conf, grouped.get("tenant")),
         platform=platform,
         prometheus=None if prom_df.empty else {**_prom_stats(prom_df), "p99_from_histogram": _hist_p99(hist_df)},
@@ -264,7 +264,8 @@ def compare(canary: pd.DataFrame, base: pd.DataFrame) -> dict:
 
 def _health(profile: Profile, df: pd.DataFrame) -> dict:
     names = [p.name for p in profile.probes if "handlers_total" in p.extract or "health_status" in p.extract]
-    h = df[df["probe"].isin(names)]
+    # Only the health probes' rows, and only the columns read here: a fleet has millions of them.
+    h = df.loc[df["probe"].isin(names).to_numpy(), ["ts", "handlers_loaded", "handlers_total", "health_status"]]
     answered = h[h["handlers_total"].notna() | h["health_status"].notna()]
     bad = answered[(answered["handlers_loaded"] != answered["handlers_total"]).fillna(False)
                    | (answered["health_status"].notna() & (answered["health_status"] != "healthy"))]

@@ -54,13 +54,29 @@ def sorted_groups(codes: np.ndarray, values: np.ndarray, n_groups: int):
     return v, starts, counts
 
 
-def sorted_groups_many(values: np.ndarray, groupings: dict) -> dict:
-    """`sorted_groups` of the same values under several groupings ({name: (codes, n_groups)}) on
-    all cores. The one place we use threads: numpy's sorts and gathers release the GIL and import
-    nothing, whereas general code run from two threads can race on a module's first import."""
-    with ThreadPoolExecutor(max_workers=max(1, min(len(groupings), os.cpu_count() or 1))) as pool:
-        futures = {k: pool.submit(sorted_groups, codes, values, n) for k, (codes, n) in groupings.items()}
-        return {k: f.result() for k, f in futures.items()}
+class GroupSorts:
+    """`sorted_groups` of the same values under several groupings ({name: (codes, n_groups)}),
+    started on worker threads at once so the caller works on meanwhile; `result()` waits.
+
+    The one place we use threads: numpy's sorts and gathers release the GIL and import nothing,
+    whereas general code run from two threads can race on a module's first import ("partially
+    initialized module"). The caller's own thread may import: only one thread ever does."""
+
+    def __init__(self, values: np.ndarray, groupings: dict):
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(groupings), os.cpu_count() or 1)))
+        self._futures = {k: self._pool.submit(sorted_groups, codes, values, n) for k, (codes, n) in groupings.items()}
+
+    def result(self) -> dict:
+        try:
+            return {k: f.result() for k, f in self._futures.items()}
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def grouped_percentiles(codes: np.ndarray, values: np.ndarray, n_groups: int, qs, grouped=None) -> np.ndarray:

@@ -36,7 +36,8 @@ class Rows:
     tenant: np.ndarray       # int64 codes into tenant_names, -1 where a sample has no tenant
     tenant_names: list
     # Tallies already made, by the identity of their codes (held here, so the id is not reused):
-    # the probe grouping is counted for the statistics, coverage and flapping alike.
+    # the probe grouping is counted for the statistics, coverage and flapping alike. Also the
+    # status codes, under "status_codes".
     _tallies: dict = field(default_factory=dict, compare=False, repr=False)
 
     KINDS = ("bad", "five", "disabled", "assertion", "timeout")
@@ -80,6 +81,13 @@ class Rows:
         return out
 
 
+    def status_codes(self) -> tuple[list, np.ndarray]:
+        """`_status_codes` of the status column, computed once."""
+        if "status_codes" not in self._tallies:
+            self._tallies["status_codes"] = _status_codes(self.status)
+        return self._tallies["status_codes"]
+
+
 NO_STATUS = np.iinfo(np.int32).min
 
 
@@ -112,11 +120,14 @@ def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence
     sort (`grouped`: sorted_groups' result, if at hand)."""
     t = rows.tally(codes, n_groups)
     n, errors, five, disabled, assertion = t["n"], t["bad"], t["five"], t["disabled"], t["assertion"]
-    statuses, scode = _status_codes(rows.status)
-    width = len(statuses)
-    by_status = np.bincount(codes * width + scode, minlength=n_groups * width).reshape(n_groups, width)
-    k = len(rows.outcome_names) + 1
-    by_outcome = np.bincount(codes * k + rows.outcome + 1, minlength=n_groups * k).reshape(n_groups, k)[:, 1:]
+    statuses, scode = rows.status_codes()
+    width, k = len(statuses), len(rows.outcome_names) + 1
+    if n_groups == 1 and not codes.any():  # the overall figures: no keys to build
+        by_status = np.bincount(scode, minlength=width).reshape(1, width)
+        by_outcome = np.bincount(rows.outcome + 1, minlength=k).reshape(1, k)[:, 1:]
+    else:
+        by_status = np.bincount(codes * width + scode, minlength=n_groups * width).reshape(n_groups, width)
+        by_outcome = np.bincount(codes * k + rows.outcome + 1, minlength=n_groups * k).reshape(n_groups, k)[:, 1:]
     v, starts, counts = grouped or sorted_groups(codes, rows.lat, n_groups)
     out = []
     for i in range(n_groups):
