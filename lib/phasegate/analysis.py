@@ -24,7 +24,7 @@ from .store import read_samples, sha256
 from .tally import Rows, grouped_probe_stats, latencies, probe_stats, round_ms
 from .window import Window, iso, utcnow
 
-COLUMNS = ["source", "count", "probe", "tenant", "status", "outcome", "error_code", "latency_ms", "health_status",
+COLUMNS = ["source", "probe", "tenant", "status", "outcome", "error_code", "latency_ms", "health_status",
            "handlers_loaded", "handlers_total", "deployment_id", "flags", "simulated"]
 
 
@@ -84,15 +84,17 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     df = df.reset_index(drop=True)
     # Real traffic (imported request logs) is reported beside the probes, never mixed into them.
     is_traffic = (df["source"] == "traffic").to_numpy()
-    is_prom = (df["source"] == "prometheus").to_numpy()
-    hist_df = df[(df["source"] == "prometheus-histogram").to_numpy()]
-    is_prom = is_prom | (df["source"] == "prometheus-histogram").to_numpy()
-    traffic_df, prom_df = df[is_traffic], df[(df["source"] == "prometheus").to_numpy()]
+    is_prom = df["source"].isin(["prometheus", "prometheus-histogram"]).to_numpy()
+    traffic_df, prom_df, hist_df = df[is_traffic], df.iloc[:0].assign(count=[]), df.iloc[:0].assign(count=[])
+    if is_prom.any():
+        # Only Prometheus rows stand for more than one request (`count`): read that column for them alone.
+        p = read_samples(data_dir, window.start, observed_end, columns=[*COLUMNS, "count"], categorical=True,
+                         sources=["prometheus", "prometheus-histogram"])
+        prom_df, hist_df = p[(p["source"] == "prometheus").to_numpy()], p[(p["source"] == "prometheus-histogram").to_numpy()]
     is_platform = (df["source"] == "platform").to_numpy()
     other = is_traffic | is_prom | is_platform
     if other.any():  # a boolean filter copies every column: only when there is something to drop
         df = df[~other].reset_index(drop=True)
-    df = df.drop(columns="count")  # only Prometheus rows stand for more than one request
     platform = None
     if is_platform.any():
         platform = _platform(read_samples(data_dir, window.start, observed_end, sources=["platform"], columns=[
@@ -138,8 +140,14 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
             "routes": {r: probe_stats(g, conf) for r, g in traffic_df.groupby("probe", sort=True, observed=True)},
         },
         timeline=timeline(df, rows, bucket_s, grouped["timeline"], tl_keys), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
-        traffic_samples=pd.concat([traffic_df, prom_df]) if len(traffic_df) or len(prom_df) else None,
+        traffic_samples=_traffic_samples(traffic_df, prom_df),
     )
+
+
+def _traffic_samples(traffic_df: pd.DataFrame, prom_df: pd.DataFrame) -> pd.DataFrame | None:
+    """Log rows (one request each: count 1) and Prometheus increments (`count` requests each)."""
+    parts = [f for f in (traffic_df.assign(count=1.0), prom_df) if len(f)]
+    return pd.concat(parts) if parts else None
 
 
 def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95, grouped=None) -> dict | None:
