@@ -276,14 +276,15 @@ def test_grouped_statistics_equal_the_per_group_computation(seed):
 
 
 def test_grouped_sorts_on_threads_equal_one_after_the_other():
-    from phasegate.groups import GroupSorts, sorted_groups
+    from phasegate.groups import NumpyThreads, sorted_groups
     rng = np.random.default_rng(5)
     values = rng.lognormal(3, 1, 50_000)
     values[rng.random(50_000) < 0.03] = np.nan
     groupings = {"one": (np.zeros(50_000, np.int64), 1), "few": (rng.integers(-1, 5, 50_000), 5),
                  "many": (rng.integers(0, 40_000, 50_000), 40_000)}  # past int16: the int64 sort
-    with GroupSorts(values, groupings) as sorts:
-        got = sorts.result()
+    with NumpyThreads() as bg:
+        futures = {k: bg.submit(sorted_groups, codes, values, n) for k, (codes, n) in groupings.items()}
+        got = {k: f.result() for k, f in futures.items()}
     for name, (codes, n) in groupings.items():
         want = sorted_groups(codes, values, n)
         assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got[name], want)), name
@@ -345,3 +346,21 @@ def test_coverage_gaps_equal_the_obvious_computation(seed):
     for name, p in got["per_probe"].items():
         assert p["actual"] == int((df["probe"] == name).sum())
     assert got["actual"] == len(df)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_transitions_per_probe_equal_a_loop_over_each_series(seed):
+    # Flapping counts ok/failed changes within each (probe, tenant) series in time order; the
+    # radix-sorted version must equal walking every series on its own.
+    from phasegate.groups import series_transitions
+    from phasegate.probe import ERROR_OUTCOMES
+    from phasegate.tally import Rows
+    df = _frame(seed)
+    rows = Rows.of(df)
+    got = series_transitions(rows.probe, rows.tenant, rows.bad, len(rows.probe_names))
+    want = np.zeros(len(rows.probe_names), np.int64)
+    bad = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()
+    for (probe, _tenant), idx in df.groupby(["probe", df["tenant"].astype(object).fillna("")], observed=True).indices.items():
+        seq = bad[np.sort(idx)]
+        want[rows.probe_names.index(probe)] += int((seq[1:] != seq[:-1]).sum())
+    assert want.sum() > 50 and list(got) == list(want)

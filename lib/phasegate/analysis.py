@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .groups import GroupSorts, epoch_us, group_codes, group_extreme, group_names, grouped_percentiles
+from .groups import NumpyThreads, epoch_us, group_codes, group_extreme, group_names, grouped_percentiles, series_transitions, sorted_groups
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, rate_upper
@@ -113,8 +113,10 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
                  "probe": (rows.probe, len(rows.probe_names))}
     if (rows.tenant >= 0).any():
         groupings["tenant"] = (rows.tenant, len(rows.tenant_names))
-    # The grouped sorts (pure numpy) run on worker threads while this thread does the rest.
-    with GroupSorts(rows.lat, groupings) as sorts:
+    # The sorts (pure numpy) run on worker threads while this thread does the rest.
+    with NumpyThreads() as bg:
+        flips = bg.submit(series_transitions, rows.probe, rows.tenant, rows.bad, len(rows.probe_names))
+        sorts = {k: bg.submit(sorted_groups, codes, rows.lat, n) for k, (codes, n) in groupings.items()}
         # The heavy columns are only needed on few rows: read those rows alone (strings as dictionaries: 3x faster).
         fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
                              columns=["probe", "assertion_failures"]).sort_values("ts", kind="stable")
@@ -123,10 +125,10 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         hourly = coverage_hourly(profile, df, window.start, observed_end, rows)
         health, flags, deployments = _health(profile, df), _flags(df), _deployments(df)
         coverage = _coverage(profile, df, window.start, observed_end, rows)
-        quality = _quality(df, hourly, rows)
+        quality = _quality(hourly, rows, flips.result())
         base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
                                                              columns=["probe", "status", "outcome", "latency_ms"])
-        grouped = sorts.result()
+        grouped = {k: f.result() for k, f in sorts.items()}
     return Analysis(
         window=window, observed_end=observed_end, now=now, probes=_by_probe(df, rows, conf, grouped["probe"]),
         overall=grouped_probe_stats(rows, groupings["overall"][0], 1, conf, grouped["overall"])[0],
@@ -219,27 +221,15 @@ def _hist_p99(h: pd.DataFrame, q: float = 0.99) -> dict:
     return out
 
 
-def _quality(df: pd.DataFrame, hourly: pd.DataFrame, rows: Rows) -> dict:
-    """Thin hours (under half the expected samples) and flapping (ok/failed alternating) per probe."""
+def _quality(hourly: pd.DataFrame, rows: Rows, flips: np.ndarray) -> dict:
+    """Thin hours (under half the expected samples) and flapping (ok/failed alternating) per
+    probe; `flips`: `series_transitions` per probe code."""
     full = hourly[hourly["expected"] >= 1]
     thin = full[full["actual"] < 0.5 * full["expected"]].groupby("probe").size()
-    # Transitions within each (probe, tenant) series, counted without a Python loop per series.
-    probe_codes, probe_names = rows.probe, rows.probe_names
-    tenant_codes = rows.tenant
-    per_probe = int(tenant_codes.max(initial=0)) + 2
-    series = probe_codes * per_probe + tenant_codes + 1
-    if series.max(initial=0) <= 32767:
-        series = series.astype(np.int16)  # a radix sort (numpy's stable sort of 16-bit integers)
-    order = np.argsort(series, kind="stable")  # df is in time order already; stable keeps it per series
-    g, bad = series[order], rows.bad[order]
-    # Transitions are few: count them by probe at their positions, not over every row.
-    at = np.flatnonzero((bad[1:] != bad[:-1]) & (g[1:] == g[:-1])) + 1
-    n_probes = len(probe_names)
-    flips = np.bincount(g[at].astype(np.int64) // per_probe, minlength=n_probes)
-    t = rows.tally(probe_codes, n_probes)
+    t = rows.tally(rows.probe, len(rows.probe_names))
     fails, present = t["bad"], t["n"]
     out = {}
-    for code, name in enumerate(probe_names):
+    for code, name in enumerate(rows.probe_names):
         if not present[code]:
             continue
         t, f = int(flips[code]), int(fails[code])

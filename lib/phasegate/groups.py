@@ -8,7 +8,7 @@ grouping is one cheap pass, and each group's values are then sorted where they l
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -54,29 +54,37 @@ def sorted_groups(codes: np.ndarray, values: np.ndarray, n_groups: int):
     return v, starts, counts
 
 
-class GroupSorts:
-    """`sorted_groups` of the same values under several groupings ({name: (codes, n_groups)}),
-    started on worker threads at once so the caller works on meanwhile; `result()` waits.
+class NumpyThreads:
+    """Worker threads for pure-numpy jobs (sorts, gathers, bincounts), so the caller's thread
+    works on meanwhile. The one place we use threads: numpy releases the GIL in these and imports
+    nothing, whereas general code run from two threads can race on a module's first import
+    ("partially initialized module"). Only the caller's thread ever imports."""
 
-    The one place we use threads: numpy's sorts and gathers release the GIL and import nothing,
-    whereas general code run from two threads can race on a module's first import ("partially
-    initialized module"). The caller's own thread may import: only one thread ever does."""
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
-    def __init__(self, values: np.ndarray, groupings: dict):
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(groupings), os.cpu_count() or 1)))
-        self._futures = {k: self._pool.submit(sorted_groups, codes, values, n) for k, (codes, n) in groupings.items()}
-
-    def result(self) -> dict:
-        try:
-            return {k: f.result() for k, f in self._futures.items()}
-        finally:
-            self._pool.shutdown(wait=True)
+    def submit(self, fn, *args) -> Future:
+        return self._pool.submit(fn, *args)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def series_transitions(probe: np.ndarray, tenant: np.ndarray, bad: np.ndarray, n_probes: int) -> np.ndarray:
+    """Per probe code: how often `bad` changes between consecutive rows of the same (probe,
+    tenant) series, rows being in time order. One radix sort, no loop per series."""
+    per_probe = int(tenant.max(initial=0)) + 2
+    series = probe * per_probe + tenant + 1
+    if series.max(initial=0) <= 32767:
+        series = series.astype(np.int16)  # a radix sort (numpy's stable sort of 16-bit integers)
+    order = np.argsort(series, kind="stable")  # stable keeps time order within each series
+    g, b = series[order], bad[order]
+    # Transitions are few: count them by probe at their positions, not over every row.
+    at = np.flatnonzero((b[1:] != b[:-1]) & (g[1:] == g[:-1])) + 1
+    return np.bincount(g[at].astype(np.int64) // per_probe, minlength=n_probes)
 
 
 def grouped_percentiles(codes: np.ndarray, values: np.ndarray, n_groups: int, qs, grouped=None) -> np.ndarray:
