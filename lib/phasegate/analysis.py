@@ -442,11 +442,14 @@ def _coverage(profile: Profile, df: pd.DataFrame, start: datetime, end: datetime
 def timeline_keys(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0):
     """(key, number of keys, (first bucket, probes, step in us)): one integer per (bucket, probe)."""
     step = int(bucket_s * 1e6)
-    b = epoch_us(df["ts"]) // step
+    b = epoch_us(df["ts"]) // step  # the one new array; the rest in place
     b0 = int(b.min()) if len(b) else 0
     pcodes = rows.probe
     n_probes = int(pcodes.max(initial=0)) + 1
-    key = (b - b0) * n_probes + pcodes
+    b -= b0
+    b *= n_probes
+    b += pcodes
+    key = b
     return key, int(key.max(initial=0)) + 1, (b0, n_probes, step)
 
 
@@ -476,7 +479,10 @@ def coverage_hourly(profile: Profile, df: pd.DataFrame, start: datetime, end: da
     hour_us, h0 = 3_600_000_000, hours[0].value // 1000
     pcodes, pnames = rows.probe, rows.probe_names
     n_p = max(len(pnames), 1)
-    key = (epoch_us(df["ts"]) - h0) // hour_us * n_p + pcodes
+    key = epoch_us(df["ts"]) - h0  # the one new array; the rest in place
+    key //= hour_us
+    key *= n_p
+    key += pcodes
     t = rows.tally(key, len(hours) * n_p)
     actual, good = t["n"], t["n"] - t["bad"]
     at = {p: j for j, p in enumerate(pnames)}
