@@ -1,5 +1,6 @@
 """Verdicts on simulator histories with known ground truth, and the rendered report."""
 
+import io
 import json
 import re
 import subprocess
@@ -228,7 +229,7 @@ def test_report_renders_four_files_and_papermill_agrees(tmp_path):
     # The PDF's styles came pre-parsed from the export process: the pages must be exactly those
     # of WeasyPrint rendering the HTML as it stands.
     from weasyprint import HTML
-    plain = PdfReader(__import__("io").BytesIO(HTML(string=html, base_url=str(folder)).write_pdf()))
+    plain = PdfReader(io.BytesIO(HTML(string=html, base_url=str(folder)).write_pdf()))
     ours = PdfReader(folder / "signoff.pdf")
     assert len(plain.pages) == len(ours.pages) > 1
     assert [p.get_contents().get_data() for p in plain.pages] == [p.get_contents().get_data() for p in ours.pages]

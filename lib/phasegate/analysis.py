@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .groups import NumpyThreads, epoch_us, group_codes, group_extreme, group_names, grouped_percentiles, series_transitions, sorted_groups
+from .groups import (NumpyThreads, epoch_us, group_codes, group_extreme, group_names, grouped_percentiles,
+                     series_transitions, sorted_groups)
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, rate_upper

@@ -65,8 +65,9 @@ def export_pdf(html: str, dest: Path) -> None:
     # The document's <style> blocks are handed over as parsed stylesheets, in document order
     # (already parsed when the helper warmed up on the same template). WeasyPrint ranks them as
     # user style, which changes nothing here: only inline attributes remain as author style, and
-    # they outrank sheets either way. Anything but plain <style> blocks: rendered as it is.
-    if len(_STYLE.findall(html)) == html.count("<style"):
+    # they outrank sheets either way. Anything but plain <style> blocks (or an inline SVG, whose
+    # own <style> must stay inside it): rendered as it is.
+    if len(_STYLE.findall(html)) == html.count("<style") and "<svg" not in html:
         sheets = [_parsed(block.group(0), block.group(2)) for block in _STYLE.finditer(html)]
         html = _STYLE.sub("", html)
     try:

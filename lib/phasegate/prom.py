@@ -22,7 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from .errors import DataError
 from .profile import PromSource
@@ -84,8 +84,6 @@ def pull_traffic(src: PromSource, data_dir, window: Window, name: str = "prometh
                  now: float | None = None) -> PullResult:
     """Pull the parts of `window` (whole seconds, up to now) that no earlier pull into
     `data_dir` covered."""
-    from datetime import datetime, timezone
-
     a = math.floor(window.start.timestamp())
     b = min(math.floor(window.end.timestamp()), math.floor(time.time() if now is None else now))
     res = PullResult()
@@ -95,8 +93,8 @@ def pull_traffic(src: PromSource, data_dir, window: Window, name: str = "prometh
     parts = uncovered((a, b), covered)
     res.already = _overlaps((a, b), covered)
     for lo, hi in parts:
-        utc = timezone.utc
-        _pull_part(src, data_dir, Window(datetime.fromtimestamp(lo, utc), datetime.fromtimestamp(hi, utc)), name, res)
+        part = Window(datetime.fromtimestamp(lo, timezone.utc), datetime.fromtimestamp(hi, timezone.utc))
+        _pull_part(src, data_dir, part, name, res)
     if res.resets:
         res.notes.append(f"{res.resets} counter reset(s) handled (a drop counts the new value)")
     return res
@@ -180,5 +178,4 @@ def _pull_part(src: PromSource, data_dir, window: Window, name: str, res: PullRe
 
 
 def iso_ts(t) -> str:
-    from datetime import datetime, timezone
     return iso(datetime.fromtimestamp(float(t), timezone.utc))

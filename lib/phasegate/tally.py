@@ -82,7 +82,6 @@ class Rows:
         self._tallies[id(codes)] = (codes, n_groups, out)
         return out
 
-
     def status_codes(self) -> tuple[list, np.ndarray]:
         """`_status_codes` of the status column, computed once."""
         if "status_codes" not in self._tallies:
