@@ -252,6 +252,14 @@ def test_prometheus_and_nginx_log_both_count_exactly_the_injected_500s(sim, tmp_
     c = next(c for c in doc["criteria"] if c["id"] == "no_5xx")
     assert c["measured"] == 7 and c["passed"] is False  # counted once: the log, with Prometheus beside it
     assert "traffic 7 of" in c["detail"] and "prometheus 7 of" in c["detail"] and "not added" in c["detail"]
+    # A window that ends in the future is pulled up to now, and says so: the rest stays unpulled
+    # for a later pull instead of being marked as covered.
+    from phasegate.prom import pulled_intervals
+    later = phasegate("pull-traffic", "--profile", profile, "--data", data, "--start", window_start.isoformat(),
+                      "--hours", "1")
+    assert later.returncode == 0, later.stderr
+    assert "the window ends in the future: pulled up to" in later.stderr
+    assert max(hi for _lo, hi in pulled_intervals(data)) <= time.time()
 
 
 def test_counter_resets_and_increments():
