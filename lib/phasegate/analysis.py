@@ -21,7 +21,7 @@ from .groups import (NumpyThreads, epoch_us, group_codes, group_extreme, group_n
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, rate_upper
-from .store import read_samples, sha256
+from .store import read_samples, reused_memory, sha256
 from .tally import Rows, grouped_probe_stats, latencies, probe_stats, round_ms
 from .window import Window, iso, utcnow
 
@@ -74,6 +74,12 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
             bucket_s: float = 300.0, baseline: tuple | None = None) -> Analysis:
     """`baseline`: (data_dir, Window) of the control (yachts without the flags, or the previous
     phase's window) to compare the canary against."""
+    with reused_memory():  # every pass below allocates 40-80 MB arrays on a fleet window
+        return _analyze(profile, data_dir, window, now, bucket_s, baseline)
+
+
+def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, bucket_s: float,
+             baseline: tuple | None) -> Analysis:
     now = now or utcnow()
     observed_end = window.observed_end(now)
     if observed_end <= window.start:

@@ -15,6 +15,7 @@ compacted, so an hourly report sees samples up to the last second.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import glob
@@ -541,6 +542,32 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc: its allocator returns memory its own way
+
+
+# glibc's mallopt parameters and their defaults.
+_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD = -1, 128 * 1024
+_M_MMAP_MAX, _DEFAULT_MMAP_MAX = -4, 65536
+
+
+@contextlib.contextmanager
+def reused_memory():
+    """Inside: glibc serves large blocks (a 10 M-row column is 40-80 MB) from its heap, where a
+    freed one is reused, instead of a fresh mmap each time. On our VM every fresh page costs
+    kernel time: alternating runs of a 10 M-sample analysis spent 4.7 s in the kernel without
+    this and 3.5-3.7 s with it (wall 8.2 s -> 7.4-7.5 s), peak RSS 1.7-1.8 GB either way.
+    Scoped, not process-wide: a long-running collector keeps returning memory to the system."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        changed = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    except (OSError, AttributeError):
+        changed = False  # not glibc: its allocator manages this its own way
+    try:
+        yield
+    finally:
+        if changed:
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+            libc.malloc_trim(0)  # what the analysis freed goes back now, not at the next trim
 
 
 def _int_dtype():
