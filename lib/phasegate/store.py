@@ -558,15 +558,18 @@ def reused_memory():
     Scoped, not process-wide: a long-running collector keeps returning memory to the system."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        changed = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+        no_mmap = libc.mallopt(_M_MMAP_MAX, 0) == 1
+        high_trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
     except (OSError, AttributeError):
-        changed = False  # not glibc: its allocator manages this its own way
+        no_mmap = high_trim = False  # not glibc: its allocator manages this its own way
     try:
         yield
     finally:
-        if changed:
+        if no_mmap:  # each restored on its own: one may have been taken without the other
             libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        if high_trim:
             libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        if no_mmap or high_trim:
             libc.malloc_trim(0)  # what the analysis freed goes back now, not at the next trim
 
 
