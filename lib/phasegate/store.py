@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import glob
 import hashlib
 import logging
@@ -535,13 +536,22 @@ def _to_pandas(tables: list, empty: pa.Table, categorical: bool) -> pd.DataFrame
     return df
 
 
+@functools.cache
+def _glibc():
+    """The C library when it is glibc (malloc_trim, mallopt), else None: other allocators return
+    memory their own way."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
 def _release_freed_memory() -> None:
     # Arrow's many sub-32 MB buffers come from glibc's arenas, which keep freed memory: without
     # a trim a 10 M-sample read holds ~0.9 GB it no longer uses for the rest of the report.
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: its allocator returns memory its own way
+    if _glibc() is not None:
+        _glibc().malloc_trim(0)
 
 
 # glibc's mallopt parameters and their defaults.
@@ -556,12 +566,9 @@ def reused_memory():
     kernel time: alternating runs of a 10 M-sample analysis spent 4.7 s in the kernel without
     this and 3.5-3.7 s with it (wall 8.2 s -> 7.4-7.5 s), peak RSS 1.7-1.8 GB either way.
     Scoped, not process-wide: a long-running collector keeps returning memory to the system."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        no_mmap = libc.mallopt(_M_MMAP_MAX, 0) == 1
-        high_trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
-    except (OSError, AttributeError):
-        no_mmap = high_trim = False  # not glibc: its allocator manages this its own way
+    libc = _glibc()
+    no_mmap = libc is not None and libc.mallopt(_M_MMAP_MAX, 0) == 1
+    high_trim = libc is not None and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
     try:
         yield
     finally:
@@ -570,7 +577,7 @@ def reused_memory():
         if high_trim:
             libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
         if no_mmap or high_trim:
-            libc.malloc_trim(0)  # what the analysis freed goes back now, not at the next trim
+            _release_freed_memory()  # what the analysis freed goes back now, not at the next trim
 
 
 def _int_dtype():

@@ -8,6 +8,7 @@ grouped sort (`groups.sorted_groups`), instead of filtering the frame once per g
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,7 @@ class Rows:
     tenant: np.ndarray       # int64 codes into tenant_names, -1 where a sample has no tenant
     tenant_names: list
     # Tallies already made, by the identity of their codes (held here, so the id is not reused):
-    # the probe grouping is counted for the statistics, coverage and flapping alike. Also the
-    # status codes, under "status_codes".
+    # the probe grouping is counted for the statistics, coverage and flapping alike.
     _tallies: dict = field(default_factory=dict, compare=False, repr=False)
 
     KINDS = ("bad", "five", "disabled", "assertion", "timeout")
@@ -82,11 +82,10 @@ class Rows:
         self._tallies[id(codes)] = (codes, n_groups, out)
         return out
 
+    @cached_property
     def status_codes(self) -> tuple[list, np.ndarray]:
         """`_status_codes` of the status column, computed once."""
-        if "status_codes" not in self._tallies:
-            self._tallies["status_codes"] = _status_codes(self.status)
-        return self._tallies["status_codes"]
+        return _status_codes(self.status)
 
 
 NO_STATUS = np.iinfo(np.int32).min
@@ -124,7 +123,7 @@ def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence
     sort (`grouped`: sorted_groups' result, if at hand)."""
     t = rows.tally(codes, n_groups)
     n, errors, five, disabled, assertion = t["n"], t["bad"], t["five"], t["disabled"], t["assertion"]
-    statuses, scode = rows.status_codes()
+    statuses, scode = rows.status_codes
     width, k = len(statuses), len(rows.outcome_names) + 1
     if n_groups == 1 and not codes.any():  # the overall figures: no keys to build
         by_status = np.bincount(scode, minlength=width).reshape(1, width)
