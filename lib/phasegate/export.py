@@ -56,11 +56,15 @@ _STYLE = re.compile(r"<style( type=\"text/css\")?>(.*?)</style>", re.S)
 _PARSED: dict = {}  # <style> block -> its parsed CSS: the lab template's 240 KB parse once per process
 
 
+def _quiet_pdf_logs() -> None:
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)  # the lab CSS has rules it ignores
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+
+
 def export_pdf(html: str, dest: Path) -> None:
     from weasyprint import HTML
 
-    logging.getLogger("weasyprint").setLevel(logging.ERROR)  # the lab CSS has rules it ignores
-    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    _quiet_pdf_logs()
     sheets = []
     # The document's <style> blocks are handed over as parsed stylesheets, in document order
     # (already parsed when the helper warmed up on the same template). WeasyPrint ranks them as
@@ -141,7 +145,7 @@ def _serve() -> None:
     import nbformat
     from weasyprint import HTML
 
-    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    _quiet_pdf_logs()  # before the warm-up: its stderr must end with a real error, if any
     # The template's own styles, parsed now: every document repeats them.
     warm = _html_of(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("warm up")]))
     for block in _STYLE.finditer(warm):

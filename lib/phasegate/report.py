@@ -8,6 +8,7 @@ PDFs need no root step, no browser download and no LaTeX.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -161,14 +162,13 @@ def _stage(folder: Path) -> Path:
 def _render(notebook: Path, stage: Path, stem: str, params: dict, wanted: list) -> dict:
     """Execute the notebook into stage/<stem>.ipynb (it writes <stem>.json), export the wanted
     formats from that executed notebook, and return the JSON document."""
-    if not wanted:
-        _execute(notebook, stage / f"{stem}.ipynb", params)
-        return json.loads((stage / f"{stem}.json").read_text())
-    with Exporter() as exporter:  # imports and warms up on the other core while the kernel runs
+    # The exporter imports and warms up on the other core while the kernel runs.
+    with Exporter() if wanted else contextlib.nullcontext() as exporter:
         _execute(notebook, stage / f"{stem}.ipynb", params)
         doc = json.loads((stage / f"{stem}.json").read_text())
-        exporter.run(stage / f"{stem}.ipynb", stage / f"{stem}.html" if "html" in wanted else None,
-                     stage / f"{stem}.pdf" if "pdf" in wanted else None)
+        if exporter is not None:
+            exporter.run(stage / f"{stem}.ipynb", stage / f"{stem}.html" if "html" in wanted else None,
+                         stage / f"{stem}.pdf" if "pdf" in wanted else None)
     return doc
 
 
