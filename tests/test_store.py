@@ -103,11 +103,12 @@ def test_truncated_parquet_is_skipped_and_reported(tmp_path):
     bad = [f for f in files if f.name == "bad.parquet"][0]
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
-    df = read_samples(tmp_path, T0 - timedelta(days=1), T0 + timedelta(days=30))
     assert len(files) == 2  # all 300 rows fall on one date: one file each
-    assert len(df) == 150
-    assert [e["file"] for e in df.attrs["excluded"]] == [str(bad)]
-    assert "unreadable parquet" in df.attrs["excluded"][0]["reason"]
+    for categorical in (False, True):  # every column, strings as dictionaries or not
+        df = read_samples(tmp_path, T0 - timedelta(days=1), T0 + timedelta(days=30), categorical=categorical)
+        assert len(df) == 150
+        assert [e["file"] for e in df.attrs["excluded"]] == [str(bad)]
+        assert "unreadable parquet" in df.attrs["excluded"][0]["reason"]
 
 
 def test_older_file_without_newer_columns(tmp_path):
@@ -115,9 +116,10 @@ def test_older_file_without_newer_columns(tmp_path):
                     "probe": ["health"], "status": pa.array([200], pa.int32()), "outcome": ["ok"]})
     (tmp_path / "samples" / "date=2026-01-28").mkdir(parents=True)
     pq.write_table(old, tmp_path / "samples" / "date=2026-01-28" / "old.parquet")
-    df = read_samples(tmp_path, T0 - timedelta(hours=1), T0 + timedelta(hours=1))
-    assert len(df) == 1 and df["probe"][0] == "health"
-    assert df["latency_ms"].isna().all() and df["deployment_id"].isna().all()
+    for categorical in (False, True):
+        df = read_samples(tmp_path, T0 - timedelta(hours=1), T0 + timedelta(hours=1), categorical=categorical)
+        assert len(df) == 1 and df["probe"][0] == "health"
+        assert df["latency_ms"].isna().all() and df["deployment_id"].isna().all()
 
 
 def test_missing_data_dir_is_a_data_error(tmp_path):

@@ -463,7 +463,8 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
     if categorical:
         # Parquet stores repeated strings dictionary-encoded: read them as dictionaries, and
         # pandas gets categoricals without hashing every string (10 M samples: 9 s -> 1 s).
-        strs = [f.name for f in SCHEMA if f.type == pa.string() and f.name in cols]
+        # (Strings stored by shared prefix, not by dictionary, stay strings: Arrow cannot decode them as one.)
+        strs = [f.name for f in SCHEMA if f.type == pa.string() and f.name in cols and f.name not in _ENCODING]
         schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in strs else f
                             for f in SCHEMA])
         fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=strs))
