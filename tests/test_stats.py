@@ -364,3 +364,31 @@ def test_transitions_per_probe_equal_a_loop_over_each_series(seed):
         seq = bad[np.sort(idx)]
         want[rows.probe_names.index(probe)] += int((seq[1:] != seq[:-1]).sum())
     assert want.sum() > 50 and list(got) == list(want)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_health_equals_the_pandas_computation(seed):
+    # Health is counted on the health probes' rows picked by code; each figure must equal the
+    # plain pandas filtering (a missing count is no mismatch; any status but "healthy" is).
+    import pandas as pd
+    from phasegate import analysis
+    df = _frame(seed)
+    rng = np.random.default_rng(seed)
+    n = len(df)
+    total = np.where(rng.random(n) < 0.2, np.nan, 6.0)
+    loaded = np.where(rng.random(n) < 0.1, np.nan, np.where(rng.random(n) < 0.05, rng.integers(0, 6, n), 6.0))
+    df["handlers_total"] = pd.array(total, dtype="Int32")
+    df["handlers_loaded"] = pd.array(loaded, dtype="Int32")
+    df["health_status"] = pd.Categorical(rng.choice(["healthy", "degraded", None], n, p=[0.9, 0.04, 0.06]))
+    got = analysis._health(load_profile(SIM_PROFILE), df, analysis.Rows.of(df))
+    h = df.loc[df["probe"] == "health"]
+    answered = h[h["handlers_total"].notna() | h["health_status"].notna()]
+    bad = answered[(answered["handlers_loaded"] != answered["handlers_total"]).fillna(False)
+                   | (answered["health_status"].notna() & (answered["health_status"] != "healthy"))]
+    iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    assert got == {
+        "probes": ["health"], "samples": len(h), "answered": len(answered), "unanswered": len(h) - len(answered),
+        "unhealthy": len(bad), "min_loaded": int(answered["handlers_loaded"].min()),
+        "handlers_total": int(answered["handlers_total"].max()),
+        "first_unhealthy": iso(bad["ts"].iloc[0]), "last_unhealthy": iso(bad["ts"].iloc[-1])}
+    assert 20 < len(bad) < len(answered)

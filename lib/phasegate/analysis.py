@@ -130,7 +130,7 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
         evid = read_samples(data_dir, window.start, observed_end, nonnull="evidence", categorical=True,
                             columns=["probe", "status", "outcome", "error_code", "evidence"]).sort_values("ts", kind="stable")
         hourly = coverage_hourly(profile, df, window.start, observed_end, rows)
-        health, flags, deployments = _health(profile, df), _flags(df), _deployments(df)
+        health, flags, deployments = _health(profile, df, rows), _flags(df), _deployments(df)
         coverage = _coverage(profile, df, window.start, observed_end, rows)
         quality = _quality(hourly, rows, flips.result())
         base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
@@ -267,21 +267,26 @@ def compare(canary: pd.DataFrame, base: pd.DataFrame) -> dict:
     return {"probes": out}
 
 
-def _health(profile: Profile, df: pd.DataFrame) -> dict:
+def _health(profile: Profile, df: pd.DataFrame, rows: Rows) -> dict:
     names = [p.name for p in profile.probes if "handlers_total" in p.extract or "health_status" in p.extract]
-    # Only the health probes' rows, and only the columns read here: a fleet has millions of them.
-    h = df.loc[df["probe"].isin(names).to_numpy(), ["ts", "handlers_loaded", "handlers_total", "health_status"]]
-    answered = h[h["handlers_total"].notna() | h["health_status"].notna()]
-    bad = answered[(answered["handlers_loaded"] != answered["handlers_total"]).fillna(False)
-                   | (answered["health_status"].notna() & (answered["health_status"] != "healthy"))]
-    loaded = answered["handlers_loaded"].dropna()
+    # Only the health probes' rows, picked by probe code: a fleet has millions of others.
+    at = np.flatnonzero(np.isin(rows.probe_names, names)[rows.probe]) if rows.probe_names else np.zeros(0, np.int64)
+    loaded = df["handlers_loaded"].array[at].to_numpy(dtype=float, na_value=np.nan)
+    total = df["handlers_total"].array[at].to_numpy(dtype=float, na_value=np.nan)
+    status, status_names = group_codes(df["health_status"])[at], group_names(df["health_status"])
+    healthy = status_names.index("healthy") if "healthy" in status_names else -2
+    answered = ~np.isnan(total) | (status >= 0)
+    # A count compared only where both are known (a missing one is not a mismatch).
+    bad = answered & (((loaded != total) & ~np.isnan(loaded) & ~np.isnan(total)) | ((status >= 0) & (status != healthy)))
+    seen_loaded, seen_total = loaded[answered & ~np.isnan(loaded)], total[answered & ~np.isnan(total)]
+    bad_us = epoch_us(df["ts"])[at[bad]]
     return {
-        "probes": names, "samples": int(len(h)), "answered": int(len(answered)),
-        "unanswered": int(len(h) - len(answered)), "unhealthy": int(len(bad)),
-        "min_loaded": None if loaded.empty else int(loaded.min()),
-        "handlers_total": None if answered["handlers_total"].dropna().empty else int(answered["handlers_total"].max()),
-        "first_unhealthy": _ts(bad["ts"].iloc[0]) if len(bad) else None,
-        "last_unhealthy": _ts(bad["ts"].iloc[-1]) if len(bad) else None,
+        "probes": names, "samples": int(len(at)), "answered": int(answered.sum()),
+        "unanswered": int(len(at) - answered.sum()), "unhealthy": int(bad.sum()),
+        "min_loaded": int(seen_loaded.min()) if len(seen_loaded) else None,
+        "handlers_total": int(seen_total.max()) if len(seen_total) else None,
+        "first_unhealthy": _us(bad_us[0]) if len(bad_us) else None,
+        "last_unhealthy": _us(bad_us[-1]) if len(bad_us) else None,
     }
 
 
