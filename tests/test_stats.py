@@ -392,3 +392,15 @@ def test_health_equals_the_pandas_computation(seed):
         "handlers_total": int(answered["handlers_total"].max()),
         "first_unhealthy": iso(bad["ts"].iloc[0]), "last_unhealthy": iso(bad["ts"].iloc[-1])}
     assert 20 < len(bad) < len(answered)
+
+
+def test_percentiles_of_sorted_values_equal_numpys_to_the_bit():
+    # Percentiles are read from the grouped sort (two lookups and numpy's lerp) instead of
+    # np.percentile's copy and partition of every group; they must be numpy's, bit for bit.
+    from phasegate.groups import grouped_percentiles, sorted_percentiles
+    rng = np.random.default_rng(1)
+    for n in [*range(1, 60), 299, 300, 1000, 12345, 200_000]:
+        x = np.sort(rng.lognormal(3, 1, n) * rng.choice([1e-3, 1, 1e6]))
+        want = np.percentile(x, [50, 95, 99])
+        assert sorted_percentiles(x, (50, 95, 99)) == list(want), n
+        assert list(grouped_percentiles(np.zeros(n, np.int64), x, 1, (0.5, 0.95, 0.99))[0]) == list(want), n

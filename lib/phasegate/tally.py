@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from .groups import group_codes, group_names, sorted_groups
+from .groups import group_codes, group_names, sorted_groups, sorted_percentiles
 from .probe import ERROR_OUTCOMES
 from .stats import quantile_interval, quantile_upper_rank
 
@@ -141,7 +141,7 @@ def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence
     out = []
     for i in range(n_groups):
         lat = v[starts[i]:starts[i] + counts[i]]
-        pct = np.percentile(lat, [50, 95, 99]) if len(lat) else [None] * 3
+        pct = sorted_percentiles(lat, (50, 95, 99)) if len(lat) else [None] * 3
         up = quantile_upper_rank(len(lat), 0.99, confidence)
         out.append({
             "samples": int(n[i]),
