@@ -17,7 +17,7 @@ import pandas as pd
 
 from .errors import DataError
 from .groups import (NumpyThreads, epoch_us, group_codes, group_extreme, group_names, grouped_percentiles,
-                     series_transitions, sorted_groups)
+                     series_order, sorted_groups)
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, rate_upper
@@ -118,11 +118,10 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
     tl_keys = timeline_keys(df, rows, bucket_s)
     groupings = {"overall": (np.zeros(len(df), np.int64), 1), "timeline": tl_keys[:2],
                  "probe": (rows.probe, len(rows.probe_names))}
-    if (rows.tenant >= 0).any():
-        groupings["tenant"] = (rows.tenant, len(rows.tenant_names))
     # The sorts (pure numpy) run on worker threads while this thread does the rest.
     with NumpyThreads() as bg:
-        flips = bg.submit(series_transitions, rows.probe, rows.tenant, rows.bad, len(rows.probe_names))
+        series = bg.submit(series_order, rows.probe, rows.tenant, rows.bad, rows.lat, len(rows.probe_names),
+                           len(rows.tenant_names))
         sorts = {k: bg.submit(sorted_groups, codes, rows.lat, n) for k, (codes, n) in groupings.items()}
         # The heavy columns are only needed on few rows: read those rows alone (strings as dictionaries: 3x faster).
         fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
@@ -132,7 +131,8 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
         hourly = coverage_hourly(profile, df, window.start, observed_end, rows)
         health, flags, deployments = _health(profile, df, rows), _flags(df), _deployments(df)
         coverage = _coverage(profile, df, window.start, observed_end, rows)
-        quality = _quality(hourly, rows, flips.result())
+        flips, by_tenant = series.result()
+        quality = _quality(hourly, rows, flips)
         base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
                                                              columns=["probe", "status", "outcome", "latency_ms"])
         grouped = {k: f.result() for k, f in sorts.items()}
@@ -141,7 +141,7 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
         overall=grouped_probe_stats(rows, groupings["overall"][0], 1, conf, grouped["overall"])[0],
         health=health, flags=flags, deployments=deployments,
         anomalies=_anomalies(fails), coverage=coverage, evidence=_evidence(evid), inputs=inputs, quality=quality,
-        baseline=None if base_df is None else compare(df, base_df), tenants=tenant_stats(df, rows, conf, grouped.get("tenant")),
+        baseline=None if base_df is None else compare(df, base_df), tenants=tenant_stats(df, rows, conf, by_tenant),
         platform=platform,
         prometheus=None if prom_df.empty else {**_prom_stats(prom_df), "p99_from_histogram": _hist_p99(hist_df)},
         traffic=None if traffic_df.empty else {
@@ -230,7 +230,7 @@ def _hist_p99(h: pd.DataFrame, q: float = 0.99) -> dict:
 
 def _quality(hourly: pd.DataFrame, rows: Rows, flips: np.ndarray) -> dict:
     """Thin hours (under half the expected samples) and flapping (ok/failed alternating) per
-    probe; `flips`: `series_transitions` per probe code."""
+    probe; `flips`: transitions per probe code (`series_order`)."""
     full = hourly[hourly["expected"] >= 1]
     thin = full[full["actual"] < 0.5 * full["expected"]].groupby("probe").size()
     t = rows.tally(rows.probe, len(rows.probe_names))

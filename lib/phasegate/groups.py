@@ -73,18 +73,32 @@ class NumpyThreads:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def series_transitions(probe: np.ndarray, tenant: np.ndarray, bad: np.ndarray, n_probes: int) -> np.ndarray:
-    """Per probe code: how often `bad` changes between consecutive rows of the same (probe,
-    tenant) series, rows being in time order. One radix sort, no loop per series."""
-    per_probe = int(tenant.max(initial=0)) + 2
-    series = probe * per_probe + tenant + 1
-    if series.max(initial=0) <= 32767:
-        series = series.astype(np.int16)  # a radix sort (numpy's stable sort of 16-bit integers)
-    order = np.argsort(series, kind="stable")  # stable keeps time order within each series
-    g, b = series[order], bad[order]
+def series_order(probe: np.ndarray, tenant: np.ndarray, bad: np.ndarray, values: np.ndarray, n_probes: int,
+                 n_tenants: int):
+    """One radix sort of the rows by (tenant, probe), rows being in time order, gives both:
+    per probe code, how often `bad` changes between consecutive rows of the same (probe, tenant)
+    series; and `values` grouped by tenant code as `sorted_groups` gives them (rows without a
+    tenant and NaN values left out)."""
+    key = tenant + 1  # no tenant (-1) is block 0
+    key *= n_probes
+    key += probe
+    if (n_tenants + 1) * n_probes <= 32767:
+        key = key.astype(np.int16)  # a radix sort (numpy's stable sort of 16-bit integers)
+    order = np.argsort(key, kind="stable")  # stable keeps time order within each series
+    g, b = key[order], bad[order]
     # Transitions are few: count them by probe at their positions, not over every row.
     at = np.flatnonzero((b[1:] != b[:-1]) & (g[1:] == g[:-1])) + 1
-    return np.bincount(g[at].astype(np.int64) // per_probe, minlength=n_probes)
+    flips = np.bincount(g[at].astype(np.int64) % n_probes, minlength=n_probes)
+    del g, b
+    v = values[order]
+    del order
+    rows = np.bincount(tenant + 1, minlength=n_tenants + 1)
+    starts = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+    nans = np.bincount(tenant[np.isnan(values)] + 1, minlength=n_tenants + 1)
+    for s, n in zip(starts[1:], rows[1:]):
+        if n > 1:
+            v[s:s + n].sort()  # NaN sorts last: each block's first rows - NaNs are its values
+    return flips, (v, starts[1:], (rows - nans)[1:])
 
 
 def grouped_percentiles(codes: np.ndarray, values: np.ndarray, n_groups: int, qs, grouped=None) -> np.ndarray:
