@@ -25,6 +25,7 @@ from .store import read_samples, reused_memory, sha256
 from .tally import Rows, grouped_probe_stats, latencies, probe_stats, round_ms
 from .window import Window, iso, utcnow
 
+QS = (0.5, 0.95, 0.99)  # the percentiles of the timeline and the tenant table
 COLUMNS = ["source", "probe", "tenant", "status", "outcome", "error_code", "latency_ms", "health_status",
            "handlers_loaded", "handlers_total", "deployment_id", "flags", "simulated"]
 
@@ -116,12 +117,13 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
     conf = profile.criteria.confidence
     rows = Rows.of(df)
     tl_keys = timeline_keys(df, rows, bucket_s)
-    groupings = {"overall": (np.zeros(len(df), np.int64), 1), "timeline": tl_keys[:2],
-                 "probe": (rows.probe, len(rows.probe_names))}
+    groupings = {"overall": (None, 1), "probe": (rows.probe, len(rows.probe_names))}
     # The sorts (pure numpy) run on worker threads while this thread does the rest.
     with NumpyThreads() as bg:
         series = bg.submit(series_order, rows.probe, rows.tenant, rows.bad, rows.lat, len(rows.probe_names),
-                           len(rows.tenant_names))
+                           len(rows.tenant_names), QS)
+        # Percentiles straight from the sort: the sorted copy of every latency is not kept.
+        tl_pct = bg.submit(grouped_percentiles, tl_keys[0], rows.lat, tl_keys[1], QS)
         sorts = {k: bg.submit(sorted_groups, codes, rows.lat, n) for k, (codes, n) in groupings.items()}
         # The heavy columns are only needed on few rows: read those rows alone (strings as dictionaries: 3x faster).
         fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
@@ -131,24 +133,24 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
         hourly = coverage_hourly(profile, df, window.start, observed_end, rows)
         health, flags, deployments = _health(profile, df, rows), _flags(df), _deployments(df)
         coverage = _coverage(profile, df, window.start, observed_end, rows)
-        flips, by_tenant = series.result()
+        flips, tenant_pct = series.result()
         quality = _quality(hourly, rows, flips)
         base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
                                                              columns=["probe", "status", "outcome", "latency_ms"])
         grouped = {k: f.result() for k, f in sorts.items()}
     return Analysis(
         window=window, observed_end=observed_end, now=now, probes=_by_probe(df, rows, conf, grouped["probe"]),
-        overall=grouped_probe_stats(rows, groupings["overall"][0], 1, conf, grouped["overall"])[0],
+        overall=grouped_probe_stats(rows, None, 1, conf, grouped["overall"])[0],
         health=health, flags=flags, deployments=deployments,
         anomalies=_anomalies(fails), coverage=coverage, evidence=_evidence(evid), inputs=inputs, quality=quality,
-        baseline=None if base_df is None else compare(df, base_df), tenants=tenant_stats(df, rows, conf, by_tenant),
+        baseline=None if base_df is None else compare(df, base_df), tenants=tenant_stats(df, rows, conf, tenant_pct),
         platform=platform,
         prometheus=None if prom_df.empty else {**_prom_stats(prom_df), "p99_from_histogram": _hist_p99(hist_df)},
         traffic=None if traffic_df.empty else {
             "overall": probe_stats(traffic_df, conf),
             "routes": {r: probe_stats(g, conf) for r, g in traffic_df.groupby("probe", sort=True, observed=True)},
         },
-        timeline=timeline(df, rows, bucket_s, grouped["timeline"], tl_keys), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
+        timeline=timeline(df, rows, bucket_s, tl_pct.result(), tl_keys), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
         traffic_samples=_traffic_samples(traffic_df, prom_df),
     )
 
@@ -159,7 +161,7 @@ def _traffic_samples(traffic_df: pd.DataFrame, prom_df: pd.DataFrame) -> pd.Data
     return pd.concat(parts) if parts else None
 
 
-def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95, grouped=None) -> dict | None:
+def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95, pct=None) -> dict | None:
     """Every probe statistic per tenant, worst first (error rate, then 5xx, then p99), or None
     when no sample carries a tenant. Grouped on integer codes: a 500-yacht fleet is one pass."""
     if not (rows.tenant >= 0).any():
@@ -168,7 +170,8 @@ def tenant_stats(df: pd.DataFrame, rows: Rows, confidence: float = 0.95, grouped
     m = len(names)
     t = rows.tally(codes, m)
     n, errors, five, fdc, timeouts = t["n"], t["bad"], t["five"], t["disabled"], t["timeout"]
-    pct = grouped_percentiles(codes, rows.lat, m, (0.5, 0.95, 0.99), grouped)
+    if pct is None:  # (given: `series_order`'s)
+        pct = grouped_percentiles(codes, rows.lat, m, QS)
     # The probe with most errors, per tenant: where to look first (counted on the error rows alone).
     n_probes = max(len(rows.probe_names), 1)
     at = np.flatnonzero(rows.bad & (codes >= 0))
@@ -471,14 +474,15 @@ def _bucket_keys(us: np.ndarray, origin_us: int, step_us: int, pcodes: np.ndarra
     return key
 
 
-def timeline(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0, grouped=None, keys=None) -> pd.DataFrame:
+def timeline(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0, pct=None, keys=None) -> pd.DataFrame:
     """Per bucket and probe: samples, errors, 5xx, latency p50/p95/p99 (ms); only pairs with samples."""
     if df.empty:
         return pd.DataFrame()
     key, n_keys, (b0, n_probes, step) = keys or timeline_keys(df, rows, bucket_s)
     t = rows.tally(key, n_keys)
     samples, errors, fives = t["n"], t["bad"], t["five"]
-    pct = grouped_percentiles(key, rows.lat, n_keys, (0.50, 0.95, 0.99), grouped)
+    if pct is None:  # (given: computed on a worker thread)
+        pct = grouped_percentiles(key, rows.lat, n_keys, QS)
     k = np.flatnonzero(samples)
     names = np.asarray(rows.probe_names, dtype=object)
     return pd.DataFrame({

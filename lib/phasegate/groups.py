@@ -34,10 +34,13 @@ def epoch_us(ts: pd.Series) -> np.ndarray:
     return arr.asi8
 
 
-def sorted_groups(codes: np.ndarray, values: np.ndarray, n_groups: int):
+def sorted_groups(codes: np.ndarray | None, values: np.ndarray, n_groups: int):
     """(values sorted within each group, each group's start, each group's count); codes < 0 and
-    NaN values dropped. One stable radix sort of the small group codes, then numpy's SIMD sort
+    NaN values dropped; `codes` None: every row is in the one group. One stable radix sort of the small group codes, then numpy's SIMD sort
     of each group's contiguous slice: several times faster than an argsort of every value."""
+    if codes is None:
+        v = np.sort(values[~np.isnan(values)])
+        return v, np.zeros(1, np.int64), np.array([len(v)])
     drop = (codes < 0) | np.isnan(values)
     if n_groups == 1:
         v = np.sort(values[~drop])
@@ -74,11 +77,10 @@ class NumpyThreads:
 
 
 def series_order(probe: np.ndarray, tenant: np.ndarray, bad: np.ndarray, values: np.ndarray, n_probes: int,
-                 n_tenants: int):
-    """One radix sort of the rows by (tenant, probe), rows being in time order, gives both:
-    per probe code, how often `bad` changes between consecutive rows of the same (probe, tenant)
-    series; and `values` grouped by tenant code as `sorted_groups` gives them (rows without a
-    tenant and NaN values left out)."""
+                 n_tenants: int, qs=(0.5, 0.95, 0.99)):
+    """One radix sort of the rows by (tenant, probe), rows being in time order, gives both: per
+    probe code, how often `bad` changes between consecutive rows of the same (probe, tenant)
+    series; and per tenant code, `grouped_percentiles` of `values` at `qs`."""
     key = tenant + 1  # no tenant (-1) is block 0
     key *= n_probes
     key += probe
@@ -86,19 +88,21 @@ def series_order(probe: np.ndarray, tenant: np.ndarray, bad: np.ndarray, values:
         key = key.astype(np.int16)  # a radix sort (numpy's stable sort of 16-bit integers)
     order = np.argsort(key, kind="stable")  # stable keeps time order within each series
     g, b = key[order], bad[order]
+    del key
     # Transitions are few: count them by probe at their positions, not over every row.
     at = np.flatnonzero((b[1:] != b[:-1]) & (g[1:] == g[:-1])) + 1
     flips = np.bincount(g[at].astype(np.int64) % n_probes, minlength=n_probes)
+    # Each tenant's rows are one block of the sorted keys; NaN sorts last within its block.
+    bounds = np.searchsorted(g, (np.arange(n_tenants + 2) * n_probes).astype(g.dtype))
     del g, b
     v = values[order]
     del order
-    rows = np.bincount(tenant + 1, minlength=n_tenants + 1)
-    starts = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
-    nans = np.bincount(tenant[np.isnan(values)] + 1, minlength=n_tenants + 1)
-    for s, n in zip(starts[1:], rows[1:]):
+    starts, rows = bounds[1:-1], np.diff(bounds)[1:]
+    for s, n in zip(starts, rows):
         if n > 1:
-            v[s:s + n].sort()  # NaN sorts last: each block's first rows - NaNs are its values
-    return flips, (v, starts[1:], (rows - nans)[1:])
+            v[s:s + n].sort()
+    nans = np.bincount(tenant[np.isnan(values)] + 1, minlength=n_tenants + 1)[1:]
+    return flips, grouped_percentiles(None, v, n_tenants, qs, (v, starts, rows - nans))
 
 
 def grouped_percentiles(codes: np.ndarray, values: np.ndarray, n_groups: int, qs, grouped=None) -> np.ndarray:

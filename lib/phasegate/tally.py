@@ -62,13 +62,13 @@ class Rows:
                    tenant=group_codes(df["tenant"]).astype(np.int64) if "tenant" in df else np.full(len(df), -1),
                    tenant_names=group_names(df["tenant"]) if "tenant" in df else [])
 
-    def tally(self, codes: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
-        """Rows ("n") and rows of each kind per group code, codes < 0 not counted: one bincount
-        over code*32 + the kind bits instead of one pass per kind."""
+    def tally(self, codes: np.ndarray | None, n_groups: int) -> dict[str, np.ndarray]:
+        """Rows ("n") and rows of each kind per group code, codes < 0 not counted (`codes` None:
+        all rows, one group): one bincount over code*32 + the kind bits instead of one pass per kind."""
         seen = self._tallies.get(id(codes))
         if seen is not None and seen[0] is codes and seen[1] == n_groups:
             return seen[2]
-        if n_groups == 1 and not codes.any():  # the overall figures: no key to build
+        if codes is None:  # the overall figures: no key to build
             t = np.bincount(self.kinds, minlength=32).reshape(1, 32)
         else:
             key = codes.astype(np.int64)  # a copy, then in place: one new array, not three
@@ -117,15 +117,15 @@ def latencies(df: pd.DataFrame) -> np.ndarray:
     return lat[~np.isnan(lat)]
 
 
-def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence: float = 0.95,
+def grouped_probe_stats(rows: Rows, codes: np.ndarray | None, n_groups: int, confidence: float = 0.95,
                         grouped=None) -> list[dict]:
-    """`probe_stats` of every group code at once: counts by bincount, latencies from one grouped
-    sort (`grouped`: sorted_groups' result, if at hand)."""
+    """`probe_stats` of every group code at once (`codes` None: all rows, one group): counts by
+    bincount, latencies from one grouped sort (`grouped`: sorted_groups' result, if at hand)."""
     t = rows.tally(codes, n_groups)
     n, errors, five, disabled, assertion = t["n"], t["bad"], t["five"], t["disabled"], t["assertion"]
     statuses, scode = rows.status_codes
     width, k = len(statuses), len(rows.outcome_names) + 1
-    if n_groups == 1 and not codes.any():  # the overall figures: no keys to build
+    if codes is None:  # the overall figures: no keys to build
         by_status = np.bincount(scode, minlength=width).reshape(1, width)
         by_outcome = np.bincount(rows.outcome + 1, minlength=k).reshape(1, k)[:, 1:]
     else:
@@ -163,7 +163,7 @@ def grouped_probe_stats(rows: Rows, codes: np.ndarray, n_groups: int, confidence
 def probe_stats(df: pd.DataFrame, confidence: float = 0.95) -> dict:
     """samples, counts by status and outcome, errors, 5xx, FEATURE_DISABLED, latency percentiles
     with distribution-free confidence intervals (None where n is too small for one)."""
-    return grouped_probe_stats(Rows.of(df), np.zeros(len(df), np.int64), 1, confidence)[0]
+    return grouped_probe_stats(Rows.of(df), None, 1, confidence)[0]
 
 
 def round_pair(ci):
