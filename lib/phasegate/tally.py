@@ -23,23 +23,20 @@ class Rows:
     """Per-row facts that every grouping (overall, probe, tenant, timeline bucket) counts:
     computed once per window, then tallied by integer group codes."""
     bad: np.ndarray          # an error outcome
-    five: np.ndarray         # 5xx other than FEATURE_DISABLED (those are judged by their own criterion)
-    disabled: np.ndarray     # FEATURE_DISABLED
-    timeout: np.ndarray
-    assertion: np.ndarray
     lat: np.ndarray          # answered_latency
     status: np.ndarray       # NO_STATUS where no HTTP answer
     outcome: np.ndarray      # codes into outcome_names
     outcome_names: list
-    kinds: np.ndarray        # one bit per mask in KINDS, for tally()
-    probe: np.ndarray        # int64 codes into probe_names (every grouping needs them)
+    kinds: np.ndarray        # one bit per kind in KINDS, for tally()
+    probe: np.ndarray        # int32 codes into probe_names (every grouping needs them)
     probe_names: list
-    tenant: np.ndarray       # int64 codes into tenant_names, -1 where a sample has no tenant
+    tenant: np.ndarray       # int32 codes into tenant_names, -1 where a sample has no tenant
     tenant_names: list
     # Tallies already made, by the identity of their codes (held here, so the id is not reused):
     # the probe grouping is counted for the statistics, coverage and flapping alike.
     _tallies: dict = field(default_factory=dict, compare=False, repr=False)
 
+    # "five": 5xx other than FEATURE_DISABLED (those are judged by their own criterion).
     KINDS = ("bad", "five", "disabled", "assertion", "timeout")
 
     @classmethod
@@ -55,11 +52,11 @@ class Rows:
         masks = {"bad": outcome_in(ERROR_OUTCOMES), "five": (status >= 500) & (status <= 599) & ~disabled,
                  "disabled": disabled, "assertion": outcome_in({"assertion_failed"}), "timeout": outcome_in({"timeout"})}
         kinds = np.zeros(len(df), np.uint8)
-        for bit, name in enumerate(cls.KINDS):
+        for bit, name in enumerate(cls.KINDS):  # the masks themselves are not kept: kinds holds them
             kinds |= masks[name].astype(np.uint8) << bit
-        return cls(**masks, lat=answered_latency(df), status=status, outcome=oc, outcome_names=names, kinds=kinds,
-                   probe=group_codes(df["probe"]).astype(np.int64), probe_names=group_names(df["probe"]),
-                   tenant=group_codes(df["tenant"]).astype(np.int64) if "tenant" in df else np.full(len(df), -1),
+        return cls(bad=masks["bad"], lat=answered_latency(df), status=status, outcome=oc, outcome_names=names,
+                   kinds=kinds, probe=group_codes(df["probe"]).astype(np.int32), probe_names=group_names(df["probe"]),
+                   tenant=group_codes(df["tenant"]).astype(np.int32) if "tenant" in df else np.full(len(df), -1, np.int32),
                    tenant_names=group_names(df["tenant"]) if "tenant" in df else [])
 
     def tally(self, codes: np.ndarray | None, n_groups: int) -> dict[str, np.ndarray]:
