@@ -273,7 +273,7 @@ def compare(canary: pd.DataFrame, base: pd.DataFrame) -> dict:
 def _health(profile: Profile, df: pd.DataFrame, rows: Rows) -> dict:
     names = [p.name for p in profile.probes if "handlers_total" in p.extract or "health_status" in p.extract]
     # Only the health probes' rows, picked by probe code: a fleet has millions of others.
-    at = np.flatnonzero(np.isin(rows.probe_names, names)[rows.probe]) if rows.probe_names else np.zeros(0, np.int64)
+    at = np.flatnonzero(np.append(np.isin(rows.probe_names, names), False)[rows.probe])  # code -1 picks the False
     loaded = df["handlers_loaded"].array[at].to_numpy(dtype=float, na_value=np.nan)
     total = df["handlers_total"].array[at].to_numpy(dtype=float, na_value=np.nan)
     status, status_names = group_codes(df["health_status"])[at], group_names(df["health_status"])
