@@ -406,3 +406,22 @@ def test_percentiles_of_sorted_values_equal_numpys_to_the_bit():
         want = np.percentile(x, [50, 95, 99])
         assert sorted_percentiles(x, (50, 95, 99)) == list(want), n
         assert list(grouped_percentiles(np.zeros(n, np.int64), x, 1, (0.5, 0.95, 0.99))[0]) == list(want), n
+
+
+def test_evidence_is_each_kinds_first_raw_response(tmp_path):
+    # Raw responses come from the analysis' one read; they must be what a scan for the rows that
+    # carry evidence gives: the first failure of each kind and a baseline per probe, in time order.
+    from phasegate.analysis import _evidence, analyze
+    from phasegate.store import read_samples
+    from phasegate.window import Window
+    data = make(tmp_path, [Fault("server_error", start_s=3 * H, count=2, probes=("list",)),
+                           Fault("flags_off", start_s=5 * H, end_s=5.2 * H, probes=("execute",))], hours=6)
+    window = Window(START, START + timedelta(hours=6))
+    got = analyze(load_profile(SIM_PROFILE), data, window, now=AFTER).evidence
+    rows = read_samples(data, window.start, window.end, nonnull="evidence", categorical=True,
+                        columns=["probe", "status", "outcome", "error_code", "evidence"]).sort_values("ts", kind="stable")
+    assert got == _evidence(rows)
+    failures = [(e["probe"], e["status"], e["error_code"]) for e in got if e["kind"] == "failure"]
+    assert failures == [("list", 500, "INTERNAL_ERROR"), ("execute", 503, "FEATURE_DISABLED")]
+    assert sorted(e["probe"] for e in got if e["kind"] == "baseline") == ["execute", "health", "list", "suggestions"]
+    assert all(e["response"]["status"] == e["status"] for e in got if e["kind"] == "failure")

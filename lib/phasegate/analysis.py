@@ -85,11 +85,15 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
     observed_end = window.observed_end(now)
     if observed_end <= window.start:
         raise DataError(f"window starts in the future ({iso(window.start)}): nothing to analyse yet")
-    df = read_samples(data_dir, window.start, observed_end, columns=COLUMNS, categorical=True)
+    df = read_samples(data_dir, window.start, observed_end, columns=[*COLUMNS, "evidence"], categorical=True)
     # Files are read in time order and each is sorted: usually no sort (nor its copy of every column).
     if not df["ts"].is_monotonic_increasing:
         df = df.sort_values("ts", kind="stable")
     df = df.reset_index(drop=True)
+    # Raw responses are kept on few rows (failures, a baseline now and then): read with the rest, since
+    # a scan for just those rows decodes every column anyway (10 M samples: 0.4 s), then dropped.
+    evid = df.loc[df["evidence"].notna().to_numpy(), ["ts", "probe", "status", "outcome", "error_code", "evidence"]]
+    df = df.drop(columns="evidence")
     # Real traffic (imported request logs) is reported beside the probes, never mixed into them.
     is_traffic = (df["source"] == "traffic").to_numpy()
     is_prom = df["source"].isin(["prometheus", "prometheus-histogram"]).to_numpy()
@@ -125,11 +129,9 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
         # Percentiles straight from the sort: the sorted copy of every latency is not kept.
         tl_pct = bg.submit(grouped_percentiles, tl_keys[0], rows.lat, tl_keys[1], QS)
         sorts = {k: bg.submit(sorted_groups, codes, rows.lat, n) for k, (codes, n) in groupings.items()}
-        # The heavy columns are only needed on few rows: read those rows alone (strings as dictionaries: 3x faster).
+        # Assertion failures (lists of strings) are only needed on few rows: read those rows alone.
         fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
                              columns=["probe", "assertion_failures"]).sort_values("ts", kind="stable")
-        evid = read_samples(data_dir, window.start, observed_end, nonnull="evidence", categorical=True,
-                            columns=["probe", "status", "outcome", "error_code", "evidence"]).sort_values("ts", kind="stable")
         hourly = coverage_hourly(profile, df, window.start, observed_end, rows)
         health, flags, deployments = _health(profile, df, rows), _flags(df), _deployments(df)
         coverage = _coverage(profile, df, window.start, observed_end, rows)
