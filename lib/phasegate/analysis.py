@@ -461,7 +461,7 @@ def timeline_keys(df: pd.DataFrame, rows: Rows, bucket_s: float = 300.0):
     step = int(bucket_s * 1e6)
     us = epoch_us(df["ts"])
     b0 = int(us.min()) // step if len(us) else 0
-    n_probes = int(rows.probe.max(initial=0)) + 1
+    n_probes = max(len(rows.probe_names), 1)  # as every other grouping by probe: no pass over the codes
     key = _bucket_keys(us, b0 * step, step, rows.probe, n_probes)
     return key, int(key.max(initial=0)) + 1, (b0, n_probes, step)
 

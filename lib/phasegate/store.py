@@ -566,7 +566,11 @@ def reused_memory():
     freed one is reused, instead of a fresh mmap each time. On our VM every fresh page costs
     kernel time: alternating runs of a 10 M-sample analysis spent 4.7 s in the kernel without
     this and 3.5-3.7 s with it (wall 8.2 s -> 7.4-7.5 s), peak RSS 1.7-1.8 GB either way.
-    Scoped, not process-wide: a long-running collector keeps returning memory to the system."""
+    Scoped, not process-wide: a long-running collector keeps returning memory to the system.
+    Restored as far as glibc allows: any mallopt of these also turns off its dynamic mmap
+    threshold for the rest of the process (`no_dyn_threshold`), so afterwards blocks above the
+    threshold of that moment (128 KB to 32 MB) are mmapped and returned on free, as before the
+    block, but the threshold no longer rises."""
     libc = _glibc()
     no_mmap = libc is not None and libc.mallopt(_M_MMAP_MAX, 0) == 1
     high_trim = libc is not None and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
