@@ -408,6 +408,50 @@ def test_percentiles_of_sorted_values_equal_numpys_to_the_bit():
         assert list(grouped_percentiles(np.zeros(n, np.int64), x, 1, (0.5, 0.95, 0.99))[0]) == list(want), n
 
 
+def test_ranks_of_merged_runs_equal_the_sorted_union():
+    # The overall latencies are read by rank from the probes' sorted groups, never sorted whole.
+    from phasegate.groups import MergedRuns, sorted_percentiles
+    from phasegate.stats import quantile_interval
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        runs = [np.sort(np.round(rng.lognormal(3, 1, rng.integers(0, 40)), rng.integers(0, 3))
+                        * rng.choice([1, -1], p=[0.8, 0.2])) for _ in range(rng.integers(1, 6))]
+        if trial % 3 == 0:
+            runs.append(np.array([0.0, 0.0, np.inf]))
+        full = np.sort(np.concatenate(runs))
+        merged = MergedRuns(runs)
+        assert len(merged) == len(full) and merged[:] is merged
+        assert [merged[k] for k in range(len(full))] == list(full), trial
+        assert np.array_equal(merged[np.arange(len(full))[::-1]], full[::-1])
+        if len(full):
+            assert merged[-1] == full[-1]
+            assert np.array_equal(sorted_percentiles(merged, (50, 95, 99)), sorted_percentiles(full, (50, 95, 99)),
+                                  equal_nan=True)  # (an infinite latency interpolates to NaN in both)
+            assert quantile_interval(merged, 0.5) == quantile_interval(full, 0.5)
+    with pytest.raises(IndexError):
+        MergedRuns([np.arange(3.0)])[3]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_overall_statistics_read_from_the_probe_groups_equal_the_reference(seed):
+    from phasegate import analysis
+    from phasegate.groups import sorted_groups
+    df = _frame(seed)
+    rows = analysis.Rows.of(df)
+    by_probe = sorted_groups(rows.probe, rows.lat, len(rows.probe_names))
+    overall = analysis._overall_sorted(rows, by_probe)
+    assert isinstance(overall[0], analysis.MergedRuns)
+    assert analysis.grouped_probe_stats(rows, None, 1, 0.95, overall)[0] == _reference_stats(df, 0.95)
+    # A latency without a probe is in no probe group: the overall figures sort all rows instead.
+    df["probe"] = df["probe"].astype(object).where(np.arange(len(df)) != 10, None).astype("category")
+    rows = analysis.Rows.of(df)
+    assert rows.probe[10] == -1 and not np.isnan(rows.lat[10])
+    by_probe = sorted_groups(rows.probe, rows.lat, len(rows.probe_names))
+    overall = analysis._overall_sorted(rows, by_probe)
+    assert isinstance(overall[0], np.ndarray)
+    assert analysis.grouped_probe_stats(rows, None, 1, 0.95, overall)[0] == _reference_stats(df, 0.95)
+
+
 def test_evidence_is_each_kinds_first_raw_response(tmp_path):
     # Raw responses come from the analysis' one read; they must be what a scan for the rows that
     # carry evidence gives: the first failure of each kind and a baseline per probe, in time order.

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .groups import (NumpyThreads, epoch_us, group_codes, group_extreme, group_names, grouped_percentiles,
+from .groups import (MergedRuns, NumpyThreads, epoch_us, group_codes, group_extreme, group_names, grouped_percentiles,
                      series_order, sorted_groups)
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
@@ -121,14 +121,13 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
     conf = profile.criteria.confidence
     rows = Rows.of(df)
     tl_keys = timeline_keys(df, rows, bucket_s)
-    groupings = {"overall": (None, 1), "probe": (rows.probe, len(rows.probe_names))}
     # The sorts (pure numpy) run on worker threads while this thread does the rest.
     with NumpyThreads() as bg:
         series = bg.submit(series_order, rows.probe, rows.tenant, rows.bad, rows.lat, len(rows.probe_names),
                            len(rows.tenant_names), QS)
         # Percentiles straight from the sort: the sorted copy of every latency is not kept.
         tl_pct = bg.submit(grouped_percentiles, tl_keys[0], rows.lat, tl_keys[1], QS)
-        sorts = {k: bg.submit(sorted_groups, codes, rows.lat, n) for k, (codes, n) in groupings.items()}
+        by_probe = bg.submit(sorted_groups, rows.probe, rows.lat, len(rows.probe_names))
         # Assertion failures (lists of strings) are only needed on few rows: read those rows alone.
         fails = read_samples(data_dir, window.start, observed_end, outcomes=["assertion_failed"],
                              columns=["probe", "assertion_failures"]).sort_values("ts", kind="stable")
@@ -139,7 +138,8 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
         quality = _quality(hourly, rows, flips)
         base_df = None if baseline is None else read_samples(baseline[0], baseline[1].start, baseline[1].end,
                                                              columns=["probe", "status", "outcome", "latency_ms"])
-        grouped = {k: f.result() for k, f in sorts.items()}
+        grouped = {"probe": by_probe.result()}
+        grouped["overall"] = _overall_sorted(rows, grouped["probe"])
     return Analysis(
         window=window, observed_end=observed_end, now=now, probes=_by_probe(df, rows, conf, grouped["probe"]),
         overall=grouped_probe_stats(rows, None, 1, conf, grouped["overall"])[0],
@@ -155,6 +155,16 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
         timeline=timeline(df, rows, bucket_s, tl_pct.result(), tl_keys), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
         traffic_samples=_traffic_samples(traffic_df, prom_df),
     )
+
+
+def _overall_sorted(rows: Rows, by_probe):
+    """sorted_groups' result for all rows, read from the probes' sorted groups (no sort of its own:
+    10 M samples, 0.3-0.5 s of a worker and an 80 MB copy), unless a latency has no probe."""
+    if (rows.probe < 0).any() and not np.isnan(rows.lat[rows.probe < 0]).all():
+        return sorted_groups(None, rows.lat, 1)
+    v, starts, counts = by_probe
+    merged = MergedRuns([v[s:s + n] for s, n in zip(starts, counts)])
+    return merged, np.zeros(1, np.int64), np.array([len(merged)])
 
 
 def _traffic_samples(traffic_df: pd.DataFrame, prom_df: pd.DataFrame) -> pd.DataFrame | None:

@@ -138,3 +138,54 @@ def group_extreme(out: np.ndarray, codes: np.ndarray, values: np.ndarray, ufunc)
     c, v = codes[order], values[order]
     starts = np.flatnonzero(np.concatenate([[True], c[1:] != c[:-1]]))
     out[c[starts]] = ufunc(out[c[starts]], ufunc.reduceat(v, starts))
+
+
+class MergedRuns:
+    """The sorted union of sorted runs, read by rank without building it: the overall latencies
+    are the probes' already-sorted groups, so their order statistics need no sort of their own.
+    Indexing (an int, an integer array or the whole slice) gives what indexing
+    `np.sort(np.concatenate(runs))` would; each rank is a binary search over the values."""
+
+    def __init__(self, runs: list):
+        self.runs = [r for r in runs if len(r)]
+        self.n = sum(len(r) for r in self.runs)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            if i.indices(self.n) != (0, self.n, 1):
+                raise IndexError("MergedRuns: only the whole slice")
+            return self
+        if isinstance(i, np.ndarray):
+            return np.array([self[int(k)] for k in i.reshape(-1)], dtype=float).reshape(i.shape)
+        k = int(i) + self.n if i < 0 else int(i)
+        if not 0 <= k < self.n:
+            raise IndexError(f"rank {i} of {self.n}")
+        # The smallest value with more than k values at or below it, searched over the float64
+        # values in the integer order of their bits (monotone for non-NaN floats; runs hold no NaN).
+        lo, hi = _sortable(min(r[0] for r in self.runs)), _sortable(max(r[-1] for r in self.runs))
+        while lo < hi:
+            mid = (lo + hi) // 2
+            x = _float(mid)
+            if sum(int(np.searchsorted(r, x, side="right")) for r in self.runs) > k:
+                hi = mid
+            else:
+                lo = mid + 1
+        x = _float(lo)
+        for r in self.runs:  # the element itself (0.0 and -0.0 compare equal, but print apart)
+            j = int(np.searchsorted(r, x, side="left"))
+            if j < len(r) and r[j] == x:
+                return r[j]
+        return x
+
+
+def _sortable(x) -> int:
+    b = int(np.float64(x).view(np.int64))
+    return b ^ 0x7FFFFFFFFFFFFFFF if b < 0 else b
+
+
+def _float(k: int) -> np.float64:
+    b = k ^ 0x7FFFFFFFFFFFFFFF if k < 0 else k
+    return np.int64(b).view(np.float64)
