@@ -47,62 +47,165 @@ def child(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-OURS = '''
+OURS = """
 from phasegate.analysis import analyze
 from phasegate.profile import load_profile
 from phasegate.window import Window
 a = analyze(load_profile("{profile}"), "{data}", Window.from_args("{start}", end="{end}"))
 result = {{p: [s["samples"], s["errors"], s["http_5xx"], s["p50_ms"], s["p95_ms"], s["p99_ms"]] for p, s in a.probes.items()}}
 result["_timeline_rows"] = len(a.timeline)
-'''
+result["_tenants"] = {{r["tenant"]: [r["samples"], r["errors"], r["http_5xx"], r["p50_ms"], r["p95_ms"], r["p99_ms"]]
+                      for r in (a.tenants or {{}}).get("rows", [])}}
+result["_transitions"] = {{p: q["transitions"] for p, q in a.quality.items()}}
+c = a.coverage
+result["_gaps"] = [c["longest_gap_s"], c["collector_down_s"], c["longest_failing_s"]]
+result["_ranks"] = {{p: [s["max_ms"], *(s["p50_ci_ms"] or [None] * 2), *(s["p95_ci_ms"] or [None] * 2),
+                        *(s["p99_ci_ms"] or [None] * 2), s["p99_upper_ms"]] for p, s in [*a.probes.items(), ("", a.overall)]}}
+result["_evidence"] = len(a.evidence)
+result["_anomalies"] = sum(g["count"] for g in a.anomalies["assertion_failures"])
+"""
 
-DUCK = '''
+# The counts and percentiles per probe, timeline and hour, and the health, flag and deployment
+# counts: the reference of sessions 1-5, still timed on its own beside the full one.
+DUCK_CORE = """
 import duckdb, glob
 files = sorted(glob.glob("{data}/samples/date=*/*.parquet"))
 con = duckdb.connect()
 con.execute("SET TimeZone='UTC'")
-con.execute(f"CREATE VIEW s AS SELECT * FROM read_parquet({{files!r}}, union_by_name=true) "
+con.execute(f"CREATE VIEW s AS SELECT * FROM read_parquet({{files!r}}, union_by_name=true, file_row_number=true) "
             "WHERE ts >= TIMESTAMPTZ '{start}' AND ts < TIMESTAMPTZ '{end}'")
-err = "outcome NOT IN ('ok', 'assertion_failed')"
+err = "coalesce(outcome NOT IN ('ok', 'assertion_failed'), false)"
 five = "status BETWEEN 500 AND 599 AND coalesce(error_code, '') <> 'FEATURE_DISABLED'"
-rows = con.execute(f"""SELECT probe, count(*), sum(({{err}})::int), sum(({{five}})::int),
+rows = con.execute(f\"\"\"SELECT probe, count(*), sum(({{err}})::int), sum(({{five}})::int),
     quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status IS NOT NULL),
     max(latency_ms) FILTER (WHERE status IS NOT NULL), sum((error_code = 'FEATURE_DISABLED')::int)
-    FROM s GROUP BY probe""").fetchall()
+    FROM s GROUP BY probe\"\"\").fetchall()
 result = {{r[0]: [r[1], r[2], r[3], *[round(x, 3) for x in r[4]]] for r in rows}}
+counts = {{r[0]: r[1] for r in rows}}
 con.execute("SELECT probe, status, count(*) FROM s GROUP BY ALL").fetchall()
 con.execute("SELECT probe, outcome, count(*) FROM s GROUP BY ALL").fetchall()
-tl = con.execute(f"""SELECT time_bucket(INTERVAL 5 MINUTE, ts) b, probe, count(*), sum(({{err}})::int),
+tl = con.execute(f\"\"\"SELECT time_bucket(INTERVAL 5 MINUTE, ts) b, probe, count(*), sum(({{err}})::int),
     sum(({{five}})::int), quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status IS NOT NULL)
-    FROM s GROUP BY ALL""").fetchall()
+    FROM s GROUP BY ALL\"\"\").fetchall()
 con.execute(f"SELECT date_trunc('hour', ts), probe, count(*), sum((NOT ({{err}}))::int) FROM s GROUP BY ALL").fetchall()
-con.execute("SELECT count(*) FILTER (WHERE handlers_loaded <> handlers_total OR health_status <> 'healthy') FROM s").fetchall()
+con.execute(\"\"\"SELECT count(*) FILTER (WHERE handlers_loaded <> handlers_total OR health_status <> 'healthy'),
+    min(ts) FILTER (WHERE handlers_loaded <> handlers_total OR health_status <> 'healthy'),
+    max(ts) FILTER (WHERE handlers_loaded <> handlers_total OR health_status <> 'healthy'),
+    min(handlers_loaded), max(handlers_total) FROM s\"\"\").fetchall()
 con.execute("SELECT flags, count(*) FROM s WHERE flags IS NOT NULL GROUP BY ALL").fetchall()
 con.execute("SELECT deployment_id, min(ts), max(ts), count(*) FROM s WHERE deployment_id IS NOT NULL GROUP BY ALL").fetchall()
 result["_timeline_rows"] = len(tl)
-'''
+"""
+
+# What else `analyze` computes, each in the SQL an engine needs for it: per-tenant statistics,
+# ok/failed transitions per (tenant, probe) series, gaps and the longest failing stretch in time
+# order (rows at the same instant in file order, as ours), the order statistics of the
+# distribution-free intervals, evidence, assertion failures and the flag/deployment sequence.
+DUCK_REST = """
+from scipy import special
+tn = con.execute(f\"\"\"SELECT tenant, count(*), sum(({{err}})::int), sum(({{five}})::int),
+    quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status IS NOT NULL)
+    FROM s WHERE tenant IS NOT NULL GROUP BY tenant\"\"\").fetchall()
+result["_tenants"] = {{r[0]: [r[1], r[2], r[3], *[None if x is None else round(x, 3) for x in r[4]]] for r in tn}}
+con.execute(f\"\"\"SELECT tenant, arg_max(probe, k) FROM (SELECT tenant, probe, count(*) k FROM s
+    WHERE {{err}} AND tenant IS NOT NULL GROUP BY ALL) GROUP BY tenant\"\"\").fetchall()
+fl = con.execute(f\"\"\"SELECT probe, count(*) FILTER (WHERE bad <> prev) FROM (
+    SELECT probe, bad, lag(bad) OVER (PARTITION BY tenant, probe ORDER BY ts) prev
+    FROM (SELECT ts, tenant, probe, {{err}} bad FROM s)) GROUP BY probe\"\"\").fetchall()
+result["_transitions"] = {{r[0]: r[1] for r in fl}}
+g = con.execute(f\"\"\"WITH o AS MATERIALIZED (SELECT epoch_us(ts) us, {{err}} bad,
+        epoch_us(ts) - lag(epoch_us(ts)) OVER w gap, row_number() OVER w rn
+        FROM s WINDOW w AS (ORDER BY ts, file_row_number))
+    SELECT max(gap), sum(greatest(gap - {slack_us}, 0)), min(us), max(us), (SELECT max(last - first) FROM (
+        SELECT min(us) first, max(us) last FROM (SELECT us, rn - row_number() OVER (ORDER BY rn) run FROM o WHERE bad)
+        GROUP BY run)) FROM o\"\"\").fetchone()
+s_us, e_us = {start_us}, {end_us}
+edges = [g[2] - s_us, e_us - g[3]]
+down = int(g[1] or 0) + sum(max(0, e - {slack_us}) for e in edges)
+result["_gaps"] = [round(max(g[0] or 0, *edges) / 1e6, 3), round(down / 1e6, 3), round((g[4] or 0) / 1e6, 3)]
+
+def ppf(q, n, p):  # the smallest k with P(Binomial(n, p) <= k) >= q
+    k = min(max(int(-(-float(special.bdtrik(q, n, p)) // 1)), 0), n)
+    return k - 1 if k > 0 and special.bdtr(k - 1, n, p) >= q else k
+
+def ranks(n):  # 1-based ranks: each interval's bounds, then the one-sided upper bound of p99
+    out = []
+    for p in (0.5, 0.95, 0.99):
+        lo, hi = ppf(0.025, n, p), ppf(0.975, n, p) + 1
+        out += [lo, hi] if lo >= 1 and hi <= n else [None, None]
+    up = ppf(0.95, n, 0.99) + 1
+    return out + [up if up <= n else None]
+
+answered = dict(con.execute("SELECT probe, count(*) FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL GROUP BY probe").fetchall())
+answered[""] = sum(answered.values())
+want = {{p: ranks(n) for p, n in answered.items()}}
+qs = {{p: [(r - 0.5) / answered[p] for r in w if r is not None] for p, w in want.items()}}  # quantile_disc: rank ceil(n q)
+every = sorted({{q for p, v in qs.items() if p for q in v}})
+got = {{r[0]: (r[1], dict(zip(every, r[2]))) for r in con.execute(f"SELECT probe, max(latency_ms), quantile_disc(latency_ms, {{every!r}}) "
+       "FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL GROUP BY probe").fetchall()}}
+mx, vals = con.execute(f"SELECT max(latency_ms), quantile_disc(latency_ms, {{qs['']!r}}) FROM s "
+                       "WHERE status IS NOT NULL AND latency_ms IS NOT NULL").fetchone()
+got[""] = (mx, dict(zip(qs[""], vals)))
+result["_ranks"] = {{}}
+for p, w in want.items():
+    it = iter(qs[p])
+    result["_ranks"][p] = [round(got[p][0], 3), *[None if r is None else round(got[p][1][next(it)], 3) for r in w]]
+ev = con.execute(\"\"\"SELECT probe, CASE WHEN outcome = 'ok' THEN NULL ELSE outcome END,
+    CASE WHEN outcome = 'ok' THEN NULL ELSE status END, CASE WHEN outcome = 'ok' THEN NULL ELSE error_code END,
+    min(ts), arg_min(evidence, ts) FROM s WHERE evidence IS NOT NULL GROUP BY ALL\"\"\").fetchall()
+result["_evidence"] = len(ev)
+an = con.execute(\"\"\"SELECT probe, m, count(*), min(ts), max(ts) FROM (SELECT probe, ts, unnest(assertion_failures) m
+    FROM s WHERE outcome = 'assertion_failed') GROUP BY ALL\"\"\").fetchall()
+result["_anomalies"] = sum(r[2] for r in an)
+con.execute(\"\"\"SELECT ts, flags, deployment_id FROM (SELECT ts, flags, deployment_id, lag(flags) OVER w pf,
+    lag(deployment_id) OVER w pd FROM s WHERE flags IS NOT NULL OR deployment_id IS NOT NULL
+    WINDOW w AS (ORDER BY ts, file_row_number)) WHERE flags IS DISTINCT FROM pf OR deployment_id IS DISTINCT FROM pd\"\"\").fetchall()
+"""
 
 
 def analysis_bench(sizes, work: Path, lines: list):
-    lines += ["| samples | phasegate analysis s | DuckDB SQL s | ratio | phasegate peak RSS MiB | DuckDB peak RSS MiB | numbers agree | target |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| samples | phasegate analysis s | DuckDB, the same aggregates s | ratio | DuckDB, counts and percentiles only s | ratio "
+              "| phasegate peak RSS MiB | DuckDB peak RSS MiB (same aggregates) | numbers agree | target |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     out = {}
     for n in sizes:
         hours = n / PER_HOUR
         data = work / f"fleet-{n}"
         gen = history(FLEET, f"{hours:.6f}", data)
-        args = dict(profile=FLEET, data=data, start=_minus(END, hours), end=END)
+        args = _args(FLEET, data, _minus(END, hours), END)
         ours = min((child(OURS.format(**args)) for _ in range(2)), key=lambda r: r["seconds"])
-        duck = min((child(DUCK.format(**args)) for _ in range(2)), key=lambda r: r["seconds"])
+        duck = min((child(DUCK_CORE.format(**args) + DUCK_REST.format(**args)) for _ in range(2)), key=lambda r: r["seconds"])
+        core = min((child(DUCK_CORE.format(**args)) for _ in range(2)), key=lambda r: r["seconds"])
         agree = _agree(ours["result"], duck["result"])
-        ratio = ours["seconds"] / duck["seconds"]
         total = sum(v[0] for k, v in ours["result"].items() if not k.startswith("_"))
         target = "≤ 1.5× DuckDB, ≤ 2 GB" if n >= 10e6 else "linear in samples"
-        lines.append(f"| {total:,} | {ours['seconds']:.2f} | {duck['seconds']:.2f} | {ratio:.2f}× | {ours['rss_mb']:.0f} | "
+        lines.append(f"| {total:,} | {ours['seconds']:.2f} | {duck['seconds']:.2f} | {ours['seconds'] / duck['seconds']:.2f}× | "
+                     f"{core['seconds']:.2f} | {ours['seconds'] / core['seconds']:.2f}× | {ours['rss_mb']:.0f} | "
                      f"{duck['rss_mb']:.0f} | {'yes' if agree else 'NO'} | {target} |")
         print(lines[-1], f"(generated in {gen:.1f} s)", flush=True)
         out[n] = (data, ours, duck)
     return out
+
+
+def agreement(profile, data, hours, label: str, lines: list):
+    """Both engines once on a dataset with failures (transitions, failing stretches, evidence)."""
+    args = _args(profile, data, _minus(END, hours), END)
+    ours, duck = child(OURS.format(**args)), child(DUCK_CORE.format(**args) + DUCK_REST.format(**args))
+    r = ours["result"]
+    lines.append(f"\nOn {label}: numbers agree with DuckDB's: {'yes' if _agree(r, duck['result']) else 'NO'} "
+                 f"({sum(v[1] for k, v in r.items() if not k.startswith('_')):,} errors, "
+                 f"{sum(r['_transitions'].values()):,} ok/failed transitions, longest failing stretch {r['_gaps'][2]} s, "
+                 f"{r['_evidence']} raw responses; phasegate {ours['seconds']:.2f} s, DuckDB {duck['seconds']:.2f} s).")
+    print(lines[-1], flush=True)
+
+
+def _args(profile, data, start, end) -> dict:
+    from datetime import datetime, timezone
+    from phasegate.analysis import _expected
+    from phasegate.profile import load_profile
+    us = lambda t: int(datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()) * 10**6  # noqa: E731
+    slack_us = int(2.0 / min(_expected(load_profile(profile)).values()) * 1e6)  # as `analysis._coverage`
+    return dict(profile=profile, data=data, start=start, end=end, start_us=us(start), end_us=us(end), slack_us=slack_us)
 
 
 def _minus(end, hours):
@@ -119,7 +222,20 @@ def _agree(ours, duck):
         if d is None or v[:3] != d[:3] or any(abs(a - b) > 1e-3 for a, b in zip(v[3:], d[3:])):
             print("disagree", probe, v, d)
             return False
-    return ours["_timeline_rows"] == duck["_timeline_rows"]
+    for key in ("_timeline_rows", "_transitions", "_gaps", "_evidence", "_anomalies"):
+        if ours[key] != duck[key]:
+            print("disagree", key, ours[key], duck[key])
+            return False
+    for key in ("_tenants", "_ranks"):
+        for name, v in ours[key].items():
+            d = duck[key].get(name)
+            if d is None or len(d) != len(v) or any(a != b and (a is None or b is None or abs(a - b) > 1e-3) for a, b in zip(v, d)):
+                print("disagree", key, name, v, d)
+                return False
+        if len(ours[key]) != len(duck[key]):
+            print("disagree", key, len(ours[key]), len(duck[key]))
+            return False
+    return True
 
 
 FLOOR_NB = {"cells": [
@@ -153,7 +269,16 @@ print(json.dumps({"papermill": t1 - t, "html": t2 - t1, "pdf": t3 - t2}))
 '''
 
 
-def report_bench(work: Path, fleet_data, lines: list):
+def yacht_fleet(work: Path) -> Path:
+    """The seed's Phase 2 fleet: 50 staging yachts, two of them answering 5 % 500s."""
+    yachts = work / "yachts"
+    sched = work / "two-bad.toml"
+    sched.write_text('[[fault]]\nkind = "server_error"\nrate = 0.05\ntenants = ["yacht-07", "yacht-31"]\n')
+    history(YACHTS, 24, yachts, schedule=sched)
+    return yachts
+
+
+def report_bench(work: Path, fleet_data, yachts: Path, lines: list):
     nb = work / "floor.ipynb"
     nb.write_text(json.dumps(FLOOR_NB))
     default = work / "default"
@@ -165,11 +290,6 @@ def report_bench(work: Path, fleet_data, lines: list):
         floor_runs[mode].append((time.perf_counter() - t, json.loads(out.stdout.strip().splitlines()[-1])))
     floor = min(r[0] for r in floor_runs["pipelined"])
     seq, parts = min(floor_runs["sequential"], key=lambda r: r[0])
-    # The seed's Phase 2 fleet: 50 staging yachts, two of them answering 5 % 500s.
-    yachts = work / "yachts"
-    sched = work / "two-bad.toml"
-    sched.write_text('[[fault]]\nkind = "server_error"\nrate = 0.05\ntenants = ["yacht-07", "yacht-31"]\n')
-    history(YACHTS, 24, yachts, schedule=sched)
     lines += ["", "| report | phasegate report s | floor s (papermill + HTML + PDF of a one-line notebook) | over floor | target |",
               "|---|---|---|---|---|"]
     for name, profile, data, hours, target in (
@@ -278,11 +398,13 @@ def main():
              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; `make bench`.", ""]
     try:
         datasets = analysis_bench(sizes, work, lines)
+        yachts = yacht_fleet(work)
+        agreement(YACHTS, yachts, 24, "the seed's Phase 2 fleet (50 staging yachts, two answering 5 % 500s; 504,000 samples)", lines)
         fleet_day = None
         if not a.no_fleet_report:
             fleet_day = work / "fleet-day"
             history(FLEET, 24, fleet_day)
-        report_bench(work, fleet_day, lines)
+        report_bench(work, fleet_day, yachts, lines)
         live = collector_bench(work, lines)
         storage_bench(work, datasets[min(sizes, key=lambda n: abs(n - 1e6))][0], live, lines)
     finally:
