@@ -61,6 +61,8 @@ c = a.coverage
 result["_gaps"] = [c["longest_gap_s"], c["collector_down_s"], c["longest_failing_s"]]
 result["_ranks"] = {{p: [s["max_ms"], *(s["p50_ci_ms"] or [None] * 2), *(s["p95_ci_ms"] or [None] * 2),
                         *(s["p99_ci_ms"] or [None] * 2), s["p99_upper_ms"]] for p, s in [*a.probes.items(), ("", a.overall)]}}
+o = a.overall
+result["_overall"] = [o["samples"], o["errors"], o["http_5xx"], o["p50_ms"], o["p95_ms"], o["p99_ms"]]
 result["_evidence"] = len(a.evidence)
 result["_anomalies"] = sum(g["count"] for g in a.anomalies["assertion_failures"])
 """
@@ -143,9 +145,12 @@ qs = {{p: [(r - 0.5) / answered[p] for r in w if r is not None] for p, w in want
 every = sorted({{q for p, v in qs.items() if p for q in v}})
 got = {{r[0]: (r[1], dict(zip(every, r[2]))) for r in con.execute(f"SELECT probe, max(latency_ms), quantile_disc(latency_ms, {{every!r}}) "
        "FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL GROUP BY probe").fetchall()}}
-mx, vals = con.execute(f"SELECT max(latency_ms), quantile_disc(latency_ms, {{qs['']!r}}) FROM s "
-                       "WHERE status IS NOT NULL AND latency_ms IS NOT NULL").fetchone()
+mx, vals, pct = con.execute(f"SELECT max(latency_ms), quantile_disc(latency_ms, {{qs['']!r}}), "
+                            "quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL").fetchone()
 got[""] = (mx, dict(zip(qs[""], vals)))
+result["_overall"] = [sum(v[0] for k, v in result.items() if not k.startswith("_")),
+                      sum(v[1] for k, v in result.items() if not k.startswith("_")),
+                      sum(v[2] for k, v in result.items() if not k.startswith("_")), *[round(x, 3) for x in pct]]
 result["_ranks"] = {{}}
 for p, w in want.items():
     it = iter(qs[p])
@@ -216,7 +221,7 @@ def _minus(end, hours):
 
 def _agree(ours, duck):
     for probe, v in ours.items():
-        if probe.startswith("_"):
+        if probe.startswith("_") and probe != "_overall":
             continue
         d = duck.get(probe)
         if d is None or v[:3] != d[:3] or any(abs(a - b) > 1e-3 for a, b in zip(v[3:], d[3:])):
