@@ -68,7 +68,8 @@ result["_anomalies"] = sum(g["count"] for g in a.anomalies["assertion_failures"]
 """
 
 # The counts and percentiles per probe, timeline and hour, and the health, flag and deployment
-# counts: the reference of sessions 1-5, still timed on its own beside the full one.
+# counts: the reference of sessions 1-5 (its health query now also takes the first and last
+# unhealthy sample), still timed on its own beside the full one.
 DUCK_CORE = """
 import duckdb, glob
 files = sorted(glob.glob("{data}/samples/date=*/*.parquet"))
@@ -83,7 +84,6 @@ rows = con.execute(f\"\"\"SELECT probe, count(*), sum(({{err}})::int), sum(({{fi
     max(latency_ms) FILTER (WHERE status IS NOT NULL), sum((error_code = 'FEATURE_DISABLED')::int)
     FROM s GROUP BY probe\"\"\").fetchall()
 result = {{r[0]: [r[1], r[2], r[3], *[round(x, 3) for x in r[4]]] for r in rows}}
-counts = {{r[0]: r[1] for r in rows}}
 con.execute("SELECT probe, status, count(*) FROM s GROUP BY ALL").fetchall()
 con.execute("SELECT probe, outcome, count(*) FROM s GROUP BY ALL").fetchall()
 tl = con.execute(f\"\"\"SELECT time_bucket(INTERVAL 5 MINUTE, ts) b, probe, count(*), sum(({{err}})::int),
