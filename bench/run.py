@@ -40,11 +40,14 @@ def child(code: str) -> dict:
         t0 = time.perf_counter()
         {code}
         secs = time.perf_counter() - t0
-        print(json.dumps({{"result": result, "seconds": secs,
-                          "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}, default=str))
+        print()  # the marked line starts a line of its own
+        print("bench-result", json.dumps({{"result": result, "seconds": secs,
+              "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}, default=str))
     ''').format(code=textwrap.indent(textwrap.dedent(code), "").replace("\n", "\n"))
     out = subprocess.run([PY, "-c", wrapper], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # Its own line, marked: a library may print to stdout too (DuckDB's progress bar did).
+    line = [x for x in out.stdout.splitlines() if x.startswith("bench-result ")][-1]
+    return json.loads(line.removeprefix("bench-result "))
 
 
 OURS = """
@@ -75,6 +78,7 @@ import duckdb, glob
 files = sorted(glob.glob("{data}/samples/date=*/*.parquet"))
 con = duckdb.connect()
 con.execute("SET TimeZone='UTC'")
+con.execute("SET enable_progress_bar = false")  # it prints to stdout on queries over 2 s
 con.execute(f"CREATE VIEW s AS SELECT * FROM read_parquet({{files!r}}, union_by_name=true, file_row_number=true) "
             "WHERE ts >= TIMESTAMPTZ '{start}' AND ts < TIMESTAMPTZ '{end}'")
 err = "coalesce(outcome NOT IN ('ok', 'assertion_failed'), false)"
