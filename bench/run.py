@@ -45,8 +45,13 @@ def child(code: str) -> dict:
               "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}, default=str))
     ''').format(code=textwrap.indent(textwrap.dedent(code), "").replace("\n", "\n"))
     out = subprocess.run([PY, "-c", wrapper], check=True, capture_output=True, text=True)
-    # Its own line, marked: a library may print to stdout too (DuckDB's progress bar did).
-    line = [x for x in out.stdout.splitlines() if x.startswith("bench-result ")][-1]
+    return _result_line(out.stdout)
+
+
+def _result_line(stdout: str):
+    # A child's result is a marked line of its own: a library may print to stdout too (DuckDB's
+    # progress bar did).
+    line = [x for x in stdout.splitlines() if x.startswith("bench-result ")][-1]
     return json.loads(line.removeprefix("bench-result "))
 
 
@@ -274,7 +279,8 @@ else:  # one step after the other, to see where the time goes
     t2 = time.perf_counter()
     export_pdf(html, out / "floor.pdf")
 t3 = time.perf_counter()
-print(json.dumps({"papermill": t1 - t, "html": t2 - t1, "pdf": t3 - t2}))
+print()
+print("bench-result", json.dumps({"papermill": t1 - t, "html": t2 - t1, "pdf": t3 - t2}))
 '''
 
 
@@ -296,7 +302,7 @@ def report_bench(work: Path, fleet_data, yachts: Path, lines: list):
     for mode in ("pipelined", "sequential", "pipelined", "sequential"):
         t = time.perf_counter()
         out = subprocess.run([PY, "-c", FLOOR, str(work / "floor-out"), str(nb), mode], check=True, capture_output=True, text=True)
-        floor_runs[mode].append((time.perf_counter() - t, json.loads(out.stdout.strip().splitlines()[-1])))
+        floor_runs[mode].append((time.perf_counter() - t, _result_line(out.stdout)))
     floor = min(r[0] for r in floor_runs["pipelined"])
     seq, parts = min(floor_runs["sequential"], key=lambda r: r[0])
     lines += ["", "| report | phasegate report s | floor s (papermill + HTML + PDF of a one-line notebook) | over floor | target |",
