@@ -160,7 +160,8 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
 def _overall_sorted(rows: Rows, by_probe):
     """sorted_groups' result for all rows, read from the probes' sorted groups (no sort of its own:
     10 M samples, 0.3-0.5 s of a worker and an 80 MB copy), unless a latency has no probe."""
-    if (rows.probe < 0).any() and not np.isnan(rows.lat[rows.probe < 0]).all():
+    no_probe = rows.probe < 0
+    if no_probe.any() and not np.isnan(rows.lat[no_probe]).all():
         return sorted_groups(None, rows.lat, 1)
     v, starts, counts = by_probe
     merged = MergedRuns([v[s:s + n] for s, n in zip(starts, counts)])

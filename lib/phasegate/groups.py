@@ -41,7 +41,8 @@ def sorted_groups(codes: np.ndarray | None, values: np.ndarray, n_groups: int):
     faster than an argsort of every value."""
     drop = np.isnan(values) if codes is None else (codes < 0) | np.isnan(values)
     if n_groups == 1:
-        v = np.sort(values[~drop])
+        v = values[~drop]
+        v.sort()  # in place: the selection is already a copy
         return v, np.zeros(1, np.int64), np.array([len(v)])
     # Dropped rows go to one more group after the last, so nothing is compacted first; numpy
     # radix-sorts 8- and 16-bit integers (stable): keep the group codes that small.
