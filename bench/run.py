@@ -113,7 +113,7 @@ result["_timeline_rows"] = len(tl)
 # order (rows at the same instant in file order, as ours), the order statistics of the
 # distribution-free intervals, evidence, assertion failures and the flag/deployment sequence.
 DUCK_REST = """
-from scipy import special
+from phasegate.stats import quantile_interval_ranks, quantile_upper_rank
 tn = con.execute(f\"\"\"SELECT tenant, count(*), sum(({{err}})::int), sum(({{five}})::int),
     quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status IS NOT NULL)
     FROM s WHERE tenant IS NOT NULL GROUP BY tenant\"\"\").fetchall()
@@ -135,17 +135,11 @@ edges = [g[2] - s_us, e_us - g[3]]
 down = int(g[1] or 0) + sum(max(0, e - {slack_us}) for e in edges)
 result["_gaps"] = [round(max(g[0] or 0, *edges) / 1e6, 3), round(down / 1e6, 3), round((g[4] or 0) / 1e6, 3)]
 
-def ppf(q, n, p):  # the smallest k with P(Binomial(n, p) <= k) >= q
-    k = min(max(int(-(-float(special.bdtrik(q, n, p)) // 1)), 0), n)
-    return k - 1 if k > 0 and special.bdtr(k - 1, n, p) >= q else k
-
-def ranks(n):  # 1-based ranks: each interval's bounds, then the one-sided upper bound of p99
+def ranks(n):  # 1-based ranks: each interval's bounds, then the one-sided upper bound of p99 (as `analyze`)
     out = []
     for p in (0.5, 0.95, 0.99):
-        lo, hi = ppf(0.025, n, p), ppf(0.975, n, p) + 1
-        out += [lo, hi] if lo >= 1 and hi <= n else [None, None]
-    up = ppf(0.95, n, 0.99) + 1
-    return out + [up if up <= n else None]
+        out += quantile_interval_ranks(n, p, {confidence}) or [None, None]
+    return out + [quantile_upper_rank(n, 0.99, {confidence})]
 
 answered = dict(con.execute("SELECT probe, count(*) FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL GROUP BY probe").fetchall())
 answered[""] = sum(answered.values())
@@ -215,11 +209,12 @@ def agreement(profile, data, hours, label: str, lines: list):
 
 def _args(profile, data, start, end) -> dict:
     from datetime import datetime, timezone
-    from phasegate.analysis import _expected
+    from phasegate.analysis import _expected, gap_slack_s
     from phasegate.profile import load_profile
     us = lambda t: int(datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()) * 10**6  # noqa: E731
-    slack_us = int(2.0 / min(_expected(load_profile(profile)).values()) * 1e6)  # as `analysis._coverage`
-    return dict(profile=profile, data=data, start=start, end=end, start_us=us(start), end_us=us(end), slack_us=slack_us)
+    prof = load_profile(profile)
+    return dict(profile=profile, data=data, start=start, end=end, start_us=us(start), end_us=us(end),
+                slack_us=int(gap_slack_s(_expected(prof)) * 1e6), confidence=prof.criteria.confidence)
 
 
 def _minus(end, hours):

@@ -420,6 +420,12 @@ def _expected(profile: Profile) -> dict:
     return out  # samples per second per probe
 
 
+def gap_slack_s(rate: dict) -> float:
+    """The gap between samples (s) that counts as the collector down: no attempts at all. Two of
+    the longest intervals between a probe's samples (`_expected` rates) tolerate jitter."""
+    return 2.0 / min(rate.values()) if rate else 0
+
+
 def _coverage(profile: Profile, df: pd.DataFrame, start: datetime, end: datetime, rows: Rows) -> dict:
     span = (end - start).total_seconds()
     rate = _expected(profile)
@@ -430,8 +436,7 @@ def _coverage(profile: Profile, df: pd.DataFrame, start: datetime, end: datetime
                      "ratio": round(min(1.0, actual.get(p, 0) / e), 4) if e else None} for p, e in expected.items()}
     total_e = sum(expected.values())
     ratio = min(1.0, len(df) / total_e) if total_e else None
-    # Collector down: no attempts at all. Slack of two of the longest intervals tolerates jitter.
-    slack = 2.0 / min(rate.values()) if rate else 0
+    slack = gap_slack_s(rate)
     # In integer microseconds, gaps inside the data apart from the two at the window's edges:
     # float seconds and a concatenated copy of 10 M timestamps cost more than the rest.
     us = epoch_us(df["ts"])

@@ -60,15 +60,18 @@ def quantile_upper_rank(n: int, p: float, confidence: float = 0.95) -> int | Non
 
 def quantile_interval(sorted_x: np.ndarray, p: float, confidence: float = 0.95):
     """Two-sided distribution-free interval for the p-quantile from order statistics, or None."""
-    n = len(sorted_x)
-    if n == 0:
+    ranks = quantile_interval_ranks(len(sorted_x), p, confidence)
+    return None if ranks is None else (float(sorted_x[ranks[0] - 1]), float(sorted_x[ranks[1] - 1]))
+
+
+def quantile_interval_ranks(n: int, p: float, confidence: float = 0.95) -> tuple[int, int] | None:
+    """The 1-based ranks (lo, hi) of `quantile_interval`'s order statistics, or None when n is too small."""
+    if n <= 0:
         return None
     a = (1.0 - confidence) / 2
     lo = binom_ppf(a, n, p)  # rank lo (1-based) is X_(lo); 0 means unbounded below
     hi = binom_ppf(1 - a, n, p) + 1
-    if lo < 1 or hi > n:
-        return None
-    return float(sorted_x[lo - 1]), float(sorted_x[hi - 1])
+    return None if lo < 1 or hi > n else (lo, hi)
 
 
 def n_for_quantile(p: float, confidence: float = 0.95) -> int:
