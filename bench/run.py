@@ -89,14 +89,14 @@ con.execute(f"CREATE VIEW s AS SELECT * FROM read_parquet({{files!r}}, union_by_
 err = "coalesce(outcome NOT IN ('ok', 'assertion_failed'), false)"
 five = "status BETWEEN 500 AND 599 AND coalesce(error_code, '') <> 'FEATURE_DISABLED'"
 rows = con.execute(f\"\"\"SELECT probe, count(*), sum(({{err}})::int), sum(({{five}})::int),
-    quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status IS NOT NULL),
-    max(latency_ms) FILTER (WHERE status IS NOT NULL), sum((error_code = 'FEATURE_DISABLED')::int)
+    quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status IS NOT NULL AND NOT {{err}}),
+    max(latency_ms) FILTER (WHERE status IS NOT NULL AND NOT {{err}}), sum((error_code = 'FEATURE_DISABLED')::int)
     FROM s GROUP BY probe\"\"\").fetchall()
 result = {{r[0]: [r[1], r[2], r[3], *[round(x, 3) for x in r[4]]] for r in rows}}
 con.execute("SELECT probe, status, count(*) FROM s GROUP BY ALL").fetchall()
 con.execute("SELECT probe, outcome, count(*) FROM s GROUP BY ALL").fetchall()
 tl = con.execute(f\"\"\"SELECT time_bucket(INTERVAL 5 MINUTE, ts) b, probe, count(*), sum(({{err}})::int),
-    sum(({{five}})::int), quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status IS NOT NULL)
+    sum(({{five}})::int), quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status IS NOT NULL AND NOT {{err}})
     FROM s GROUP BY ALL\"\"\").fetchall()
 con.execute(f"SELECT date_trunc('hour', ts), probe, count(*), sum((NOT ({{err}}))::int) FROM s GROUP BY ALL").fetchall()
 con.execute(\"\"\"SELECT count(*) FILTER (WHERE handlers_loaded <> handlers_total OR health_status <> 'healthy'),
@@ -115,7 +115,7 @@ result["_timeline_rows"] = len(tl)
 DUCK_REST = """
 from phasegate.stats import quantile_interval_ranks, quantile_upper_rank
 tn = con.execute(f\"\"\"SELECT tenant, count(*), sum(({{err}})::int), sum(({{five}})::int),
-    quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status IS NOT NULL)
+    quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status IS NOT NULL AND NOT {{err}})
     FROM s WHERE tenant IS NOT NULL GROUP BY tenant\"\"\").fetchall()
 result["_tenants"] = {{r[0]: [r[1], r[2], r[3], *[None if x is None else round(x, 3) for x in r[4]]] for r in tn}}
 con.execute(f\"\"\"SELECT tenant, arg_max(probe, k) FROM (SELECT tenant, probe, count(*) k FROM s
@@ -141,15 +141,15 @@ def ranks(n):  # 1-based ranks: each interval's bounds, then the one-sided upper
         out += quantile_interval_ranks(n, p, {confidence}) or [None, None]
     return out + [quantile_upper_rank(n, 0.99, {confidence})]
 
-answered = dict(con.execute("SELECT probe, count(*) FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL GROUP BY probe").fetchall())
+answered = dict(con.execute("SELECT probe, count(*) FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL AND NOT " + err + " GROUP BY probe").fetchall())
 answered[""] = sum(answered.values())
 want = {{p: ranks(n) for p, n in answered.items()}}
 qs = {{p: [(r - 0.5) / answered[p] for r in w if r is not None] for p, w in want.items()}}  # quantile_disc: rank ceil(n q)
 every = sorted({{q for p, v in qs.items() if p for q in v}})
 got = {{r[0]: (r[1], dict(zip(every, r[2]))) for r in con.execute(f"SELECT probe, max(latency_ms), quantile_disc(latency_ms, {{every!r}}) "
-       "FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL GROUP BY probe").fetchall()}}
+       "FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL AND NOT " + err + " GROUP BY probe").fetchall()}}
 mx, vals, pct = con.execute(f"SELECT max(latency_ms), quantile_disc(latency_ms, {{qs['']!r}}), "
-                            "quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL").fetchone()
+                            "quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FROM s WHERE status IS NOT NULL AND latency_ms IS NOT NULL AND NOT " + err + "").fetchone()
 got[""] = (mx, dict(zip(qs[""], vals)))
 result["_overall"] = [sum(v[0] for k, v in result.items() if not k.startswith("_")),
                       sum(v[1] for k, v in result.items() if not k.startswith("_")),

@@ -192,7 +192,7 @@ def test_rollout_summary_document_compiles_every_phase(tmp_path):
     doc = json.loads((folder / "rollout.json").read_text())
     assert [p["state"] for p in doc["phases"]] == ["done", "current", "waiting", "waiting"]
     assert doc["phases"][0]["report"].endswith(f"{P1}/20260129T144501Z/signoff.json")
-    assert [c["id"] for c in doc["phases"][1]["failed"]] == ["no_5xx", "tenant_error_rate"]
+    assert [c["id"] for c in doc["phases"][1]["failed"]] == ["no_5xx", "service_healthy", "tenant_error_rate"]
     text = "".join(pg.extract_text() for pg in PdfReader(folder / "rollout.pdf").pages)
     for needle in ("Fault Lens V1 rollout", "Phase 1: Staging Canary", "GO (signed)", "Phase 4: Production Rollout",
                    "Failed criteria", "tenant_error_rate", "Next: run Scenario 1: 5xx Errors Detected"):

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from phasegate import signoff
+from phasegate.probe import ERROR_OUTCOMES
 from phasegate.profile import load_profile
 from phasegate.history import history
 from phasegate.simulator import Fault
@@ -220,7 +221,7 @@ def _reference_stats(g, conf):
     """probe_stats the slow, obvious way: per group, pandas counts and numpy's percentile."""
     from phasegate.probe import ERROR_OUTCOMES
     from phasegate.stats import quantile_interval, quantile_upper_rank
-    lat = np.sort(g.loc[g["status"].notna(), "latency_ms"].dropna().to_numpy(float))
+    lat = np.sort(g.loc[g["status"].notna() & ~g["outcome"].isin(ERROR_OUTCOMES), "latency_ms"].dropna().to_numpy(float))
     errors = int(g["outcome"].isin(ERROR_OUTCOMES).sum())
     up = quantile_upper_rank(len(lat), 0.99, conf)
     r = lambda x: None if x is None else round(float(x), 3)  # noqa: E731
@@ -384,15 +385,20 @@ def test_health_equals_the_pandas_computation(seed):
     df["health_status"] = pd.Categorical(rng.choice(["healthy", "degraded", None], n, p=[0.9, 0.04, 0.06]))
     got = analysis._health(load_profile(SIM_PROFILE), df, analysis.Rows.of(df))
     h = df.loc[df["probe"] == "health"]
-    answered = h[h["handlers_total"].notna() | h["health_status"].notna()]
-    bad = answered[(answered["handlers_loaded"] != answered["handlers_total"]).fillna(False)
-                   | (answered["health_status"].notna() & (answered["health_status"] != "healthy"))]
+    failed = h["outcome"].isin(list(ERROR_OUTCOMES))
+    answered = h[~failed & (h["handlers_total"].notna() | h["health_status"].notna())]
+    degraded = (h["handlers_loaded"] != h["handlers_total"]).fillna(False) \
+        | (h["health_status"].notna() & (h["health_status"] != "healthy"))
+    bad = h[failed | degraded]
     iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
     assert got == {
-        "probes": ["health"], "samples": len(h), "answered": len(answered), "unanswered": len(h) - len(answered),
-        "unhealthy": len(bad), "min_loaded": int(answered["handlers_loaded"].min()),
+        "probes": ["health"], "samples": len(h), "answered": len(answered), "unanswered": int(failed.sum()),
+        "degraded": int((degraded & ~failed).sum()), "unhealthy": len(bad),
+        "failed_by_outcome": {k: int(v) for k, v in sorted(h.loc[failed, "outcome"].value_counts().items()) if v},
+        "min_loaded": int(answered["handlers_loaded"].min()),
         "handlers_total": int(answered["handlers_total"].max()),
         "first_unhealthy": iso(bad["ts"].iloc[0]), "last_unhealthy": iso(bad["ts"].iloc[-1])}
+    assert int(failed.sum()) > 0 and int((degraded & ~failed).sum()) > 0
     assert 20 < len(bad) < len(answered)
 
 

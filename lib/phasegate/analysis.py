@@ -55,6 +55,8 @@ class Analysis:
     samples: pd.DataFrame = field(repr=False)
     baseline_samples: pd.DataFrame | None = field(default=None, repr=False)
     traffic_samples: pd.DataFrame | None = field(default=None, repr=False)  # logs and Prometheus rows
+    # First and last time of each kind of failure (Rows.KINDS): when it happened, for page 1.
+    occurrences: dict = field(default_factory=dict)
 
     @property
     def elapsed_s(self) -> float:
@@ -153,8 +155,18 @@ def _analyze(profile: Profile, data_dir, window: Window, now: datetime | None, b
             "routes": {r: probe_stats(g, conf) for r, g in traffic_df.groupby("probe", sort=True, observed=True)},
         },
         timeline=timeline(df, rows, bucket_s, tl_pct.result(), tl_keys), coverage_hourly=hourly, samples=df, baseline_samples=base_df,
-        traffic_samples=_traffic_samples(traffic_df, prom_df),
+        traffic_samples=_traffic_samples(traffic_df, prom_df), occurrences=_occurrences(df, rows),
     )
+
+
+def _occurrences(df: pd.DataFrame, rows: Rows) -> dict:
+    """{kind: [first, last]} of the rows of each kind (errors, 5xx, FEATURE_DISABLED, ...), None when none."""
+    us = epoch_us(df["ts"])
+    out = {}
+    for bit, name in enumerate(Rows.KINDS):
+        at = np.flatnonzero(rows.kinds & np.uint8(1 << bit))
+        out[name] = [_us(us[at[0]]), _us(us[at[-1]])] if len(at) else None
+    return out
 
 
 def _overall_sorted(rows: Rows, by_probe):
@@ -284,6 +296,8 @@ def compare(canary: pd.DataFrame, base: pd.DataFrame) -> dict:
 
 
 def _health(profile: Profile, df: pd.DataFrame, rows: Rows) -> dict:
+    """Every health probe that did not get a healthy answer is unhealthy: a 5xx, a timeout, a
+    refused connection or an invalid body as much as a "degraded" status or handlers below total."""
     names = [p.name for p in profile.probes if "handlers_total" in p.extract or "health_status" in p.extract]
     # Only the health probes' rows, picked by probe code: a fleet has millions of others.
     at = np.flatnonzero(np.append(np.isin(rows.probe_names, names), False)[rows.probe])  # code -1 picks the False
@@ -291,14 +305,19 @@ def _health(profile: Profile, df: pd.DataFrame, rows: Rows) -> dict:
     total = df["handlers_total"].array[at].to_numpy(dtype=float, na_value=np.nan)
     status, status_names = group_codes(df["health_status"])[at], group_names(df["health_status"])
     healthy = status_names.index("healthy") if "healthy" in status_names else -2
-    answered = ~np.isnan(total) | (status >= 0)
+    failed = rows.bad[at]  # no answer, or not an expected one
+    answered = ~failed & (~np.isnan(total) | (status >= 0))
     # A count compared only where both are known (a missing one is not a mismatch).
-    bad = answered & (((loaded != total) & ~np.isnan(loaded) & ~np.isnan(total)) | ((status >= 0) & (status != healthy)))
+    degraded = ((loaded != total) & ~np.isnan(loaded) & ~np.isnan(total)) | ((status >= 0) & (status != healthy))
+    bad = failed | degraded
     seen_loaded, seen_total = loaded[answered & ~np.isnan(loaded)], total[answered & ~np.isnan(total)]
     bad_us = epoch_us(df["ts"])[at[bad]]
+    outcome_names = rows.outcome_names
+    why = np.bincount(rows.outcome[at[failed]], minlength=len(outcome_names)) if failed.any() else ()
     return {
         "probes": names, "samples": int(len(at)), "answered": int(answered.sum()),
-        "unanswered": int(len(at) - answered.sum()), "unhealthy": int(bad.sum()),
+        "unanswered": int(failed.sum()), "degraded": int((degraded & ~failed).sum()), "unhealthy": int(bad.sum()),
+        "failed_by_outcome": {outcome_names[i]: int(k) for i, k in enumerate(why) if k},
         "min_loaded": int(seen_loaded.min()) if len(seen_loaded) else None,
         "handlers_total": int(seen_total.max()) if len(seen_total) else None,
         "first_unhealthy": _us(bad_us[0]) if len(bad_us) else None,

@@ -23,6 +23,7 @@ class CheckResult:
 
 
 def run_check(profile: Profile, data_dir=None) -> CheckResult:
+    profile.target.require_auth()
     run_id = new_run_id()
     jobs = probe_jobs(profile)
     secrets = profile.secret_values()

@@ -65,6 +65,7 @@ class Collector:
     def __init__(self, profile: Profile, data_dir, *, until_ts: float | None = None,
                  compact_every_s: float = 60.0,
                  workers: int | None = None, progress=None, seed: int | None = None):
+        profile.target.require_auth()
         self.profile = profile
         self.data_dir = data_dir
         self.until_ts = until_ts

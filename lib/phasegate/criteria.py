@@ -31,6 +31,15 @@ class CriterionResult:
     bound: float | None = None  # one-sided upper confidence bound of `measured`
     interval: list | None = None  # two-sided confidence interval of `measured`
     dry_run: bool = False
+    first: str | None = None  # when the failure was first and last seen (ISO 8601), where it is a time
+    last: str | None = None
+    title: str = ""
+    state: str = ""  # passed, failed, pending (the window is still open), inconclusive
+
+    def settle(self, window_open: bool) -> None:
+        if self.passed is None and self.state == "pending" and not window_open:
+            self.state = ""
+        self.state = self.state or {True: "passed", False: "failed", None: "inconclusive"}[self.passed]
 
 
 @dataclass
@@ -44,12 +53,17 @@ class Decision:
 
 
 def _window_complete(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    """Not failed while the window is open (pending: nothing to judge yet), and inconclusive when a
+    window that has ended is shorter than required: either way the evidence does not cover it."""
     need = p.criteria.duration_s
     got = a.elapsed_s
     ok = got >= need
     left = "" if ok else f"; {format_duration(need - got)} to go"
-    return CriterionResult(c.id, c.kind, ok, round(got / 3600, 3), round(need / 3600, 3),
-                           f"{format_duration(got)} of the required {format_duration(need)} observed{left}", unit="h")
+    r = CriterionResult(c.id, c.kind, True if ok else None, round(got / 3600, 3), round(need / 3600, 3),
+                        f"{format_duration(got)} of the required {format_duration(need)} observed{left}", unit="h")
+    if not ok:
+        r.state = "pending" if a.now < a.window.end else "inconclusive"
+    return r
 
 
 def _combined(a: Analysis, key: str) -> tuple[int, int, str]:
@@ -85,7 +99,11 @@ def _no_5xx(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     ub = rate_upper(n5, n, p.criteria.confidence)
     if ub is not None:
         detail += f"; 5xx rate ≤ {ub:.4%} at {p.criteria.confidence:.0%} confidence"
-    return CriterionResult(c.id, c.kind, n5 <= c.threshold, n5, c.threshold, detail, n=n, bound=ub)
+    first, last = a.occurrences.get("five") or (None, None)
+    if first:
+        detail += f"; first 5xx {first}, last {last}"
+    return CriterionResult(c.id, c.kind, n5 <= c.threshold, n5, c.threshold, detail, n=n, bound=ub,
+                           first=first, last=last)
 
 
 def _no_feature_disabled(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
@@ -114,7 +132,11 @@ def _no_feature_disabled(c: Criterion, a: Analysis, p: Profile) -> CriterionResu
     else:
         passed = True
     ub = rate_upper(fd, n, p.criteria.confidence)
-    return CriterionResult(c.id, c.kind, passed, measured, c.threshold, "; ".join(parts), n=n, bound=ub)
+    first, last = a.occurrences.get("disabled") or (None, None)
+    if first:
+        parts.append(f"first FEATURE_DISABLED {first}, last {last}")
+    return CriterionResult(c.id, c.kind, passed, measured, c.threshold, "; ".join(parts), n=n, bound=ub,
+                           first=first, last=last)
 
 
 def _no_rollback(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
@@ -132,34 +154,39 @@ def _no_rollback(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
         detail += "; platform: " + ", ".join(f"rollback deploy {r['id']} started {r['started']}" for r in prb)
     seen = bool(d["ids"]) or bool(a.platform and a.platform["reads"])
     passed = None if not seen else not (rb or prb)
-    return CriterionResult(c.id, c.kind, passed, len(rb) + len(prb), 0, detail, n=sum(i["samples"] for i in d["ids"]))
+    times = sorted([r["ts"] for r in rb] + [r["started"] for r in prb if r.get("started")])
+    return CriterionResult(c.id, c.kind, passed, len(rb) + len(prb), 0, detail, n=sum(i["samples"] for i in d["ids"]),
+                           first=times[0] if times else None, last=times[-1] if times else None)
 
 
 def _service_healthy(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     h = a.health
-    if not h["answered"]:
-        return CriterionResult(c.id, c.kind, None, None, 0, "no health sample was answered", n=0)
-    detail = (f"{h['unhealthy']} of {h['answered']} health samples unhealthy; handlers loaded min "
-              f"{h['min_loaded']}/{h['handlers_total']}")
+    if not h["samples"]:
+        return CriterionResult(c.id, c.kind, None, None, 0, "no health probe ran in the window", n=0)
+    loaded = "" if h["min_loaded"] is None else f"; handlers loaded min {h['min_loaded']}/{h['handlers_total']}"
+    detail = f"{h['unhealthy']} of {h['samples']} health probes got no healthy answer{loaded}"
     if h["unhealthy"]:
-        detail += f" (first {h['first_unhealthy']}, last {h['last_unhealthy']})"
-    if h["unanswered"]:
-        detail += f"; {h['unanswered']} health probes got no healthy answer"
-    return CriterionResult(c.id, c.kind, h["unhealthy"] == 0, h["unhealthy"], 0, detail, n=h["answered"])
+        why = [f"{k} {v}" for k, v in h["failed_by_outcome"].items()]
+        if h["degraded"]:
+            why.append(f"answered but not healthy {h['degraded']}")
+        detail += f" ({', '.join(why)}); first {h['first_unhealthy']}, last {h['last_unhealthy']}"
+    return CriterionResult(c.id, c.kind, h["unhealthy"] == 0, h["unhealthy"], 0, detail, n=h["samples"],
+                           first=h["first_unhealthy"], last=h["last_unhealthy"])
 
 
 def _execute_p99(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     s = a.probes.get(c.probe or "")
     conf = p.criteria.confidence
     if not s or s["p99_ms"] is None:
-        return CriterionResult(c.id, c.kind, None, None, c.threshold, f"no answered samples of probe {c.probe}",
-                               n=0, unit="ms")
+        why = (f"none of {s['samples']} {c.probe} samples succeeded ({s['errors']} errors): no latency to rank; "
+               "the failures are judged by the error and 5xx criteria") if s else f"no samples of probe {c.probe}"
+        return CriterionResult(c.id, c.kind, None, None, c.threshold, why, n=0, unit="ms")
     n, p99, ub = s["latency_n"], s["p99_ms"], s.get("p99_upper_ms")
     need = max(c.min_samples, n_for_quantile(0.99, conf))
     base = dict(n=n, unit="ms", bound=ub, interval=s.get("p99_ci_ms"))
     if p99 >= c.threshold:
         return CriterionResult(c.id, c.kind, False, p99, c.threshold,
-                               f"P99 {p99 / 1000:.3f} s over {n} answered {c.probe} samples (max {s['max_ms'] / 1000:.3f} s)",
+                               f"P99 {p99 / 1000:.3f} s over {n} successful {c.probe} samples (max {s['max_ms'] / 1000:.3f} s)",
                                **base)
     if n < need or ub is None:
         return CriterionResult(c.id, c.kind, None, p99, c.threshold,
@@ -170,7 +197,7 @@ def _execute_p99(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
                                f"P99 {p99 / 1000:.3f} s but its {conf:.0%} upper bound {ub / 1000:.3f} s is not below "
                                f"{c.threshold / 1000:g} s over {n} samples", **base)
     return CriterionResult(c.id, c.kind, True, p99, c.threshold,
-                           f"P99 {p99 / 1000:.3f} s (≤ {ub / 1000:.3f} s at {conf:.0%}) over {n} answered {c.probe} "
+                           f"P99 {p99 / 1000:.3f} s (≤ {ub / 1000:.3f} s at {conf:.0%}) over {n} successful {c.probe} "
                            f"samples (max {s['max_ms'] / 1000:.3f} s)", **base)
 
 
@@ -195,7 +222,9 @@ def _error_rate(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
         need = n_for_rate(k, c.threshold, conf)
         detail += (f"; the bound is not below {c.threshold:.2%}: n ≥ {need} needed"
                    f" ({need - n} more clean samples)" if need else "; no sample count can settle it")
-    return CriterionResult(c.id, c.kind, passed, round(rate, 6), c.threshold, detail, n=n, unit="ratio", bound=ub)
+    first, last = a.occurrences.get("bad") or (None, None)
+    return CriterionResult(c.id, c.kind, passed, round(rate, 6), c.threshold, detail, n=n, unit="ratio", bound=ub,
+                           first=first, last=last)
 
 
 def _no_regression(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
@@ -281,6 +310,8 @@ def evaluate(profile: Profile, a: Analysis) -> Decision:
             continue
         r = EVALUATORS[c.id](c, a, profile)
         r.dry_run = c.dry_run
+        r.title = c.title
+        r.settle(a.now < a.window.end)
         if r.passed is False and c.runbook and c.runbook in profile.runbook:
             step = profile.runbook[c.runbook]
             r.runbook = {"id": step.id, "title": step.title, "steps": list(step.steps)}
@@ -300,11 +331,11 @@ def decide(results: list[CriterionResult], a: Analysis) -> tuple[str, str]:
     if soft_failed:
         return "REVIEW", f"every hard requirement holds so far; soft target(s) missed: {', '.join(soft_failed)}"
     complete = next((r for r in results if r.id == "window_complete"), None)
-    if complete is not None and not complete.passed:
+    if complete is not None and complete.passed is not True:
         if a.now < a.window.end:
             return "PENDING", f"window still open ({complete.detail}); nothing has failed so far"
         return "INCONCLUSIVE", f"the window ended before the required duration ({complete.detail})"
-    thin = [r.id for r in results if r.passed is None]
+    thin = [r.id for r in results if r.passed is None and r.id != "window_complete"]
     cov = a.coverage
     if not cov["sufficient"]:
         return "INCONCLUSIVE", (f"monitoring coverage too thin: {cov['ratio']:.1%} of expected samples "

@@ -28,11 +28,13 @@ CSS = """
 """
 
 
-def _state(passed) -> str:
-    if passed is True:
+def _state(state) -> str:
+    if state == "passed":
         return '<span class="pass">PASS</span>'
-    if passed is False:
+    if state == "failed":
         return '<span class="fail">FAIL</span>'
+    if state == "pending":
+        return '<span class="unknown">PENDING</span>'
     return '<span class="unknown">INCONCLUSIVE</span>'
 
 
@@ -74,7 +76,7 @@ def criteria_table(doc: dict) -> str:
         if c.get("interval"):
             unc += f" (CI {_num(c['interval'][0], unit)} – {_num(c['interval'][1], unit)})"
         kind = c["kind"] + (" <b>dry-run</b>" if c.get("dry_run") else "")
-        rows.append([escape(c["id"]), kind, _state(c["passed"]), _num(c["measured"], unit), unc,
+        rows.append([f'{escape(c["title"])}<br><code>{escape(c["id"])}</code>', kind, _state(c["state"]), _num(c["measured"], unit), unc,
                      _num(c["threshold"], unit), "–" if c.get("n") is None else f"{c['n']:,}", escape(c["detail"])])
     note = (f'<div class="pg"><p>Upper bounds are one-sided at {doc["parameters"]["confidence"]:.0%} confidence '
             f'(rates: Clopper-Pearson; percentiles: order statistics); a rate or P99 passes only when its bound is '

@@ -35,6 +35,18 @@ CRITERIA_IDS = (
 _HARD = {"window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy"}
 _THRESHOLDS = {"no_5xx": 0.0, "no_feature_disabled": 0.0, "execute_p99": 10000.0, "error_rate": 0.01,
                "no_regression": 0.10, "tenant_error_rate": 0.01}
+TITLES = {
+    "window_complete": "Monitoring window ran its full duration",
+    "no_5xx": "No HTTP 5xx errors",
+    "no_feature_disabled": "Feature flags on: no 503 FEATURE_DISABLED",
+    "no_rollback": "No rollback to an earlier deployment",
+    "service_healthy": "Service healthy in every health check",
+    "execute_p99": "Execute endpoint P99 latency under target",
+    "error_rate": "Overall error rate under target",
+    "no_anomalies": "No anomalies: deployments, action counts, signed action",
+    "no_regression": "No regression against the baseline",
+    "tenant_error_rate": "No tenant's error rate over target",
+}
 _PHASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 
@@ -77,9 +89,17 @@ class Target:
     auth_header: str | None = None
     auth_env: str | None = None
     auth_scheme: str = ""
+    auth_optional: bool = False  # probe without the header when auth_env is unset (else refuse to start)
     tenants: tuple[str, ...] = ()
     evidence_headers: tuple[str, ...] = ("content-type", "x-deployment-id", "retry-after")
     verify_tls: bool = True
+
+    def require_auth(self) -> None:
+        """Refuse to probe without the token the profile names: a canary answering 401 to a
+        collector that forgot its token would be blamed for it."""
+        if self.auth_env and not self.auth_optional and not os.environ.get(self.auth_env):
+            raise ProfileError(f"${self.auth_env} is not set or empty: target.auth_env names it as the source of the "
+                               f"{self.auth_header} header; export it, or set auth_optional = true in [target]")
 
     def auth_value(self) -> str | None:
         """The auth header's value, read from the environment at probe time only."""
@@ -101,6 +121,7 @@ class Criterion:
     probe: str | None = None
     min_samples: int = 0
     dry_run: bool = False  # evaluated and shown, never moves the verdict
+    title: str = ""  # plain words shown beside the id wherever it appears
 
 
 @dataclass(frozen=True)
@@ -377,6 +398,7 @@ def _target(src, table, base_url) -> Target:
         auth_header=r.take("auth_header", (str,)),
         auth_env=r.take("auth_env", (str,)),
         auth_scheme=r.take("auth_scheme", (str,), ""),
+        auth_optional=r.take("auth_optional", (bool,), False),
         tenants=r.str_list("tenants"),
         evidence_headers=tuple(h.lower() for h in r.str_list("evidence_headers", Target.evidence_headers)),
         verify_tls=r.take("verify_tls", (bool,), True),
@@ -482,7 +504,7 @@ def _criteria(src, table, probe_names: set, runbook_ids: set) -> Criteria:
             id=cid, kind=kind, threshold=None if threshold is None else float(threshold),
             enabled=cr.take("enabled", (bool,), True), runbook=runbook, probe=probe,
             min_samples=cr.take("min_samples", (int,), 100 if cid == "execute_p99" else 0),
-            dry_run=cr.take("dry_run", (bool,), False),
+            dry_run=cr.take("dry_run", (bool,), False), title=cr.take("title", (str,), TITLES[cid]),
         ))
         cr.done()
     r.done()

@@ -214,12 +214,12 @@ def _ipc_kernel_manager(socket_dir: str):
 
 
 def summarize(doc: dict, files: dict) -> str:
-    marks = {True: "PASS", False: "FAIL", None: "----"}
+    marks = {"passed": "PASS", "failed": "FAIL", "pending": "PEND", "inconclusive": "----"}
     w = doc["window"]
     lines = [f"VERDICT: {doc['verdict']}  ({doc['phase']}, {w['start']} → {w['end']}, observed to {w['observed_end']})",
              f"  {doc['reason']}"]
     for c in doc["criteria"]:
-        lines.append(f"  [{marks[c['passed']]}] {c['kind']:4} {c['id']:<20} {c['detail']}")
+        lines.append(f"  [{marks[c['state']]}] {c['kind']:4} {c['id']:<20} {c['title']}: {c['detail']}")
     for r in doc["runbook"]:
         lines.append(f"  runbook: {r['title']}: " + "; ".join(r["steps"][:2]))
     for e in doc["inputs"]["excluded"]:

@@ -23,7 +23,7 @@ class Rows:
     """Per-row facts that every grouping (overall, probe, tenant, timeline bucket) counts:
     computed once per window, then tallied by integer group codes."""
     bad: np.ndarray          # an error outcome
-    lat: np.ndarray          # answered_latency
+    lat: np.ndarray          # answered_latency: successful responses only
     status: np.ndarray       # NO_STATUS where no HTTP answer
     outcome: np.ndarray      # codes into outcome_names
     outcome_names: list
@@ -54,7 +54,7 @@ class Rows:
         kinds = np.zeros(len(df), np.uint8)
         for bit, name in enumerate(cls.KINDS):  # the masks themselves are not kept: kinds holds them
             kinds |= masks[name].astype(np.uint8) << bit
-        return cls(bad=masks["bad"], lat=answered_latency(df), status=status, outcome=oc, outcome_names=names,
+        return cls(bad=masks["bad"], lat=answered_latency(df, masks["bad"]), status=status, outcome=oc, outcome_names=names,
                    kinds=kinds, probe=group_codes(df["probe"]).astype(np.int32), probe_names=group_names(df["probe"]),
                    tenant=group_codes(df["tenant"]).astype(np.int32) if "tenant" in df else np.full(len(df), -1, np.int32),
                    tenant_names=group_names(df["tenant"]) if "tenant" in df else [])
@@ -100,16 +100,21 @@ def _status_codes(status: np.ndarray) -> tuple[list, np.ndarray]:
     return [None if v == NO_STATUS else int(v) for v in values], codes.reshape(-1)
 
 
-def answered_latency(df: pd.DataFrame) -> np.ndarray:
-    """latency_ms where an HTTP answer came back, NaN elsewhere (a timeout has no latency to rank)."""
+def answered_latency(df: pd.DataFrame, bad: np.ndarray | None = None) -> np.ndarray:
+    """latency_ms of successful responses (an expected status, not an error outcome), NaN elsewhere.
+    A timeout has no latency to rank, and a fast 503 must not make a latency target look met:
+    failures are judged by the error and 5xx criteria. `bad`: the error-outcome mask, if at hand."""
     # One new array, written in place: on a 10 M-row window every fresh 80 MB costs kernel time.
     lat = df["latency_ms"].to_numpy(dtype=float, na_value=np.nan, copy=True)
     lat[df["status"].isna().to_numpy()] = np.nan
+    if bad is None:
+        bad = df["outcome"].isin(list(ERROR_OUTCOMES)).to_numpy(dtype=bool)
+    lat[bad] = np.nan
     return lat
 
 
 def latencies(df: pd.DataFrame) -> np.ndarray:
-    """The answered latencies alone."""
+    """The successful responses' latencies alone."""
     lat = answered_latency(df)
     return lat[~np.isnan(lat)]
 
