@@ -1,6 +1,7 @@
 """Redaction rules (each with true and false positives) and a canary secret through every output."""
 
 import json
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pyarrow.parquet as pq
@@ -172,3 +173,53 @@ def test_report_refuses_secret_looking_parameters(tmp_path):
         data.mkdir()
         make_report(profile_path="profiles/simulator.toml", data_dir=str(data),
                     phase="phase1-staging-canary", start="2026-01-28T14:45:01Z", hours=24, out_root=str(tmp_path))
+
+
+@pytest.fixture
+def httpbin_url():
+    """httpbin (PyPI) on loopback: a real third-party server that echoes each request back."""
+    import logging
+
+    from httpbin import app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+
+
+URL_SECRET = "urlparam-secret-5e6f7a8b9c"
+
+
+def test_base_url_query_merges_with_probe_queries_and_its_secret_is_scrubbed(tmp_path, httpbin_url):
+    prof = write_profile(tmp_path, '''
+[target]
+name = "echo"
+base_url = "http://127.0.0.1:9/"
+interval = "5s"
+timeout = "4s"
+
+[[probes]]
+name = "list"
+path = "/anything/v1/list?domain=faults"
+  [probes.extract]
+  item_count = "len:args"
+''')
+    base = f"{httpbin_url}/?api_key={URL_SECRET}&v=1"
+    data = tmp_path / "data"
+    res = phasegate("check", "--profile", prof, "--base-url", base, "--data", data)
+    assert res.returncode == 0, res.stdout + res.stderr
+    df = read_samples(data, datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+    (row,) = df.to_dict("records")
+    # The probe path goes after the base path, and both queries reach the server.
+    assert row["url"] == f"{httpbin_url}/anything/v1/list?api_key={MASK}&v=1&domain=faults"
+    assert row["item_count"] == 3
+    echo = json.loads(json.loads(row["evidence"])["body"])
+    assert echo["args"] == {"api_key": MASK, "v": "1", "domain": "faults"}
+    assert echo["url"].endswith(f"/anything/v1/list?api_key={MASK}&v=1&domain=faults")
+    texts = [res.stdout, res.stderr] + [p.read_bytes().decode("latin-1") for p in data.rglob("*") if p.is_file()]
+    texts += [json.dumps(pq.read_table(p).to_pylist(), default=str) for p in data.rglob("*.parquet")]
+    assert [t[:60] for t in texts if URL_SECRET in t] == []

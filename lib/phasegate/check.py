@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from .collector import new_run_id, probe_jobs
 from .probe import run_probe
 from .profile import Profile
+from .redact import printable
 from .store import SampleWriter
 
 RULE = "=" * 80
@@ -91,4 +92,4 @@ def summarize(rows: list[dict]) -> CheckResult:
         lines.append(f"   {label}{tenant}: {mark} {_status_text(r)}{extra}{fails}")
     healthy = health_ok and flags_ok and all(r["outcome"] == "ok" for r in rows)
     lines += ["", RULE, f"OVERALL: {'✅ CANARY HEALTHY' if healthy else '❌ CANARY UNHEALTHY'}", RULE]
-    return CheckResult(healthy=healthy, text="\n".join(lines), rows=tuple(rows))
+    return CheckResult(healthy=healthy, text=printable("\n".join(lines)), rows=tuple(rows))

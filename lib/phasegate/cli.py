@@ -14,7 +14,7 @@ from datetime import timedelta
 import click
 
 from .errors import PhasegateError
-from .redact import redact_text
+from .redact import printable, redact_text
 
 EXIT_BAD_INPUT = 2
 
@@ -22,6 +22,19 @@ EXIT_BAD_INPUT = 2
 def _one_line(msg: str) -> str:
     """Redacted, and with control characters escaped, so an error is always exactly one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in redact_text(msg))
+
+
+def _say(text: str, err: bool = False) -> None:
+    """Print text that holds service-controlled strings (error codes, ids, paths): control
+    characters are shown escaped, so no answer can repaint the terminal."""
+    click.echo(printable(text), err=err)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines carry service strings too: one line each, control characters escaped."""
+
+    def format(self, record):
+        return _one_line(super().format(record))
 
 
 def _guard(fn):
@@ -65,6 +78,8 @@ profile_opt = click.option("--profile", "profile_path", type=PATH, required=True
 def cli(verbose):
     """phasegate: decide from evidence whether a rollout phase may proceed."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="phasegate: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_PrintableFormatter("phasegate: %(message)s"))
 
 
 @cli.command()
@@ -117,7 +132,7 @@ def check(profile_path, data_dir, base_url):
     from .profile import load_profile
 
     result = run_check(load_profile(profile_path, base_url), data_dir)
-    click.echo(result.text)
+    _say(result.text)
     sys.exit(0 if result.healthy else 1)
 
 
@@ -150,7 +165,7 @@ def report(profile_path, plan, latest, data_dir, phase, start, end, hours, out_r
                          hours=hours, out_root=out_root, formats=formats, bucket=bucket, as_of=as_of,
                          baseline=(baseline_data, baseline_start, baseline_end), plan=plan, latest=latest,
                          notify=notify, webhook_env=webhook_env)
-    click.echo(result.summary)
+    _say(result.summary)
     if result.notify_failed:
         click.echo("phasegate: warning: the notification was not delivered (see the notify line above)", err=True)
     sys.exit(EXIT_CODES[result.verdict])
@@ -168,7 +183,7 @@ def status(plan, as_of):
     from .window import parse_time
 
     st = rollout_status(load_plan(plan), parse_time(as_of, name="--as-of") if as_of else None)
-    click.echo(st.text)
+    _say(st.text)
     sys.exit(EXIT_CODES[st.verdict] if st.verdict else 0)
 
 
@@ -183,7 +198,7 @@ def summary(plan, out_root, formats, as_of):
     from .report import EXIT_CODES, make_summary
 
     result = make_summary(plan, out_root=out_root, formats=formats, as_of=as_of)
-    click.echo(result.summary)
+    _say(result.summary)
     sys.exit(EXIT_CODES.get(result.verdict, 0))
 
 
@@ -211,7 +226,7 @@ def import_logs_cmd(fmt, path, data_dir, target, fields):
         res = import_logs(stream, data_dir, fmt, target, fmap, label)
     click.echo(f"imported {res.rows} requests into {data_dir}; {res.malformed} malformed lines skipped")
     for no, why in res.examples:
-        click.echo(f"  line {no}: {why}", err=True)
+        _say(f"  line {no}: {why}", err=True)
 
 
 @cli.command("pull-traffic")
@@ -237,7 +252,7 @@ def pull_traffic_cmd(profile_path, data_dir, start, end, hours):
     for lo, hi in res.already:
         click.echo(f"  {iso_ts(lo)} .. {iso_ts(hi)} already pulled: not counted again", err=True)
     for note in res.notes:
-        click.echo(f"  {note}", err=True)
+        _say(f"  {note}", err=True)
 
 
 @cli.command("pull-platform")
@@ -257,7 +272,7 @@ def pull_platform_cmd(profile_path, data_dir):
     click.echo(f"read {res.deploys} deploys" + (f" and flags {res.flags_text}" if res.flags else "")
                + f"; {res.rows} rows into {data_dir}")
     for note in res.notes:
-        click.echo(f"  {note}", err=True)
+        _say(f"  {note}", err=True)
     if res.failed:
         click.echo(f"phasegate: error: {res.failed} platform API call(s) failed (stored as failed reads)", err=True)
         sys.exit(1)

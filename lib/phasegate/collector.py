@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .probe import run_probe
 from .profile import Probe, Profile
+from .redact import printable
 from .store import SampleWriter
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def terminal_progress(stats: CollectStats, elapsed: float, final: bool, stream=s
     """One status line: samples, errors by kind, last status per probe."""
     errs = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_outcome.items()) if k != "ok") or "none"
     last = " ".join(f"{k}={v}" for k, v in sorted(stats.last.items()))
-    line = f"[{elapsed:6.0f}s] samples {stats.samples}  errors: {errs}  last: {last}"
+    line = printable(f"[{elapsed:6.0f}s] samples {stats.samples}  errors: {errs}  last: {last}")
     if stats.store_error or stats.store_dropped:
         line += (f"  STORE ERROR: {stats.store_error or 'recovered'}; {stats.store_pending} waiting, "
                  f"{stats.store_dropped} dropped")

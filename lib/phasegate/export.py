@@ -106,10 +106,18 @@ class Exporter:
         self._proc = subprocess.Popen([sys.executable, "-m", "phasegate.export"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._err, text=True)
 
-    def run(self, ipynb: Path, html_out: Path | None, pdf_out: Path | None) -> None:
+    def run(self, ipynb: Path, html_out: Path | None, pdf_out: Path | None, timeout_s: float | None = None) -> None:
+        """Export, or a ReportError once `timeout_s` (default $PHASEGATE_EXPORT_TIMEOUT or 600 s) has
+        passed: a document that cannot be laid out must not hold an hourly job forever."""
+        timeout_s = timeout_s or float(os.environ.get("PHASEGATE_EXPORT_TIMEOUT", "600"))
         request = {"ipynb": str(ipynb), "html": html_out and str(html_out), "pdf": pdf_out and str(pdf_out)}
         try:
-            out, _ = self._proc.communicate(json.dumps(request) + "\n")
+            out, _ = self._proc.communicate(json.dumps(request) + "\n", timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+            raise ReportError(f"the HTML/PDF export did not finish within {timeout_s:g} s and was stopped "
+                              f"(the executed notebook is {ipynb}); set PHASEGATE_EXPORT_TIMEOUT to allow more") from None
         except OSError:  # it died before reading the request: its stderr says why
             out = ""
             self._proc.wait()

@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pyarrow as pa
 
-from .probe import evaluate, evidence_json, render
+from .probe import evaluate, evidence_json, join_url, render
 from .redact import redact_url
 from .simulator import LATENCY, Fault, Model, endpoint_of
 from .store import SCHEMA, rows_to_table, write_tables
@@ -96,7 +96,7 @@ def _fast_chunk(ctx, jobs, times, np_rng):
         if (lat >= (probe.timeout_s or target.timeout_s) * 1000).any():
             return None  # a tail past the deadline is a timeout: let the exact path classify it
         tenants = [jobs[i][1] for i in idx]
-        urls = [redact_url(target.base_url + render(probe.path, t)) for t in tenants]
+        urls = [redact_url(join_url(target.base_url, render(probe.path, t))) for t in tenants]
         firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]  # each job's first sample this hour
         evid = np.full(n, None, dtype=object)
         evid[firsts] = evidence
@@ -137,7 +137,7 @@ def _slow_chunk(ctx, jobs, times, start_ts):
         ctx["seq"] += 1
         row = {"ts": t, "run_id": ctx["run_id"], "seq": ctx["seq"], "source": "probe", "target": target.name,
                "tenant": tenant, "probe": probe.name, "method": probe.method,
-               "url": redact_url(target.base_url + render(probe.path, tenant)), "simulated": True,
+               "url": redact_url(join_url(target.base_url, render(probe.path, tenant))), "simulated": True,
                "status": resp.status, "bytes": len(resp.body), "latency_ms": resp.latency_s * 1000.0,
                "assertion_failures": []}
         if resp.transport in ("hang", "slow_drip") or resp.latency_s >= timeout:

@@ -15,6 +15,7 @@ CSS = """
 .pg th, .pg td { border: 1px solid #d0d7de; padding: 2px 4px; text-align: left !important; vertical-align: top;
   white-space: nowrap; }
 .pg th { white-space: normal; }
+.pg .wrap { white-space: normal; min-width: 9em; }
 @media print { .pg table { font-size: 8px; } .pg th, .pg td { padding: 1px 3px; } }
 .pg td:last-child { white-space: normal; overflow-wrap: anywhere; }
 .pg th { background: #f6f8fa; }
@@ -76,7 +77,7 @@ def criteria_table(doc: dict) -> str:
         if c.get("interval"):
             unc += f" (CI {_num(c['interval'][0], unit)} – {_num(c['interval'][1], unit)})"
         kind = c["kind"] + (" <b>dry-run</b>" if c.get("dry_run") else "")
-        rows.append([f'{escape(c["title"])}<br><code>{escape(c["id"])}</code>', kind, _state(c["state"]), _num(c["measured"], unit), unc,
+        rows.append([f'<div class="wrap">{escape(c["title"])}<br><code>{escape(c["id"])}</code></div>', kind, _state(c["state"]), _num(c["measured"], unit), unc,
                      _num(c["threshold"], unit), "–" if c.get("n") is None else f"{c['n']:,}", escape(c["detail"])])
     note = (f'<div class="pg"><p>Upper bounds are one-sided at {doc["parameters"]["confidence"]:.0%} confidence '
             f'(rates: Clopper-Pearson; percentiles: order statistics); a rate or P99 passes only when its bound is '

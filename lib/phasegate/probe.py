@@ -18,10 +18,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .profile import Assertion, Probe, Target
-from .redact import redact_headers, redact_text, redact_url
+from .redact import capped, redact_headers, redact_text, redact_url
 
 OUTCOMES = ("ok", "http_error", "timeout", "connection_error", "tls_error", "dns_error",
             "protocol_error", "invalid_body", "body_too_large", "assertion_failed")
@@ -213,13 +213,13 @@ def evaluate(probe: Probe, status: int, headers: dict, body: bytes) -> dict:
             parse_error = f"body is not JSON: {exc}"
     for col, spec in probe.extract.items():
         val = _extract(spec, doc, headers)
-        out[col] = None if val is None else (str(val) if col in ("deployment_id", "health_status") else _as_int(val))
+        out[col] = None if val is None else (capped(str(val)) if col in ("deployment_id", "health_status") else _as_int(val))
     if probe.flags and doc is not None:
         flags = {name: json_path(doc, spec) for name, spec in probe.flags.items()}
-        out["flags"] = json.dumps({k: (None if v is _MISSING else v) for k, v in flags.items()})
+        out["flags"] = json.dumps({k: (None if v is _MISSING else _flag_value(v)) for k, v in flags.items()})
     if status not in probe.expect_status:
         code = json_path(doc, probe.error_code_path) if doc is not None else _MISSING
-        out["error_code"] = None if code is _MISSING or isinstance(code, (dict, list)) else str(code)
+        out["error_code"] = None if code is _MISSING or isinstance(code, (dict, list)) else capped(str(code))
         out["outcome"], out["error"] = "http_error", f"unexpected status {status}"
         return out
     # Malformed JSON matters when the probe reads the body or the server claims it is JSON.
@@ -227,17 +227,24 @@ def evaluate(probe: Probe, status: int, headers: dict, body: bytes) -> dict:
     if parse_error and (probe.asserts or probe.extract or probe.flags or claims_json):
         out["outcome"], out["error"] = "invalid_body", parse_error
         return out
-    failures = [msg for a in probe.asserts if (msg := _check(a, doc)) is not None]
+    failures = [capped(msg) for a in probe.asserts if (msg := _check(a, doc)) is not None]
     if failures:
         out["outcome"], out["assertion_failures"] = "assertion_failed", failures
     return out
 
 
+def _flag_value(v):
+    """A flag as observed: true/false/null/numbers as they are, anything else as capped text."""
+    return v if v is None or isinstance(v, (bool, int, float)) else capped(v if isinstance(v, str) else json.dumps(v))
+
+
 def _as_int(val):
+    """An integer that fits its int32 column, else None (a count of 1e300 is no count)."""
     try:
-        return int(val)
-    except (TypeError, ValueError):
+        n = int(val)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return n if -2**31 <= n < 2**31 else None
 
 
 def render(template: str, tenant: str | None) -> str:
@@ -254,10 +261,19 @@ def next_request_id() -> str:
     return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
+def join_url(base_url: str, path: str) -> str:
+    """The probe's path under the base URL's path, their queries merged (base first):
+    'http://h/api?v=1' + '/list?domain=faults' -> 'http://h/api/list?v=1&domain=faults'."""
+    base = urlsplit(base_url)
+    rel = urlsplit(path)
+    query = "&".join(q for q in (base.query, rel.query) if q)
+    return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + rel.path, query, ""))
+
+
 def run_probe(target: Target, probe: Probe, *, tenant: str | None = None, secrets=(),
               keep_evidence: bool = False, run_id: str = "", now=None) -> dict:
     """Probe once; always returns a sample row (failures are rows, not exceptions)."""
-    url = target.base_url + render(probe.path, tenant)
+    url = join_url(target.base_url, render(probe.path, tenant))
     # X-Request-Id lets a sample be matched to the server's own log line.
     request_id = next_request_id()
     headers = {"User-Agent": "phasegate/0.1", "Accept": "application/json", "Connection": "close",
@@ -285,7 +301,7 @@ def run_probe(target: Target, probe: Probe, *, tenant: str | None = None, secret
     else:
         row.update(outcome=ex.outcome, error=ex.error, error_code=None)
     if row.get("error"):
-        row["error"] = redact_text(row["error"], secrets)
+        row["error"] = capped(redact_text(row["error"], secrets))
     if keep_evidence or row["outcome"] != "ok":
         row["evidence"] = evidence_json(ex.status, ex.headers, ex.body, target.evidence_headers, secrets)
     return row
@@ -296,7 +312,7 @@ def evidence_json(status, headers: dict, body: bytes, keep_headers, secrets=()) 
     text = body[: EVIDENCE_BODY_CHARS * 4].decode("utf-8", "replace")
     return json.dumps({
         "status": status,
-        "headers": redact_headers(headers, keep_headers),
+        "headers": {k: capped(redact_text(v, secrets)) for k, v in redact_headers(headers, keep_headers).items()},
         "body": redact_text(text[:EVIDENCE_BODY_CHARS], secrets),
         "body_bytes": len(body),
         "truncated": len(text) > EVIDENCE_BODY_CHARS or len(body) > EVIDENCE_BODY_CHARS * 4,

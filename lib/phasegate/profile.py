@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from .errors import ProfileError, WindowError
 from .redact import Secret, is_secret_header, is_secret_name, redact_text
@@ -200,8 +200,14 @@ class Profile:
             out.append(token)
         for headers in (self.target.headers, *(p.headers for p in self.probes)):
             out += [v for k, v in headers.items() if is_secret_header(k)]
-        for p in self.probes:
-            out += [v for k, v in parse_qsl(urlsplit(p.path).query) if is_secret_name(k)]
+        # Secret-named query parameters of the base URL (profile or --base-url) and the probe paths,
+        # and a password in the base URL: a service that echoes its request must not store them.
+        for u in (self.target.base_url, *(p.path for p in self.probes)):
+            parts = urlsplit(u)
+            values = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if is_secret_name(k)]
+            out += values + [quote(v, safe="") for v in values]  # as echoed, decoded or not
+            if parts.password:
+                out.append(parts.password)
         return [v for v in out if v]
 
 
@@ -276,6 +282,9 @@ def _read_toml(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
         raise ProfileError(f"{path}: extends: cycle through {path.name}")
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            # A FIFO or device would block the read (and `check` with it) forever.
+            raise ProfileError(f"profile is not a regular file: {path}")
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
@@ -338,9 +347,7 @@ def _platform(src, table, flag_names) -> PlatformSource:
     if kind != "render":
         r.fail("platform.kind", f"must be render (the only platform adapter), got {kind!r}")
     url = r.take("api_url", (str,), "https://api.render.com/v1")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        r.fail("platform.api_url", f"must be an http(s) URL, got {url!r}")
+    _url_parts(r, "platform.api_url", url)
     service = r.take("service_id", (str,), required=True)
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", service):
         r.fail("platform.service_id", f"must be a service id like srv-..., got {service!r}")
@@ -359,9 +366,7 @@ def _platform(src, table, flag_names) -> PlatformSource:
 def _prometheus(src, table) -> PromSource:
     r = _Reader(src, table, "prometheus")
     url = r.take("url", (str,), required=True)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        r.fail("prometheus.url", f"must be an http(s) URL, got {url!r}")
+    _url_parts(r, "prometheus.url", url)
     p = PromSource(url=url.rstrip("/"), metric=r.take("metric", (str,), "http_requests_total"),
                    histogram=r.take("histogram", (str,), "http_request_duration_seconds"),
                    token_env=r.take("token_env", (str,)), timeout_s=r.duration("timeout", 10.0))
@@ -372,15 +377,28 @@ def _prometheus(src, table) -> PromSource:
     return p
 
 
+def _url_parts(r: "_Reader", key: str, url: str):
+    """An http(s) URL with a host and a valid port, or one line naming the key."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError as exc:
+        r.fail(key, f"is not a valid URL ({exc}): {url!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.fail(key, f"must be an http(s) URL, got {url!r}")
+    return parts
+
+
 def _target(src, table, base_url) -> Target:
     r = _Reader(src, table, "target")
     name = r.take("name", (str,), required=True)
     url = base_url or r.take("base_url", (str,), required=True)
     if base_url:
         r.take("base_url", (str,))
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        r.fail("target.base_url", f"must be an http(s) URL, got {url!r}")
+    key = "--base-url" if base_url else "target.base_url"
+    parts = _url_parts(r, key, url)
+    if parts.fragment:
+        r.fail(key, f"must not have a #fragment (probe paths go after the path, queries are merged), got {url!r}")
     interval = r.duration("interval", 30.0)
     timeout = r.duration("timeout", 10.0)
     if timeout >= interval:

@@ -16,6 +16,24 @@ _QUERY_PAIR = re.compile(r"([A-Za-z0-9_.\-]+)=([^&\s\"'<>]+)")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s:]*):([^/@\s]+)@")
 
 
+MAX_VALUE_CHARS = 256
+
+
+def capped(value, limit: int = MAX_VALUE_CHARS):
+    """A stored string cut to `limit` characters, saying how much was cut (a 60,000-character
+    header must not ride through every table and export). Anything else is returned as is."""
+    if not isinstance(value, str) or len(value) <= limit:
+        return value
+    mark = f"…[truncated: {len(value):,} chars]"
+    return value[: limit - len(mark)] + mark
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal or log: control characters (ESC, CR, ...) shown escaped, so a
+    service cannot repaint the screen over a failing line. Newlines and tabs stay."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
 class Secret(str):
     """A string that prints as redacted; use `.reveal()` where the value is really needed."""
 

@@ -25,6 +25,8 @@ from .window import Window, iso, parse_duration, parse_time, utcnow
 EXIT_CODES = {"GO": 0, "NO-GO": 10, "REVIEW": 11, "PENDING": 12, "INCONCLUSIVE": 13}
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "phase_signoff.ipynb"
 FORMATS = ("html", "pdf")
+# Each notebook cell's time limit: a report that cannot finish says so instead of hanging a timer.
+CELL_TIMEOUT_S = int(os.environ.get("PHASEGATE_CELL_TIMEOUT", "1800"))
 # Errors raised inside the notebook that mean bad input, not a crash.
 _INPUT_ERRORS = {cls.__name__: cls for cls in (DataError, ProfileError, WindowError)}
 
@@ -191,7 +193,11 @@ def _execute(notebook: Path, out: Path, params: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="phasegate-kernel-") as sockets:
             pm.execute_notebook(str(notebook), str(out), parameters=params, kernel_name="python3",
                                 progress_bar=False, log_output=False, cwd=str(notebook.parent),
+                                execution_timeout=CELL_TIMEOUT_S, start_timeout=120,
                                 kernel_manager_class=_ipc_kernel_manager(sockets))
+    except TimeoutError as exc:  # nbclient's CellTimeoutError is one
+        raise ReportError(f"a cell of the sign-off notebook ran over {CELL_TIMEOUT_S} s and was stopped "
+                          f"(see {out}): {exc}") from None
     except PapermillExecutionError as exc:
         cls = _INPUT_ERRORS.get(exc.ename)
         if cls is not None:

@@ -15,6 +15,7 @@ from .analysis import Analysis, analyze
 from .criteria import Decision, evaluate
 from .errors import DataError
 from .profile import Profile, load_profile
+from .redact import redact_url
 from .store import sha256
 from .window import Window, iso, parse_duration, parse_time, utcnow
 
@@ -123,7 +124,7 @@ def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: A
         "verdict": d.verdict,
         "reason": d.reason,
         "phase": phase,
-        "target": {"name": profile.target.name, "base_url": profile.target.base_url},
+        "target": {"name": profile.target.name, "base_url": redact_url(profile.target.base_url)},
         "profile": {"path": str(profile_file), "sha256": sha256(profile_file)},
         "window": {
             "start": iso(a.window.start), "end": iso(a.window.end), "observed_end": iso(a.observed_end),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import sys
 import time
@@ -18,7 +19,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from .errors import DataError
-from .redact import redact_url
+from .redact import capped, printable, redact_url
 
 # nginx "combined" extended with $request_time (seconds, millisecond resolution).
 NGINX = re.compile(
@@ -40,10 +41,30 @@ def route_of(target: str) -> str:
     return urlsplit(target).path or "/"
 
 
+_TS_RANGE = (0.0, 7258118400.0)  # 1970 .. 2200: anything else is a corrupt line, not a request
+
+
+def _text(value, what: str) -> str:
+    text = str(value)
+    text.encode("utf-8")  # a lone surrogate raises here (a ValueError), not at the parquet write
+    return capped(text)
+
+
 def _row(ts: float, method: str, target: str, status: int, latency_ms: float | None, size, name: str) -> dict:
-    return {"ts": ts, "source": "traffic", "target": name, "probe": route_of(target), "method": method,
-            "url": redact_url(target), "status": status, "latency_ms": latency_ms,
-            "bytes": None if size in (None, "-") else int(size),
+    """A request as a sample, every value checked against its column: a bad line is counted and
+    shown (ValueError), never the end of the import."""
+    if isinstance(status, bool) or not 100 <= status <= 599:
+        raise ValueError(f"status {status!r} is not an HTTP status (100-599)")
+    if not (isinstance(ts, float) and math.isfinite(ts) and _TS_RANGE[0] <= ts < _TS_RANGE[1]):
+        raise ValueError(f"time {ts!r} is not between 1970 and 2200")
+    if latency_ms is not None and not (math.isfinite(latency_ms) and 0 <= latency_ms < 1e12):
+        raise ValueError(f"request time {latency_ms / 1000.0!r} s is not a duration")
+    nbytes = None if size in (None, "-") else int(size)
+    if nbytes is not None and not 0 <= nbytes < 2**63:
+        raise ValueError(f"bytes {size!r} out of range")
+    target = _text(target, "path")
+    return {"ts": ts, "source": "traffic", "target": name, "probe": route_of(target), "method": _text(method, "method"),
+            "url": redact_url(target), "status": status, "latency_ms": latency_ms, "bytes": nbytes,
             "outcome": "http_error" if status >= 500 else "ok", "assertion_failures": [], "simulated": False}
 
 
@@ -61,13 +82,19 @@ def parse_json(line: str, name: str, fields: dict) -> dict:
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     raw_ts = doc[fields["ts"]]
-    if isinstance(raw_ts, (int, float)):
+    if isinstance(raw_ts, (int, float)) and not isinstance(raw_ts, bool):
         ts = float(raw_ts)
     else:
         ts = datetime.fromisoformat(str(raw_ts).replace("Z", "+00:00")).timestamp()
     lat = doc.get(fields["latency_s"])
-    return _row(ts, str(doc[fields["method"]]), str(doc[fields["path"]]), int(doc[fields["status"]]),
-                None if lat is None else float(lat) * 1000.0, doc.get("bytes"), name)
+    status = doc[fields["status"]]
+    if not isinstance(status, (int, str)) or isinstance(status, bool):
+        raise ValueError(f"status {status!r} is not an HTTP status")
+    size = doc.get("bytes")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, str))):
+        raise ValueError(f"bytes {size!r} is not a count")
+    return _row(ts, doc[fields["method"]], doc[fields["path"]], int(status),
+                None if lat is None else float(lat) * 1000.0, size, name)
 
 
 def import_logs(stream, data_dir, fmt: str = "nginx", target: str = "traffic", fields: dict | None = None,
@@ -89,10 +116,12 @@ def import_logs(stream, data_dir, fmt: str = "nginx", target: str = "traffic", f
                 continue
             try:
                 row = parse_nginx(line, target) if fmt == "nginx" else parse_json(line, target, fmap)
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
                 result.malformed += 1
                 if len(result.examples) < 5:
-                    result.examples.append((no, str(exc)[:120] or type(exc).__name__))
+                    why = str(exc) if not isinstance(exc, KeyError) else f"missing field {exc}"
+                    result.examples.append((no, printable(why.encode("utf-8", "backslashreplace").decode())[:120]
+                                            or type(exc).__name__))
                 continue
             row["seq"] = no
             batch.append(row)

@@ -52,7 +52,14 @@ def parse_time(text: str | datetime, *, name: str = "time") -> datetime:
             raise WindowError(f"{name} is not an ISO 8601 time: {raw!r}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+    try:
+        out = dt.astimezone(timezone.utc)
+        out.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise WindowError(f"{name} is out of range: {text!s}") from None
+    if not 1970 <= out.year <= 9998:
+        raise WindowError(f"{name} is out of range (years 1970-9998): {text!s}")
+    return out
 
 
 def utcnow() -> datetime:
