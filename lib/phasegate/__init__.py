@@ -9,13 +9,20 @@ import os
 # report kernel, which the CLI starts).
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("phasegate")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 from .errors import (DataError, PhasegateError, ProfileError, ReportError, ScenarioError, StoreError,
                      WindowError)
 from .profile import load_profile
 from .window import Window
 
 __all__ = [
-    "load_profile", "read_samples", "Window",
+    "__version__", "load_profile", "read_samples", "Window",
     "PhasegateError", "ProfileError", "WindowError", "DataError", "StoreError", "ScenarioError", "ReportError",
 ]
 

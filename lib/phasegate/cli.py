@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -22,6 +23,10 @@ EXIT_BAD_INPUT = 2
 def _one_line(msg: str) -> str:
     """Redacted, and with control characters escaped, so an error is always exactly one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in redact_text(msg))
+
+
+def _command_line() -> str:
+    return "phasegate " + shlex.join(sys.argv[1:])
 
 
 def _say(text: str, err: bool = False) -> None:
@@ -164,7 +169,7 @@ def report(profile_path, plan, latest, data_dir, phase, start, end, hours, out_r
     result = make_report(profile_path=profile_path, data_dir=data_dir, phase=phase, start=start, end=end,
                          hours=hours, out_root=out_root, formats=formats, bucket=bucket, as_of=as_of,
                          baseline=(baseline_data, baseline_start, baseline_end), plan=plan, latest=latest,
-                         notify=notify, webhook_env=webhook_env)
+                         notify=notify, webhook_env=webhook_env, command=_command_line())
     _say(result.summary)
     if result.notify_failed:
         click.echo("phasegate: warning: the notification was not delivered (see the notify line above)", err=True)
@@ -200,6 +205,39 @@ def summary(plan, out_root, formats, as_of):
     result = make_summary(plan, out_root=out_root, formats=formats, as_of=as_of)
     _say(result.summary)
     sys.exit(EXIT_CODES.get(result.verdict, 0))
+
+
+@cli.command()
+@click.argument("report_dir", type=PATH)
+@click.option("--by", required=True, help="Who approves (a name or e-mail; the signer's principal with --key).")
+@click.option("--comment", default="", help="Why, or on what condition.")
+@click.option("--key", type=PATH, help="SSH private key to sign the approval with (ssh-keygen -Y sign, namespace phasegate).")
+@click.option("--acknowledge", is_flag=True, help="Record that a NO-GO/REVIEW/PENDING/INCONCLUSIVE report was read "
+              "(never completes a phase).")
+@_guard
+def approve(report_dir, by, comment, key, acknowledge):
+    """Approve a GO report: REPORT_DIR/approval.json with who, when and every file's SHA-256."""
+    from .approval import approve as do_approve
+
+    a = do_approve(report_dir, by, comment, key, acknowledge)
+    how = f"signed with {a['signature']['key']}" if a["signature"] else "unsigned"
+    _say(f"{a['kind']} of {a['report']['verdict']} report {report_dir} by {a['by']} at {a['at']} ({how}); "
+         f"{len(a['files'])} files covered")
+    if a["report"]["mode"] == "simulated":
+        _say("note: the report counts simulated samples: no rollout plan accepts it (only a drill plan would)", err=True)
+
+
+@cli.command()
+@click.argument("report_dir", type=PATH)
+@click.option("--allowed-signers", type=PATH, help="OpenSSH allowed-signers file: the signature must be the approver's key.")
+@_guard
+def verify(report_dir, allowed_signers):
+    """Check an approved report: exit 0 when every hash and the signature hold, 1 naming what changed."""
+    from .approval import verify as do_verify
+
+    v = do_verify(report_dir, allowed_signers)
+    _say(f"{report_dir}: {v.line}")
+    sys.exit(0 if v.ok else 1)
 
 
 @cli.command("import-logs")

@@ -60,11 +60,13 @@ def main() -> int:
         sim.wait(timeout=10)
     end = utcnow()
     code = _run("report", "--profile", PROFILE, "--data", DATA, "--phase", "phase1-staging-canary",
-                "--start", iso(end - timedelta(hours=24)), "--end", iso(end), "--out", ROOT / "reports")
+                "--start", iso(end - timedelta(hours=24)), "--end", iso(end), "--out", ROOT / "reports" / "demo")
     # The report's exit status is its verdict (0 GO, 10-13 otherwise); the demo succeeded if it rendered.
     if code not in (0, 10, 11, 12, 13):
         return code
-    print("\ndemo done: the four files above are under reports/phase1-staging-canary/")
+    # Under reports/demo/, never where a rollout plan looks: a demo is simulated data with the
+    # simulator's profile, and can never complete a plan phase.
+    print("\ndemo done: the four files above are under reports/demo/phase1-staging-canary/")
     return 0
 
 

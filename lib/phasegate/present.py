@@ -58,9 +58,10 @@ def _table(headers, rows) -> str:
 def banner(doc: dict) -> str:
     w = doc["window"]
     sim = f" — {doc['simulated_samples']:,} simulated samples" if doc.get("simulated_samples") else ""
+    mode = {"drill": "DRILL · ", "simulated": "SIMULATED · "}.get(doc.get("mode"), "")
     return CSS + (
         f'<div class="pg"><div class="banner" style="background:{COLORS.get(doc["verdict"], "#333")}">'
-        f'<h1>VERDICT: {escape(doc["verdict"])}</h1>'
+        f'<h1>{mode}VERDICT: {escape(doc["verdict"])}</h1>'
         f'<p>{escape(doc["phase"])} · {escape(doc["target"]["name"])} · window {w["start"]} → {w["end"]}'
         f' (observed to {w["observed_end"]}){escape(sim)}</p>'
         f'<p>{escape(doc["reason"])}</p></div></div>'
@@ -277,7 +278,7 @@ def rollout_banner(doc: dict) -> str:
 def rollout_table(doc: dict) -> str:
     rows, fails = [], []
     for p in doc["phases"]:
-        verdict = "GO (signed)" if p["state"] == "done" else (p["verdict"] or "–")
+        verdict = f"GO, {p['approved']}" if p["state"] == "done" else (p["verdict"] or "–")
         window = f"{p['start']} →<br>{p['end']}" if p.get("start") else "not started"
         report = f"{p['report_verdict']} as of {p['report_as_of']}: {escape(p['report'])}" if p["report"] else "none"
         rows.append([f"<b>{escape(p['title'])}</b>", escape(verdict), window,

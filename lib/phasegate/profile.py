@@ -7,6 +7,9 @@ in a profile can never silently turn a criterion off.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import os
 import re
 import tomllib
@@ -16,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from .errors import ProfileError, WindowError
-from .redact import Secret, is_secret_header, is_secret_name, redact_text
+from .redact import MASK, Secret, is_secret_header, is_secret_name, redact_text, redact_url
 from .window import parse_duration
 
 EXTRACT_COLUMNS = ("handlers_loaded", "handlers_total", "item_count", "deployment_id", "health_status")
@@ -180,6 +183,15 @@ class Profile:
     phases: tuple[str, ...] = ()
     prometheus: PromSource | None = None
     platform: PlatformSource | None = None
+    # The profile as resolved (after `extends`, plan overrides and --base-url), secrets masked:
+    # what signoff.json shows, and what its hash (`sha256`) is computed over.
+    resolved: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def sha256(self) -> str:
+        """The resolved profile's hash: canonical JSON (sorted keys, no spaces) of `resolved`.
+        Anyone can recompute it from signoff.json's copy."""
+        return hashlib.sha256(canonical_json(self.resolved).encode()).hexdigest()
 
     def probe(self, name: str) -> Probe:
         return next(p for p in self.probes if p.name == name)
@@ -316,8 +328,27 @@ def load_profile(path: str | os.PathLike, base_url: str | None = None) -> Profil
     return build_profile(_read_toml(Path(path)), str(path), base_url)
 
 
+def canonical_json(doc) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _masked(value, key: str = ""):
+    """A copy of a profile table safe to write anywhere: secret-named headers and query values,
+    bearer tokens and URL passwords masked."""
+    if isinstance(value, dict):
+        return {k: (MASK if key == "headers" and is_secret_header(k) else _masked(v, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, key) for v in value]
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
+
+
 def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None) -> Profile:
     """Validate an already-parsed profile table; `src` names it in messages."""
+    resolved = _masked(copy.deepcopy(raw))
+    if base_url and isinstance(resolved.get("target"), dict):
+        resolved["target"]["base_url"] = redact_url(base_url)
     top = _Reader(src, raw, "")
     target = _target(src, top.take("target", (dict,), required=True), base_url)
     probe_tables = top.take("probes", (list,), required=True)
@@ -338,7 +369,7 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     platform = None if plat is None else _platform(src, plat, flag_names)
     return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook, phases=phases,
                    prometheus=None if prom is None else _prometheus(src, prom),
-                   platform=platform if platform is not None and platform.enabled else None)
+                   platform=platform if platform is not None and platform.enabled else None, resolved=resolved)
 
 
 def _platform(src, table, flag_names) -> PlatformSource:

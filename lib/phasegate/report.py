@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,7 @@ class ReportResult:
 def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_root="reports",
                 formats="html,pdf", bucket="5m", notebook=NOTEBOOK, as_of=None,
                 baseline=(None, None, None), plan=None, latest=False, notify="change",
-                webhook_env=None) -> ReportResult:
+                webhook_env=None, command=None) -> ReportResult:
     """With `plan`, the profile, data dir, reports root and window default to the plan's phase;
     `latest` reports the phase in progress from its start to now."""
     wanted = _formats(formats)
@@ -91,6 +93,8 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         "baseline_data": str(Path(baseline[0]).resolve()) if baseline[0] else "",
         "baseline_start": baseline[1] or "", "baseline_end": baseline[2] or "",
         "plan": str(Path(plan).resolve()) if plan else "",
+        # Recorded in the provenance as typed; masked first, since parameters land in the notebook.
+        "command": redact_text(command or "phasegate " + shlex.join(sys.argv[1:])),
     }
     try:
         if baseline[0] and not Path(baseline[0]).is_dir():
@@ -132,8 +136,8 @@ def make_summary(plan, out_root=None, formats="html,pdf", as_of=None, notebook=S
     doc = _render(notebook, stage, "rollout", params, wanted)
     files = _swap_in(stage, folder, "rollout")
     lines = [f"ROLLOUT SUMMARY: {doc['plan']['name']} as of {doc['as_of']}"]
-    lines += [f"  {ph['title']}: {'GO (signed)' if ph['state'] == 'done' else ph['verdict'] or ph['state']}"
-              for ph in doc["phases"]]
+    lines += [f"  {ph['title']}: {'GO, ' + ph['approved'] if ph['state'] == 'done' else ph['verdict'] or ph['state']}"
+              + (" [DRILL]" if ph.get("drill") else "") for ph in doc["phases"]]
     lines.append(f"  next: {doc['next_action']}")
     lines += [f"  {k:5} {v}" for k, v in files.items()]
     return ReportResult(doc["current_verdict"] or "", folder, files, doc, "\n".join(lines))
@@ -222,7 +226,8 @@ def _ipc_kernel_manager(socket_dir: str):
 def summarize(doc: dict, files: dict) -> str:
     marks = {"passed": "PASS", "failed": "FAIL", "pending": "PEND", "inconclusive": "----"}
     w = doc["window"]
-    lines = [f"VERDICT: {doc['verdict']}  ({doc['phase']}, {w['start']} → {w['end']}, observed to {w['observed_end']})",
+    mode = {"drill": "  [DRILL: simulated samples, a drill plan]", "simulated": "  [SIMULATED samples]"}.get(doc.get("mode"), "")
+    lines = [f"VERDICT: {doc['verdict']}  ({doc['phase']}, {w['start']} → {w['end']}, observed to {w['observed_end']}){mode}",
              f"  {doc['reason']}"]
     for c in doc["criteria"]:
         lines.append(f"  [{marks[c['state']]}] {c['kind']:4} {c['id']:<20} {c['title']}: {c['detail']}")

@@ -5,8 +5,12 @@ starts (a time, or after the previous phase's GO), how long it must run, and cri
 overrides. `status` reads each phase's latest sign-off report and, for the phase in
 progress, computes the verdict so far from its data, then says what to do next in words.
 
-A phase counts as done only when a GO report over its complete window exists: the signed
-PDF is the gate, not a number computed on the fly.
+A phase counts as done only when a person has approved (`phasegate approve`) a GO report made
+for that phase: the plan's resolved profile (same hash), the plan's window (its start, or the
+first sample after the previous phase's window, and its full duration), live samples only
+(unless the plan is a drill: `allow_simulated = true`), unchanged since its approval. `status`
+says of every other report why it does not count. The approved report is the gate, not a
+number computed on the fly.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class Plan:
     name: str
     reports: Path
     phases: tuple[Phase, ...]
+    allow_simulated: bool = False  # a drill: simulated samples may complete a phase (every output says DRILL)
+    require_signature: bool = False  # approvals must be signed by a key in allowed_signers
+    allowed_signers: Path | None = None
 
     def phase(self, phase_id: str) -> Phase:
         for ph in self.phases:
@@ -74,7 +81,13 @@ def load_plan(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
     # Data and report dirs are relative to the working directory (the project), profiles to the plan.
     reports = base / top.take("reports", (str,), "reports")
     tables = top.take("phase", (list,), required=True)
+    allow_simulated = top.take("allow_simulated", (bool,), False)
+    require_signature = top.take("require_signature", (bool,), False)
+    signers = top.take("allowed_signers", (str,), None)
     top.done()
+    if require_signature and signers is None:
+        top.fail("allowed_signers", "is required with require_signature = true (an OpenSSH allowed-signers file)")
+    allowed_signers = None if signers is None else path.parent / signers
     if not tables:
         top.fail("phase", "needs at least one [[phase]]")
     phases = []
@@ -106,21 +119,22 @@ def load_plan(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
     dup = next((x for x in ids if ids.count(x) > 1), None)
     if dup:
         raise ProfileError(f"{src}: phase: id {dup!r} is used twice")
-    plan = Plan(path=path, name=name, reports=reports, phases=tuple(phases))
+    extra = dict(allow_simulated=allow_simulated, require_signature=require_signature, allowed_signers=allowed_signers)
+    plan = Plan(path=path, name=name, reports=reports, phases=tuple(phases), **extra)
     resolved = []
     for ph in phases:
         profile = plan.profile(ph.id)  # validates the profile and the overrides, naming the phase
         resolved.append(Phase(ph.id, ph.title, ph.profile_file, ph.data, ph.start, profile.criteria.duration_s,
                               ph.begin, ph.overrides))
-    return Plan(path=path, name=name, reports=reports, phases=tuple(resolved))
+    return Plan(path=path, name=name, reports=reports, phases=tuple(resolved), **extra)
 
 
 # -- where the rollout stands ------------------------------------------------------------
 
 
-def latest_report(reports: Path, phase_id: str) -> tuple[dict, Path] | None:
-    """The newest finished sign-off of a phase (by the time it was evaluated as of)."""
-    best = None
+def phase_reports(reports: Path, phase_id: str) -> list[tuple[dict, Path]]:
+    """Every finished sign-off of a phase, newest first (by the time it was evaluated as of)."""
+    found = []
     for f in (reports / phase_id).glob("*/signoff.json"):
         if f.parent.name.endswith((".partial", ".old")):
             continue
@@ -128,14 +142,55 @@ def latest_report(reports: Path, phase_id: str) -> tuple[dict, Path] | None:
             doc = json.loads(f.read_text())
         except (OSError, ValueError):
             continue  # a torn file is not a report; the next good one speaks
-        key = (doc.get("as_of", ""), doc.get("generated_at", ""))
-        if best is None or key > best[0]:
-            best = (key, doc, f)
-    return None if best is None else (best[1], best[2])
+        found.append(((doc.get("as_of", ""), doc.get("generated_at", "")), doc, f))
+    found.sort(key=lambda x: x[0], reverse=True)
+    return [(doc, f) for _, doc, f in found]
 
 
-def _signed_go(doc: dict | None) -> bool:
-    return bool(doc) and doc.get("verdict") == "GO" and doc.get("window", {}).get("complete") is True
+def latest_report(reports: Path, phase_id: str) -> tuple[dict, Path] | None:
+    """The newest finished sign-off of a phase."""
+    found = phase_reports(reports, phase_id)
+    return found[0] if found else None
+
+
+UNAPPROVED = "not approved yet"
+
+
+def rejection(plan: Plan, ph: Phase, doc: dict, path: Path, start: datetime | None) -> tuple[str, dict | None]:
+    """Why a report does not complete its phase ("" when it does), and its verified approval."""
+    from .approval import APPROVAL, verify
+
+    ver = None
+    if (path.parent / APPROVAL).exists():  # first: a report changed after its approval says so, whatever it says
+        ver = verify(path.parent, plan.allowed_signers if plan.require_signature else None)
+        if not ver.ok:
+            return f"refused: {ver.problem}", None
+    v = doc.get("verdict")
+    if v != "GO":
+        return f"verdict {v}, not GO", None
+    prov = doc.get("provenance")
+    if not prov:
+        return "made by a phasegate without provenance (no profile hash): render it again", None
+    want = plan.profile(ph.id).sha256
+    if prov.get("profile_sha256") != want:
+        return (f"made with another profile (resolved hash {str(prov.get('profile_sha256'))[:12]}…, the phase's is "
+                f"{want[:12]}…: report it with --plan {plan.path})"), None
+    w = doc.get("window", {})
+    if start is None or w.get("start") != iso(start) or not prov.get("window_complete") or \
+            w.get("end") != iso(start + timedelta(seconds=ph.duration_s)):
+        want_w = "unknown yet" if start is None else \
+            f"{iso(start)} → {iso(start + timedelta(seconds=ph.duration_s))}"
+        return f"window {w.get('start')} → {w.get('end')} is not the phase's complete window ({want_w})", None
+    sim = prov.get("samples", {}).get("simulated", 0)
+    if sim and not plan.allow_simulated:
+        return f"{sim:,} simulated samples (only a drill plan, allow_simulated = true, accepts them)", None
+    if ver is None:
+        return UNAPPROVED, None
+    if ver.approval["kind"] != "approval":
+        return f"acknowledged by {ver.approval['by']}, not approved", None
+    if plan.require_signature and not ver.signer_checked:
+        return "the approval is unsigned and the plan requires a signature", None
+    return "", ver.approval
 
 
 @dataclass
@@ -149,6 +204,8 @@ class PhaseState:
     report_path: Path | None = None
     doc: dict | None = None
     elapsed_s: float = 0.0
+    approval: dict | None = None  # of the report that completed the phase
+    rejected: list = field(default_factory=list)  # (report path, why it does not count)
 
 
 @dataclass
@@ -166,7 +223,8 @@ class RolloutStatus:
             ph = s.phase
             head = f"  {i}. {ph.title} [{ph.id}]"
             if s.state == "done":
-                body = f"GO (signed) {s.report['window']['start']} → {s.report['window']['end']}"
+                body = (f"GO, {approved_text(s.approval)} {s.report['window']['start']} → {s.report['window']['end']}"
+                        + (" [DRILL]" if s.report.get("mode") == "drill" else ""))
             elif s.state == "current" and s.verdict:
                 left = ph.duration_s - s.elapsed_s
                 body = (f"{s.verdict} so far, {format_duration(s.elapsed_s)} of {format_duration(ph.duration_s)}"
@@ -183,8 +241,17 @@ class RolloutStatus:
                 lines.append(f"     latest report: {s.report['verdict']} as of {s.report['as_of']}: {shown}")
             elif s.state != "waiting":
                 lines.append("     latest report: none")
+            for path, why in s.rejected[:5]:
+                lines.append(f"     not counted: {path.parent}: {why}")
+            if len(s.rejected) > 5:
+                lines.append(f"     ... and {len(s.rejected) - 5} more reports that do not count")
         lines.append(f"NEXT: {self.next_action}")
         return "\n".join(lines)
+
+
+def approved_text(approval: dict) -> str:
+    signed = "signed" if approval.get("signature") else "unsigned"
+    return f"approved by {approval['by']} at {approval['at']} ({signed})"
 
 
 def _first_sample_after(data: Path, after: datetime, now: datetime) -> datetime | None:
@@ -209,20 +276,35 @@ def status(plan: Plan, now: datetime | None = None, evaluate: bool = True) -> Ro
     prev_end: datetime | None = None
     action, verdict = None, None
     for i, ph in enumerate(plan.phases):
-        rep = latest_report(plan.reports, ph.id)
-        doc, rpath = rep if rep else (None, None)
+        reps = phase_reports(plan.reports, ph.id)
+        doc, rpath = reps[0] if reps else (None, None)
         if action is not None:  # a phase before this one is not done yet
             states.append(PhaseState(ph, "waiting", report=doc, report_path=rpath))
             continue
-        if _signed_go(doc):
-            states.append(PhaseState(ph, "done", verdict="GO", report=doc, report_path=rpath,
-                                     start=parse_time(doc["window"]["start"])))
-            prev_end = parse_time(doc["window"]["end"])
+        start = ph.start if ph.start is not None else _first_sample_after(ph.data, prev_end, now)
+        rejected, unapproved = [], None
+        for rdoc, rp in reps:
+            why, approval = rejection(plan, ph, rdoc, rp, start)
+            if not why:
+                states.append(PhaseState(ph, "done", verdict="GO", report=rdoc, report_path=rp, start=start,
+                                         approval=approval, rejected=rejected))
+                prev_end = parse_time(rdoc["window"]["end"])
+                break
+            rejected.append((rp, why))
+            if why == UNAPPROVED and unapproved is None:
+                unapproved = rp.parent
+        else:
+            rdoc = None
+        if rdoc is not None:
             continue
         nxt = plan.phases[i + 1] if i + 1 < len(plan.phases) else None
-        start = ph.start if ph.start is not None else _first_sample_after(ph.data, prev_end, now)
-        s = PhaseState(ph, "current", start=start, report=doc, report_path=rpath)
+        s = PhaseState(ph, "current", start=start, report=doc, report_path=rpath, rejected=rejected)
         states.append(s)
+        if unapproved is not None:
+            s.reason = f"a GO report for the phase's complete window awaits approval: {unapproved}"
+            action = f"review the report and approve it: phasegate approve {unapproved} --by NAME [--key SSH_KEY]"
+            s.verdict, verdict = "GO", "GO"
+            continue
         begin = ph.begin or "start the phase"
         collect = f"phasegate collect --profile {ph.profile_file} --data {ph.data}"
         if start is None:
@@ -250,7 +332,7 @@ def status(plan: Plan, now: datetime | None = None, evaluate: bool = True) -> Ro
         end = start + timedelta(seconds=ph.duration_s)
         action = _next_action(plan, ph, nxt, d, end, now)
     if action is None:
-        action = "rollout complete: every phase has a signed GO report"
+        action = "rollout complete: every phase has an approved GO report"
     return RolloutStatus(plan, now, states, action, verdict)
 
 
@@ -271,9 +353,9 @@ def _next_action(plan: Plan, ph: Phase, nxt: Phase | None, d: dict, end: datetim
         return f"wait {format_duration((end - now).total_seconds())} (window ends {iso(end)}), then sign off: {report}"
     if v == "INCONCLUSIVE":
         return f"not enough evidence to decide ({d['reason']}); fix collection and extend the window, then: {report}"
-    # GO computed now over the complete window, but no signed report yet.
+    # GO computed now over the complete window, but no approved report yet.
     after = f"; then proceed to {nxt.title}: {nxt.begin or 'start it'}" if nxt else "; that completes the rollout"
-    return f"render and sign the GO report: {report}{after}"
+    return f"render the GO report ({report}) and approve it (phasegate approve REPORT_DIR --by NAME){after}"
 
 
 def phase_window(plan: Plan, phase_id: str | None, now: datetime) -> tuple[Phase, datetime]:
@@ -305,7 +387,10 @@ def summary(plan, as_of=None, out_dir=None, root=None) -> dict:
         row = {"id": s.phase.id, "title": s.phase.title, "state": s.state, "verdict": s.verdict,
                "required_s": s.phase.duration_s, "report": str(s.report_path) if s.report_path else None,
                "report_verdict": s.report["verdict"] if s.report else None,
-               "report_as_of": s.report["as_of"] if s.report else None, "reason": s.reason}
+               "report_as_of": s.report["as_of"] if s.report else None, "reason": s.reason,
+               "approved": approved_text(s.approval) if s.approval else None,
+               "drill": bool(s.report and s.report.get("mode") == "drill"),
+               "not_counted": [{"report": str(p.parent), "why": why} for p, why in s.rejected]}
         if d:
             row.update(start=d["window"]["start"], end=d["window"]["end"], observed_end=d["window"]["observed_end"],
                        samples=d["overall"]["samples"], errors=d["overall"]["errors"],

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import __version__
 from .analysis import Analysis, analyze
 from .criteria import Decision, evaluate
 from .errors import DataError
@@ -19,7 +21,7 @@ from .redact import redact_url
 from .store import sha256
 from .window import Window, iso, parse_duration, parse_time, utcnow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -43,10 +45,12 @@ def find_path(path: str | os.PathLike) -> Path:
 
 
 def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir=None, bucket="5m",
-        as_of=None, baseline_data=None, baseline_start=None, baseline_end=None, plan=None, pull=True) -> Signoff:
+        as_of=None, baseline_data=None, baseline_start=None, baseline_end=None, plan=None, pull=True,
+        command=None) -> Signoff:
     """Analyse the window, evaluate the criteria, and write `signoff.json` into out_dir.
     With `plan` (a rollout plan or its path), the phase's profile and overrides come from it.
-    `pull`: first read what the profile's Prometheus and platform API hold (False: only what is stored)."""
+    `pull`: first read what the profile's Prometheus and platform API hold (False: only what is stored).
+    `command`: the command line that asked for this report, recorded in its provenance."""
     if plan not in (None, ""):
         from .rollout import Plan, load_plan
         plan = plan if isinstance(plan, Plan) else load_plan(find_path(plan))
@@ -88,9 +92,14 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
     decision = evaluate(profile, analysis)
     doc = build_doc(profile, profile_file, data, phase, analysis, decision, bucket)
     doc["inputs"]["notes"] = notes
+    doc["provenance"]["command"] = command or f"{Path(sys.argv[0]).name} (notebook run directly, not by phasegate report)"
     if plan not in (None, ""):
-        doc["plan"] = {"path": str(plan.path), "sha256": sha256(plan.path), "name": plan.name}
+        doc["plan"] = {"path": str(plan.path), "sha256": sha256(plan.path), "name": plan.name,
+                       "allow_simulated": plan.allow_simulated}
         doc["rerun"] = doc["rerun"].replace(f"--profile {profile_file}", f"--plan {plan.path}", 1)
+    sim = doc["provenance"]["samples"]["simulated"]
+    # A drill: a plan that allows simulated samples, rehearsing on them. Said on every output.
+    doc["mode"] = "live" if not sim else ("drill" if plan not in (None, "") and plan.allow_simulated else "simulated")
     if baseline is not None:
         doc["rerun"] += f" --baseline-data {baseline[0]} --baseline-start {iso(baseline[1].start)} " \
                         f"--baseline-end {iso(baseline[1].end)}"
@@ -117,8 +126,21 @@ def _pull_platform(profile: Profile, data: Path) -> list[str]:
 def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: Analysis, d: Decision,
               bucket: str) -> dict:
     failed_hard = [c for c in d.criteria if c.runbook]
+    simulated = int(a.samples["simulated"].fillna(False).astype(bool).sum())
+    complete = a.elapsed_s >= profile.criteria.duration_s
     return {
         "schema_version": SCHEMA_VERSION,
+        # Who made this document from what: enough for a reviewer (and `status`) to tell a real
+        # sign-off of the plan's phase from a demo, a drill or a report made with another profile.
+        "provenance": {
+            "phasegate_version": __version__,
+            "profile_sha256": profile.sha256,
+            "profile_resolved": profile.resolved,
+            "target": {"name": profile.target.name, "base_url": redact_url(profile.target.base_url)},
+            "samples": {"live": int(len(a.samples)) - simulated, "simulated": simulated},
+            "window_complete": complete,
+            "command": None,
+        },
         "generated_at": iso(utcnow()),
         "as_of": iso(a.now),
         "verdict": d.verdict,
@@ -129,7 +151,7 @@ def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: A
         "window": {
             "start": iso(a.window.start), "end": iso(a.window.end), "observed_end": iso(a.observed_end),
             "required_duration_s": profile.criteria.duration_s, "elapsed_s": round(a.elapsed_s, 3),
-            "complete": a.elapsed_s >= profile.criteria.duration_s,
+            "complete": complete,
         },
         "criteria": d.to_dict()["criteria"],
         "runbook": [c.runbook | {"criterion": c.id} for c in failed_hard],
@@ -147,7 +169,7 @@ def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: A
         "prometheus": a.prometheus,
         "tenants": a.tenants,
         "platform": a.platform,
-        "simulated_samples": int(a.samples["simulated"].fillna(False).astype(bool).sum()),
+        "simulated_samples": simulated,
         "inputs": {"data_dir": str(data), **a.inputs},
         "parameters": {"bucket": bucket, "confidence": profile.criteria.confidence,
                        "rate_mode": profile.criteria.rate_mode},
