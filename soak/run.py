@@ -54,7 +54,7 @@ def kills(n: int) -> list[str]:
                 srv.shutdown()
                 srv.server_close()
             lost, dups, rows, before = lost + len(lo), dups + du, rows + ro, before + be
-    return [f"| SIGKILL + restart x{n} | {before:,} requests completed >1 s before a kill; {lost} of them lost; "
+    return [f"| SIGKILL + restart x{n} | {before:,} samples recorded before a kill (read with the collector frozen); {lost} of them lost; "
             f"{dups} stored twice; every data dir reopened | {rows:,} rows kept |"]
 
 
