@@ -102,6 +102,10 @@ def test_rollback_is_no_go(tmp_path):
     assert [s["id"] for s in doc["deployments"]["sequence"]] == ["dep-d5t1t6ngi27c73cllsr0", "dep-new",
                                                                  "dep-d5t1t6ngi27c73cllsr0"]
     assert crit(doc, "no_rollback")["measured"] == 1
+    assert crit(doc, "no_rollback")["first"].startswith("2026-01-28T23:45:0")  # back at 9 h
+    # After a rollback, the runbook does not say "consider a rollback": it says one happened.
+    (step,) = [r for r in doc["runbook"] if r["criterion"] == "no_rollback"]
+    assert step["title"] == "Scenario 4: Rollback Detected" and "do not roll back again" in step["steps"][0]
 
 
 def test_deploy_change_without_return_is_review(tmp_path):
