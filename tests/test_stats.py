@@ -243,31 +243,50 @@ def _reference_stats(g, conf):
     }
 
 
+def _engine(df):
+    """The engine's table `s` loaded from a frame (columns the frame lacks are empty), as
+    `analysis.scan` loads it from a window's parquet files."""
+    import pandas as pd
+    from phasegate import analysis
+    full = df.copy()
+    for col in ("health_status", "deployment_id", "flags", "source"):
+        if col not in full:
+            full[col] = pd.Series([None] * len(full), dtype="string")
+    for col in ("handlers_loaded", "handlers_total"):
+        if col not in full:
+            full[col] = pd.array([None] * len(full), dtype="Int32")
+    full["simulated"] = False
+    con = analysis.connect()
+    con.register("frame", full)
+    analysis.scan(con, "frame")
+    return con
+
+
+# The engine's figures against the slow, obvious computation with pandas and numpy: the
+# independent cross-check of every aggregate the report shows.
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_grouped_statistics_equal_the_per_group_computation(seed):
-    # The per-probe, per-tenant and timeline figures come from one vectorised pass over integer
-    # codes; each must equal the same figure computed group by group the obvious way.
     from phasegate import analysis
     df = _frame(seed)
-    rows = analysis.Rows.of(df)
-    probes = analysis._by_probe(df, rows, 0.95)
+    con = _engine(df)
+    probes = analysis.group_stats(con, "s", "probe", 0.95)
     assert sorted(probes) == ["execute", "health", "list"]  # the unused category is not a probe
     for name, g in df.groupby("probe", observed=True):
         assert probes[name] == _reference_stats(g, 0.95), name
-    assert analysis.probe_stats(df) == _reference_stats(df, 0.95)
-    tenants = analysis.tenant_stats(df, rows, 0.95)
+    assert analysis.group_stats(con, "s", None, 0.95)[None] == _reference_stats(df, 0.95)
+    tenants = analysis.tenant_stats(con, 0.95)
     assert tenants["untagged_samples"] == int(df["tenant"].isna().sum())
+    assert tenants["count"] == df["tenant"].nunique()
     for row in tenants["rows"]:
         want = _reference_stats(df[df["tenant"] == row["tenant"]], 0.95)
         assert (row["samples"], row["errors"], row["http_5xx"], row["feature_disabled"]) == \
             (want["samples"], want["errors"], want["http_5xx"], want["feature_disabled"])
         assert (row["p50_ms"], row["p95_ms"], row["p99_ms"]) == (want["p50_ms"], want["p95_ms"], want["p99_ms"])
-        from phasegate.probe import ERROR_OUTCOMES
         g = df[(df["tenant"] == row["tenant"]) & df["outcome"].isin(ERROR_OUTCOMES)]
         per_probe = g.groupby("probe", observed=False).size()  # in category order: ties go to the first
         assert (row["worst_probe"], row["worst_probe_errors"]) == \
             ((per_probe.idxmax(), int(per_probe.max())) if len(g) else (None, None))
-    tl = analysis.timeline(df, rows, 1800.0)
+    tl = analysis.timeline(con, 1800.0)
     for (bucket, probe), g in df.groupby([df["ts"].dt.floor("30min"), "probe"], observed=True):
         got = tl[(tl["bucket"] == bucket) & (tl["probe"] == probe)].iloc[0]
         want = _reference_stats(g, 0.95)
@@ -276,41 +295,20 @@ def test_grouped_statistics_equal_the_per_group_computation(seed):
     assert len(tl) == df.groupby([df["ts"].dt.floor("30min"), "probe"], observed=True).ngroups
 
 
-def test_grouped_sorts_on_threads_equal_one_after_the_other():
-    from phasegate.groups import NumpyThreads, sorted_groups
-    rng = np.random.default_rng(5)
-    values = rng.lognormal(3, 1, 50_000)
-    values[rng.random(50_000) < 0.03] = np.nan
-    groupings = {"one": (np.zeros(50_000, np.int64), 1), "few": (rng.integers(-1, 5, 50_000), 5),
-                 "many": (rng.integers(0, 40_000, 50_000), 40_000)}  # past int16: the int64 sort
-    with NumpyThreads() as bg:
-        futures = {k: bg.submit(sorted_groups, codes, values, n) for k, (codes, n) in groupings.items()}
-        got = {k: f.result() for k, f in futures.items()}
-    for name, (codes, n) in groupings.items():
-        want = sorted_groups(codes, values, n)
-        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got[name], want)), name
-        v, starts, counts = want
-        keep = (codes >= 0) & ~np.isnan(values)
-        assert counts.sum() == keep.sum()
-        for g in rng.choice(np.flatnonzero(counts), 20):
-            assert np.array_equal(v[starts[g]:starts[g] + counts[g]], np.sort(values[keep & (codes == g)]))
-
-
 def test_status_counts_keep_odd_statuses_from_imported_logs():
     # A JSON access log may carry any integer as its status: counted as it is, never wrapped.
     from phasegate import analysis
     df = _frame(4, 3000)
     df.loc[:9, "status"] = 99_999
     df.loc[10:14, "status"] = -5
-    got = analysis.probe_stats(df)
+    got = analysis.group_stats(_engine(df), "s", None, 0.95)[None]
     assert got == _reference_stats(df, 0.95)
     assert got["status_counts"]["99999"] == 10 and got["status_counts"]["-5"] == 5
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_coverage_gaps_equal_the_obvious_computation(seed):
-    # Gaps are found in integer microseconds without copying the timestamps; each figure must
-    # equal the plain float computation over [start, every sample, end].
+    # Each figure must equal the plain float computation over [start, every sample, end].
     import pandas as pd
     from datetime import datetime, timezone
     from phasegate import analysis
@@ -322,7 +320,8 @@ def test_coverage_gaps_equal_the_obvious_computation(seed):
     profile = load_profile(SIM_PROFILE)
     start = datetime(2025, 12, 31, 23, 50, tzinfo=timezone.utc)  # the head gap is ten minutes and more
     end = datetime(2026, 1, 1, 6, 7, tzinfo=timezone.utc) + timedelta(minutes=30 * (seed == 3))  # the tail's turn
-    got = analysis._coverage(profile, df, start, end, analysis.Rows.of(df))
+    con = _engine(df)
+    got = analysis._coverage(con, profile, start, end, analysis.group_stats(con, "s", "probe"))
     ts = df["ts"].dt.as_unit("us").astype("int64").to_numpy() / 1e6
     edges = np.concatenate([[start.timestamp()], ts, [end.timestamp()]])
     gaps = np.diff(edges)
@@ -332,7 +331,6 @@ def test_coverage_gaps_equal_the_obvious_computation(seed):
     assert got["longest_gap_start"] == pd.Timestamp(edges[i], unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
     assert got["longest_gap_end"] == pd.Timestamp(edges[i + 1], unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
     assert got["collector_down_s"] == pytest.approx(round(float(np.clip(gaps - slack, 0, None).sum()), 3), abs=0.0011)
-    from phasegate.probe import ERROR_OUTCOMES
     bad = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()
     best, run_start = 0.0, None
     for t, b in zip(ts, bad):
@@ -346,33 +344,27 @@ def test_coverage_gaps_equal_the_obvious_computation(seed):
     assert best > 0
     for name, p in got["per_probe"].items():
         assert p["actual"] == int((df["probe"] == name).sum())
-    assert got["actual"] == len(df)
+    assert got["actual"] == len(df[df["probe"] != "unused"])
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_transitions_per_probe_equal_a_loop_over_each_series(seed):
-    # Flapping counts ok/failed changes within each (probe, tenant) series in time order, and the
-    # same radix sort groups latencies by tenant; each must equal the obvious computation.
-    from phasegate.groups import grouped_percentiles, series_order
-    from phasegate.probe import ERROR_OUTCOMES
-    from phasegate.tally import Rows
+    # Flapping counts ok/failed changes within each (probe, tenant) series in time order.
+    from phasegate import analysis
     df = _frame(seed)
-    rows = Rows.of(df)
-    got, pct = series_order(rows.probe, rows.tenant, rows.bad, rows.lat, len(rows.probe_names), len(rows.tenant_names))
-    want = np.zeros(len(rows.probe_names), np.int64)
+    got = analysis.transitions(_engine(df))
+    want = {}
     bad = df["outcome"].isin(ERROR_OUTCOMES).to_numpy()
     for (probe, _tenant), idx in df.groupby(["probe", df["tenant"].astype(object).fillna("")], observed=True).indices.items():
         seq = bad[np.sort(idx)]
-        want[rows.probe_names.index(probe)] += int((seq[1:] != seq[:-1]).sum())
-    assert want.sum() > 50 and list(got) == list(want)
-    assert np.isnan(rows.lat[rows.tenant >= 0]).sum() > 10  # NaNs to leave out of each tenant's figures
-    assert np.array_equal(pct, grouped_percentiles(rows.tenant, rows.lat, len(rows.tenant_names), (0.5, 0.95, 0.99)))
+        want[probe] = want.get(probe, 0) + int((seq[1:] != seq[:-1]).sum())
+    assert sum(want.values()) > 50 and got == want
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_health_equals_the_pandas_computation(seed):
-    # Health is counted on the health probes' rows picked by code; each figure must equal the
-    # plain pandas filtering (a missing count is no mismatch; any status but "healthy" is).
+    # Every health probe without a healthy answer is unhealthy: a failed outcome, handlers below
+    # total (a missing count is no mismatch), any status but "healthy".
     import pandas as pd
     from phasegate import analysis
     df = _frame(seed)
@@ -382,13 +374,13 @@ def test_health_equals_the_pandas_computation(seed):
     loaded = np.where(rng.random(n) < 0.1, np.nan, np.where(rng.random(n) < 0.05, rng.integers(0, 6, n), 6.0))
     df["handlers_total"] = pd.array(total, dtype="Int32")
     df["handlers_loaded"] = pd.array(loaded, dtype="Int32")
-    df["health_status"] = pd.Categorical(rng.choice(["healthy", "degraded", None], n, p=[0.9, 0.04, 0.06]))
-    got = analysis._health(load_profile(SIM_PROFILE), df, analysis.Rows.of(df))
+    df["health_status"] = pd.Series(rng.choice(["healthy", "degraded", None], n, p=[0.9, 0.04, 0.06]), dtype="string")
+    got = analysis._health(_engine(df), load_profile(SIM_PROFILE))
     h = df.loc[df["probe"] == "health"]
     failed = h["outcome"].isin(list(ERROR_OUTCOMES))
     answered = h[~failed & (h["handlers_total"].notna() | h["health_status"].notna())]
     degraded = (h["handlers_loaded"] != h["handlers_total"]).fillna(False) \
-        | (h["health_status"].notna() & (h["health_status"] != "healthy"))
+        | (h["health_status"].notna() & (h["health_status"] != "healthy")).fillna(False)
     bad = h[failed | degraded]
     iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
     assert got == {
@@ -399,69 +391,12 @@ def test_health_equals_the_pandas_computation(seed):
         "handlers_total": int(answered["handlers_total"].max()),
         "first_unhealthy": iso(bad["ts"].iloc[0]), "last_unhealthy": iso(bad["ts"].iloc[-1])}
     assert int(failed.sum()) > 0 and int((degraded & ~failed).sum()) > 0
-    assert 20 < len(bad) < len(answered)
-
-
-def test_percentiles_of_sorted_values_equal_numpys_to_the_bit():
-    # Percentiles are read from the grouped sort (two lookups and numpy's lerp) instead of
-    # np.percentile's copy and partition of every group; they must be numpy's, bit for bit.
-    from phasegate.groups import grouped_percentiles, sorted_percentiles
-    rng = np.random.default_rng(1)
-    for n in [*range(1, 60), 299, 300, 1000, 12345, 200_000]:
-        x = np.sort(rng.lognormal(3, 1, n) * rng.choice([1e-3, 1, 1e6]))
-        want = np.percentile(x, [50, 95, 99])
-        assert sorted_percentiles(x, (50, 95, 99)) == list(want), n
-        assert list(grouped_percentiles(np.zeros(n, np.int64), x, 1, (0.5, 0.95, 0.99))[0]) == list(want), n
-
-
-def test_ranks_of_merged_runs_equal_the_sorted_union():
-    # The overall latencies are read by rank from the probes' sorted groups, never sorted whole.
-    from phasegate.groups import MergedRuns, sorted_percentiles
-    from phasegate.stats import quantile_interval
-    rng = np.random.default_rng(7)
-    for trial in range(200):
-        runs = [np.sort(np.round(rng.lognormal(3, 1, rng.integers(0, 40)), rng.integers(0, 3))
-                        * rng.choice([1, -1], p=[0.8, 0.2])) for _ in range(rng.integers(1, 6))]
-        if trial % 3 == 0:
-            runs.append(np.array([0.0, 0.0, np.inf]))
-        full = np.sort(np.concatenate(runs))
-        merged = MergedRuns(runs)
-        assert len(merged) == len(full) and merged[:] is merged
-        assert [merged[k] for k in range(len(full))] == list(full), trial
-        assert np.array_equal(merged[np.arange(len(full))[::-1]], full[::-1])
-        if len(full):
-            assert merged[-1] == full[-1]
-            assert np.array_equal(sorted_percentiles(merged, (50, 95, 99)), sorted_percentiles(full, (50, 95, 99)),
-                                  equal_nan=True)  # (an infinite latency interpolates to NaN in both)
-            assert quantile_interval(merged, 0.5) == quantile_interval(full, 0.5)
-    with pytest.raises(IndexError):
-        MergedRuns([np.arange(3.0)])[3]
-
-
-@pytest.mark.parametrize("seed", [1, 2])
-def test_overall_statistics_read_from_the_probe_groups_equal_the_reference(seed):
-    from phasegate import analysis
-    from phasegate.groups import sorted_groups
-    df = _frame(seed)
-    rows = analysis.Rows.of(df)
-    by_probe = sorted_groups(rows.probe, rows.lat, len(rows.probe_names))
-    overall = analysis._overall_sorted(rows, by_probe)
-    assert isinstance(overall[0], analysis.MergedRuns)
-    assert analysis.grouped_probe_stats(rows, None, 1, 0.95, overall)[0] == _reference_stats(df, 0.95)
-    # A latency without a probe is in no probe group: the overall figures sort all rows instead.
-    df["probe"] = df["probe"].astype(object).where(np.arange(len(df)) != 10, None).astype("category")
-    rows = analysis.Rows.of(df)
-    assert rows.probe[10] == -1 and not np.isnan(rows.lat[10])
-    by_probe = sorted_groups(rows.probe, rows.lat, len(rows.probe_names))
-    overall = analysis._overall_sorted(rows, by_probe)
-    assert isinstance(overall[0], np.ndarray)
-    assert analysis.grouped_probe_stats(rows, None, 1, 0.95, overall)[0] == _reference_stats(df, 0.95)
 
 
 def test_evidence_is_each_kinds_first_raw_response(tmp_path):
-    # Raw responses come from the analysis' one read; they must be what a scan for the rows that
-    # carry evidence gives: the first failure of each kind and a baseline per probe, in time order.
-    from phasegate.analysis import _evidence, analyze
+    # Raw responses: the first failure of each kind and a baseline per probe, in time order, as a
+    # plain walk over the rows that carry evidence gives them.
+    from phasegate.analysis import analyze
     from phasegate.store import read_samples
     from phasegate.window import Window
     data = make(tmp_path, [Fault("server_error", start_s=3 * H, count=2, probes=("list",)),
@@ -470,7 +405,16 @@ def test_evidence_is_each_kinds_first_raw_response(tmp_path):
     got = analyze(load_profile(SIM_PROFILE), data, window, now=AFTER).evidence
     rows = read_samples(data, window.start, window.end, nonnull="evidence", categorical=True,
                         columns=["probe", "status", "outcome", "error_code", "evidence"]).sort_values("ts", kind="stable")
-    assert got == _evidence(rows)
+    want, seen = [], set()
+    for r in rows.itertuples():
+        status = None if r.status is None or r.status != r.status else int(r.status)
+        code = None if r.error_code != r.error_code else r.error_code
+        kind = ("baseline", r.probe) if r.outcome == "ok" else ("failure", r.probe, r.outcome, status, code)
+        if kind not in seen:
+            seen.add(kind)
+            want.append({"kind": kind[0], "probe": r.probe, "ts": r.ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         "outcome": r.outcome, "status": status, "error_code": code, "response": json.loads(r.evidence)})
+    assert got == sorted(want, key=lambda e: (e["kind"] != "failure", e["ts"], e["probe"]))
     failures = [(e["probe"], e["status"], e["error_code"]) for e in got if e["kind"] == "failure"]
     assert failures == [("list", 500, "INTERNAL_ERROR"), ("execute", 503, "FEATURE_DISABLED")]
     assert sorted(e["probe"] for e in got if e["kind"] == "baseline") == ["execute", "health", "list", "suggestions"]

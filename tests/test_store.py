@@ -161,34 +161,3 @@ def test_unflushed_journal_rows_are_visible_to_readers(tmp_path):
     assert len(read_samples(tmp_path, T0 - timedelta(days=1), T0 + timedelta(days=30))) == 25
     assert not list((tmp_path / "journal").glob("*.jnl"))
     assert not math.isnan(df["latency_ms"].sum())
-
-
-def test_reused_memory_is_scoped_to_the_block():
-    # Inside, a 64 MB array comes from glibc's heap (reused when freed); after it, large blocks
-    # are mmapped again, so a long-running process keeps returning memory to the system.
-    import ctypes
-
-    import numpy as np
-
-    from phasegate.store import reused_memory
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallinfo2 = libc.mallinfo2
-    except (OSError, AttributeError):
-        pytest.skip("needs glibc (mallinfo2)")
-
-    class Info(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                  "fsmblks", "uordblks", "fordblks", "keepcost")]
-    mallinfo2.restype = Info
-
-    def mmapped_while_holding(n_bytes):
-        before = mallinfo2().hblkhd
-        a = np.ones(n_bytes // 8)  # touched, so it is really allocated
-        grew = mallinfo2().hblkhd - before
-        del a
-        return grew
-
-    with reused_memory():
-        assert mmapped_while_holding(64 << 20) == 0
-    assert mmapped_while_holding(64 << 20) >= 64 << 20

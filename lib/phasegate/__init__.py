@@ -1,13 +1,6 @@
 """phasegate: decide from evidence whether a phased rollout may proceed."""
 
 import logging
-import os
-
-# Transparent huge pages on demand make numpy's fresh 80 MB arrays slower to fault in on our
-# 2-core VM: a 10 M-sample analysis spent 6.8-7.3 s in the kernel with them, 4.6-4.8 s without.
-# Read by numpy at import: set before any module of ours imports it (and inherited by the
-# report kernel, which the CLI starts).
-os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 from importlib.metadata import PackageNotFoundError, version as _version
 

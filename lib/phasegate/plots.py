@@ -149,8 +149,7 @@ def state_timeline(a: Analysis):
 def ecdf_canary_vs_baseline(a: Analysis, probe: str):
     """Both latency distributions of one probe, as empirical CDFs on a log scale."""
     fig, ax = _figure(10, 2.8)
-    for label, df in (("canary", a.samples), ("baseline", a.baseline_samples)):
-        x = np.sort(df.loc[(df["probe"] == probe) & df["status"].notna(), "latency_ms"].to_numpy(dtype=float))
+    for label, x in zip(("canary", "baseline"), a.ecdf.get(probe, ((), ()))):
         if len(x):
             ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=f"{label} (n={len(x):,})")
     ax.set_xscale("log")
@@ -162,17 +161,12 @@ def ecdf_canary_vs_baseline(a: Analysis, probe: str):
     return fig
 
 
-def traffic_over_time(a: Analysis, bucket: str = "5min"):
+def traffic_over_time(a: Analysis, bucket: str = "5 min"):
     """Real traffic per bucket: requests and 5xx, per source (a Prometheus row stands for `count`)."""
     fig, ax = _figure(10, 2.6)
-    t = a.traffic_samples
-    weight = t["count"].fillna(1.0)
-    five = t["status"].between(500, 599).fillna(False).astype(bool)
-    frame = pd.DataFrame({"bucket": t["ts"].dt.floor(bucket), "source": t["source"].astype(str),
-                          "requests": weight, "http_5xx": weight.where(five, 0.0)})
-    g = frame.groupby(["source", "bucket"])[["requests", "http_5xx"]].sum()
-    for source, part in g.groupby(level="source"):
-        part = part.droplevel("source")
+    g = a.traffic_timeline  # requests and 5xx per source and bucket, counted by the engine
+    for source, part in g.groupby("source"):
+        part = part.set_index("bucket")
         ax.plot(part.index, part["requests"], label=f"requests ({source})")
         ax.plot(part.index, part["http_5xx"], "--", label=f"5xx ({source})")
     ax.set_ylabel(f"per {bucket}")

@@ -126,7 +126,7 @@ def _pull_platform(profile: Profile, data: Path) -> list[str]:
 def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: Analysis, d: Decision,
               bucket: str) -> dict:
     failed_hard = [c for c in d.criteria if c.runbook]
-    simulated = int(a.samples["simulated"].fillna(False).astype(bool).sum())
+    simulated = a.samples_simulated
     complete = a.elapsed_s >= profile.criteria.duration_s
     return {
         "schema_version": SCHEMA_VERSION,
@@ -137,7 +137,7 @@ def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: A
             "profile_sha256": profile.sha256,
             "profile_resolved": profile.resolved,
             "target": {"name": profile.target.name, "base_url": redact_url(profile.target.base_url)},
-            "samples": {"live": int(len(a.samples)) - simulated, "simulated": simulated},
+            "samples": {"live": a.samples_live, "simulated": simulated},
             "window_complete": complete,
             "command": None,
         },

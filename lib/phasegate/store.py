@@ -15,10 +15,7 @@ compacted, so an hourly report sees samples up to the last second.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import fcntl
-import functools
 import glob
 import hashlib
 import logging
@@ -40,10 +37,6 @@ from .journal import FILE_MAGIC, decode_journal, encode_record
 
 log = logging.getLogger(__name__)
 
-# pyarrow's default allocator (mimalloc) made the first 10 M-sample read of a process take
-# 3.5-6.4 s on our 2-core VM against 1.7-2.1 s with the system allocator; every report is a
-# fresh process, so its first read is the one that counts.
-pa.set_memory_pool(pa.system_memory_pool())
 
 SCHEMA = pa.schema([
     ("ts", pa.timestamp("us", tz="UTC")),
@@ -433,6 +426,68 @@ def list_files(data_dir, start: datetime | None = None, end: datetime | None = N
     return keep
 
 
+def _readable(files, deep: bool = False) -> tuple[list[str], list[dict]]:
+    """(files whose footer reads, [excluded file and why]); `deep` reads every page too, for the
+    rare file that is bad past its footer (found when an engine's scan fails)."""
+    good, excluded = [], []
+    for f in files:
+        try:
+            pq.read_table(f) if deep else pq.read_metadata(f)
+            good.append(f)
+        except (pa.ArrowException, OSError) as exc:
+            excluded.append({"file": f, "reason": f"unreadable parquet: {_short(exc)}"})
+    return good, excluded
+
+
+def _journal_tables(root: Path, cols=None, flt=None):
+    """The journal rows not yet compacted, as Arrow tables (all columns), with the segments read
+    and [excluded segment and why]."""
+    tables, segs, excluded = [], [], []
+    compacted = {Path(f).stem for f in list_files(root)}
+    for seg in sorted((root / "journal").glob("*.jnl")):
+        if seg.stem in compacted:
+            continue  # compacted but not yet deleted: the parquet copy counts
+        try:
+            rows, dropped = decode_journal(seg.read_bytes())
+        except FileNotFoundError:
+            continue  # compacted meanwhile; a rare race costs these rows in this read only
+        if rows:
+            t = rows_to_table(rows)
+            if cols is not None:
+                t = t.select(cols)
+            tables.append(t if flt is None else ds.dataset(t).to_table(filter=flt))
+            segs.append(str(seg))
+        if dropped:
+            excluded.append({"file": str(seg), "reason": f"{dropped} unreadable journal bytes skipped"})
+    return tables, segs, excluded
+
+
+def open_window(con, data_dir, start: datetime, end: datetime, name: str = "samples", deep: bool = False) -> dict:
+    """Make `name` a DuckDB view of the samples with start <= ts < end: the window's parquet files
+    (read by DuckDB itself, columns and time bounds pushed down into the scan) and the journal rows
+    not yet compacted. Returns {"files": read, "excluded": [{file, reason}]}, never silently."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data dir does not exist: {data_dir}")
+    good, excluded = _readable(list_files(root, start, end), deep)
+    tables, segs, jexcluded = _journal_tables(root)
+    # Every column of the schema exists in the view, even when no file has it (older files).
+    con.register(f"{name}_schema", SCHEMA.empty_table())
+    parts = [f"SELECT * FROM {name}_schema"]
+    if good:
+        files = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in good) + "]"
+        parts.append(f"SELECT * FROM read_parquet({files}, union_by_name = true)")
+    if tables:
+        con.register(f"{name}_journal", pa.concat_tables(tables))
+        parts.append(f"SELECT * FROM {name}_journal")
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM ({' UNION ALL BY NAME '.join(parts)})
+        WHERE ts >= TIMESTAMPTZ '{start.isoformat()}' AND ts < TIMESTAMPTZ '{end.isoformat()}'""")
+    excluded += jexcluded
+    for item in excluded:
+        log.warning("excluded %s: %s", item["file"], item["reason"])
+    return {"files": good + segs, "excluded": excluded}
+
+
 def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=None,
                  include_journal: bool = True, outcomes=None, nonnull: str | None = None,
                  categorical: bool = False, sources=None):
@@ -492,21 +547,10 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
                 excluded.append({"file": f, "reason": f"unreadable parquet: {_short(exc)}"})
     inputs = list(good)
     if include_journal:
-        compacted = {Path(f).stem for f in list_files(root)}
-        for seg in sorted((root / "journal").glob("*.jnl")):
-            if seg.stem in compacted:
-                continue  # compacted but not yet deleted: the parquet copy counts
-            try:
-                rows, dropped = decode_journal(seg.read_bytes())
-            except FileNotFoundError:
-                continue  # compacted meanwhile; a rare race costs these rows in this read only
-            if rows:
-                t = rows_to_table(rows).select(cols)
-                t = t.cast(pa.schema([schema.field(c) for c in cols]))
-                tables.append(ds.dataset(t).to_table(filter=flt))
-                inputs.append(str(seg))
-            if dropped:
-                excluded.append({"file": str(seg), "reason": f"{dropped} unreadable journal bytes skipped"})
+        jt, segs, jexcluded = _journal_tables(root, cols, flt)
+        tables += [t.cast(pa.schema([schema.field(c) for c in cols])) for t in jt]
+        inputs += segs
+        excluded += jexcluded
     df = _to_pandas(tables, schema.empty_table().select(cols), categorical)
     df.attrs["input_files"] = inputs
     df.attrs["excluded"] = excluded
@@ -531,58 +575,7 @@ def _to_pandas(tables: list, empty: pa.Table, categorical: bool) -> pd.DataFrame
             # Sorted categories: the same data gives the same order whatever the file order.
             s = s.cat.reorder_categories(sorted(s.cat.categories))
         out[name] = s
-    df = pd.DataFrame(out, copy=False)
-    del out
-    _release_freed_memory()
-    return df
-
-
-@functools.cache
-def _glibc():
-    """The C library when it is glibc (malloc_trim, mallopt), else None: other allocators return
-    memory their own way."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-    except OSError:
-        return None
-
-
-def _release_freed_memory() -> None:
-    # Arrow's many sub-32 MB buffers come from glibc's arenas, which keep freed memory: without
-    # a trim a 10 M-sample read holds ~0.9 GB it no longer uses for the rest of the report.
-    if _glibc() is not None:
-        _glibc().malloc_trim(0)
-
-
-# glibc's mallopt parameters and their defaults.
-_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD = -1, 128 * 1024
-_M_MMAP_MAX, _DEFAULT_MMAP_MAX = -4, 65536
-
-
-@contextlib.contextmanager
-def reused_memory():
-    """Inside: glibc serves large blocks (a 10 M-row column is 40-80 MB) from its heap, where a
-    freed one is reused, instead of a fresh mmap each time. On our VM every fresh page costs
-    kernel time: alternating runs of a 10 M-sample analysis spent 4.7 s in the kernel without
-    this and 3.5-3.7 s with it (wall 8.2 s -> 7.4-7.5 s), peak RSS 1.7-1.8 GB either way.
-    Scoped, not process-wide: a long-running collector keeps returning memory to the system.
-    Restored as far as glibc allows: any mallopt of these also turns off its dynamic mmap
-    threshold for the rest of the process (`no_dyn_threshold`), so afterwards blocks above the
-    threshold of that moment (128 KB to 32 MB) are mmapped and returned on free, as before the
-    block, but the threshold no longer rises."""
-    libc = _glibc()
-    no_mmap = libc is not None and libc.mallopt(_M_MMAP_MAX, 0) == 1
-    high_trim = libc is not None and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
-    try:
-        yield
-    finally:
-        if no_mmap:  # each restored on its own: one may have been taken without the other
-            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-        if high_trim:
-            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-        if no_mmap or high_trim:
-            _release_freed_memory()  # what the analysis freed goes back now, not at the next trim
+    return pd.DataFrame(out, copy=False)
 
 
 def _int_dtype():
