@@ -136,14 +136,15 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
                         + (f" ({len(inputs['excluded'])} file(s) excluded as unreadable)" if inputs["excluded"] else ""))
     conf = profile.criteria.confidence
     hourly = coverage_hourly(con, profile, window.start, observed_end)
-    probes = group_stats(con, "s", "probe", conf)
+    probes = group_stats(con, "s", "probe", conf, total=True)
+    overall = probes.pop(None)
     flips = transitions(con)
     traffic, traffic_tl = _traffic(con, conf)
     platform = _platform(con)
     base = None if baseline is None else compare(con, baseline)
     return Analysis(
         window=window, observed_end=observed_end, now=now, probes=probes,
-        overall=group_stats(con, "s", None, conf)[None], health=_health(con, profile), flags=flags(con, "s"),
+        overall=overall, health=_health(con, profile), flags=flags(con, "s"),
         deployments=_deployments(con), anomalies=_anomalies(con), coverage=_coverage(con, profile, window.start, observed_end, probes),
         evidence=_evidence(con), inputs=inputs, quality=_quality(hourly, probes, flips),
         baseline=None if base is None else {"probes": base[0]}, traffic=traffic, prometheus=_prometheus(con),
@@ -155,76 +156,99 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
 
 
 def scan(con, relation: str) -> None:
-    """The one scan: the probe samples of `relation`, in time order (rowid follows it), with the
-    facts every aggregate counts, as table `s`. Real traffic, Prometheus and platform rows are
-    read apart."""
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE s AS SELECT ts, epoch_us(ts) AS us, probe, tenant, status, outcome,
+    """The probe samples of `relation`, with the facts every aggregate counts, as view `s`. A view,
+    not a table: each aggregate is a scan of the parquet files with only its columns (DuckDB reads
+    them in parallel, and a window of any size needs no copy held in memory or spilled). What
+    needs time order says `ORDER BY us, probe, tenant` (no two samples of one series share a
+    microsecond). Real traffic, Prometheus and platform rows are read apart."""
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW s AS SELECT ts, epoch_us(ts) AS us, probe, tenant, status, outcome,
         error_code, health_status, handlers_loaded, handlers_total, deployment_id, flags,
         coalesce(simulated, false) AS simulated, {DERIVED}
-        FROM {relation} WHERE coalesce(source, 'probe') NOT IN {_NOT_PROBES!r} ORDER BY ts""")
+        FROM {relation} WHERE coalesce(source, 'probe') NOT IN {_NOT_PROBES!r}""")
 
 
 def transitions(con) -> dict:
-    """ok/failed changes per probe, counted within each (tenant, probe) series in time order."""
+    """ok/failed changes per probe, counted within each (tenant, probe) series in time order. Only
+    series with a failure can change: the others are not sorted at all."""
     return dict(con.execute("""SELECT probe, count(*) FILTER (WHERE bad <> prev) FROM (
-        SELECT probe, bad, lag(bad) OVER (PARTITION BY tenant, probe ORDER BY rowid) prev FROM s) GROUP BY probe""").fetchall())
+        SELECT s.probe, s.bad, lag(s.bad) OVER (PARTITION BY s.tenant, s.probe ORDER BY s.us) prev
+        FROM s SEMI JOIN (SELECT DISTINCT tenant, probe FROM s WHERE bad) f
+        ON s.probe = f.probe AND s.tenant IS NOT DISTINCT FROM f.tenant) GROUP BY probe""").fetchall())
 
 
 # -- per-group statistics ------------------------------------------------------------------
 
 
-def group_stats(con, table: str, key: str | None, confidence: float = 0.95, where: str = "TRUE") -> dict:
-    """probe_stats of every group of `key` (None: all rows, one group keyed None): samples, counts by
-    status and outcome, errors, 5xx, FEATURE_DISABLED, latency percentiles with distribution-free
-    intervals (None where n is too small for one), the P99's upper bound and the maximum."""
+def group_stats(con, table: str, key: str | None, confidence: float = 0.95, where: str = "TRUE",
+                total: bool = False) -> dict:
+    """probe_stats of every group of `key` (None: all rows, one group keyed None; `total`: that one
+    too, beside the groups): samples, counts by status and outcome, errors, 5xx,
+    FEATURE_DISABLED, latency percentiles with distribution-free intervals (None where n is too
+    small for one), the P99's upper bound and the maximum.
+
+    Every count comes from one pass grouped by the group and each row's facts (a few hundred
+    cells), summed here per group and in total; the ranks are a second pass (and a third for
+    the total), once the counts say which order statistics the intervals need."""
     k = key or "NULL"
-    rows = con.execute(f"""SELECT {k} AS k, count(*), count(*) FILTER (WHERE bad), count(*) FILTER (WHERE five),
-        count(*) FILTER (WHERE disabled), count(*) FILTER (WHERE assertion), count(lat),
-        quantile_cont(lat, {list(QS)}), max(lat)
+    cells = con.execute(f"""SELECT {k}, status, outcome, bad, five, disabled, assertion, lat IS NOT NULL, count(*), max(lat)
         FROM {table} WHERE {where} GROUP BY ALL""").fetchall()
-    out = {}
-    for g, n, bad, five, disabled, assertion, n_lat, pct, mx in rows:
-        out[g] = {
-            "samples": int(n), "status_counts": {}, "outcome_counts": {}, "errors": int(bad),
-            "error_rate": float(bad / n) if n else None, "http_5xx": int(five), "feature_disabled": int(disabled),
-            "assertion_failed": int(assertion), "latency_n": int(n_lat),
-            "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": round_ms(mx),
-            "p50_ci_ms": None, "p95_ci_ms": None, "p99_ci_ms": None, "p99_upper_ms": None,
-        }
-        if n_lat:
-            out[g].update({f"p{round(q * 100)}_ms": round_ms(v) for q, v in zip(QS, pct)})
-    for g, status, c in con.execute(f"""SELECT {k}, status, count(*) FROM {table}
-            WHERE {where} AND status IS NOT NULL GROUP BY ALL ORDER BY 2""").fetchall():
-        out[g]["status_counts"][str(status)] = int(c)
-    for g, outcome, c in con.execute(f"""SELECT {k}, outcome, count(*) FROM {table}
-            WHERE {where} AND outcome IS NOT NULL GROUP BY ALL ORDER BY 2""").fetchall():
-        out[g]["outcome_counts"][outcome] = int(c)
-    _order_statistics(con, table, k, where, out, confidence)
+    out: dict = {}
+    for g, status, outcome, bad, five, disabled, assertion, has_lat, n, mx in cells:
+        for at in {g, None} if total else {g}:
+            st = out.setdefault(at, {"samples": 0, "status_counts": {}, "outcome_counts": {}, "errors": 0,
+                                     "error_rate": None, "http_5xx": 0, "feature_disabled": 0, "assertion_failed": 0,
+                                     "latency_n": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None,
+                                     "p50_ci_ms": None, "p95_ci_ms": None, "p99_ci_ms": None, "p99_upper_ms": None})
+            st["samples"] += n
+            st["errors"] += n * bad
+            st["http_5xx"] += n * five
+            st["feature_disabled"] += n * disabled
+            st["assertion_failed"] += n * assertion
+            if has_lat:
+                st["latency_n"] += n
+                st["max_ms"] = mx if st["max_ms"] is None else max(st["max_ms"], mx)
+            if status is not None:
+                st["status_counts"][status] = st["status_counts"].get(status, 0) + n
+            if outcome is not None:
+                st["outcome_counts"][outcome] = st["outcome_counts"].get(outcome, 0) + n
+    for st in out.values():
+        st["error_rate"] = st["errors"] / st["samples"] if st["samples"] else None
+        st["max_ms"] = round_ms(st["max_ms"])
+        st["status_counts"] = {str(c): v for c, v in sorted(st["status_counts"].items())}
+        st["outcome_counts"] = dict(sorted(st["outcome_counts"].items()))
+    _ranked(con, table, key, where, out, confidence)
+    if total and key is not None:
+        _ranked(con, table, None, where, out, confidence)
     return dict(sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] or "")))
 
 
-def _order_statistics(con, table, k, where, out: dict, confidence: float) -> None:
-    """The intervals' and the P99 bound's order statistics: each group's ranks from
-    `phasegate.stats`, read with quantile_disc at (rank - 0.5) / n, which picks exactly that rank."""
+def _ranked(con, table, key, where, out: dict, confidence: float) -> None:
+    """Percentiles (linear, as numpy's) and the order statistics of the intervals and the P99's
+    bound: each group's ranks from `phasegate.stats`, read with quantile_disc at (rank - 0.5) / n,
+    which picks exactly that rank. `key` None: the total (out[None])."""
     want = {}
-    for g, s in out.items():
-        n = s["latency_n"]
+    for g, st in out.items():
+        if (g is None) != (key is None) or not st["latency_n"]:
+            continue
+        n = st["latency_n"]
         ranks = {f"p{round(q * 100)}_ci_ms": quantile_interval_ranks(n, q, confidence) for q in QS}
-        up = quantile_upper_rank(n, 0.99, confidence)
-        want[g] = (n, ranks, up)
-    qs = sorted({(r - 0.5) / n for n, ranks, up in want.values() for rr in ranks.values() if rr for r in rr}
-                | {(up - 0.5) / n for n, _, up in want.values() if up})
-    if not qs:
+        want[g] = (n, ranks, quantile_upper_rank(n, 0.99, confidence))
+    if not want:
         return
-    for g, vals in con.execute(f"SELECT {k}, quantile_disc(lat, {qs}) FROM {table} WHERE {where} AND lat IS NOT NULL "
-                               "GROUP BY ALL").fetchall():
+    qs = sorted({(r - 0.5) / n for n, ranks, up in want.values() for rr in ranks.values() if rr for r in rr}
+                | {(up - 0.5) / n for n, _, up in want.values() if up}) or [0.5]
+    k = key or "NULL"
+    for g, pct, vals in con.execute(f"""SELECT {k}, quantile_cont(lat, {list(QS)}), quantile_disc(lat, {qs}) FROM {table}
+            WHERE {where} AND lat IS NOT NULL GROUP BY ALL""").fetchall():
         n, ranks, up = want[g]
+        st = out[g]
+        st.update({f"p{round(q * 100)}_ms": round_ms(v) for q, v in zip(QS, pct)})
         at = dict(zip(qs, vals))
         for name, rr in ranks.items():
             if rr:
-                out[g][name] = [round_ms(at[(rr[0] - 0.5) / n]), round_ms(at[(rr[1] - 0.5) / n])]
+                st[name] = [round_ms(at[(rr[0] - 0.5) / n]), round_ms(at[(rr[1] - 0.5) / n])]
         if up:
-            out[g]["p99_upper_ms"] = round_ms(at[(up - 0.5) / n])
+            st["p99_upper_ms"] = round_ms(at[(up - 0.5) / n])
 
 
 def tenant_stats(con, confidence: float = 0.95) -> dict | None:
@@ -265,8 +289,8 @@ def timeline(con, bucket_s: float = 300.0) -> pd.DataFrame:
 def coverage_hourly(con, profile: Profile, start: datetime, end: datetime) -> pd.DataFrame:
     """Per hour and probe: actual samples, expected samples, availability (share not failed)."""
     rate = _expected(profile)
-    got = {(pd.Timestamp(h), p): (int(n), int(good)) for h, p, n, good in con.execute(
-        "SELECT date_trunc('hour', ts), probe, count(*), count(*) FILTER (WHERE NOT bad) FROM s GROUP BY ALL").fetchall()}
+    got = {(pd.Timestamp(h * 3_600_000_000, unit="us", tz="UTC"), p): (int(n), int(good)) for h, p, n, good in con.execute(
+        "SELECT us // 3600000000, probe, count(*), count(*) FILTER (WHERE NOT bad) FROM s GROUP BY ALL").fetchall()}
     hours = pd.date_range(pd.Timestamp(start).floor("h"), pd.Timestamp(end), freq="h")
     out = []
     for h in hours[hours < pd.Timestamp(end)]:
@@ -330,13 +354,17 @@ def flags(con, table: str) -> dict:
             if v is not True:
                 off[name] = off.get(name, 0) + counts[raw]
     states, changes = {}, []
-    for ts, raw in con.execute(f"""SELECT ts, flags FROM (SELECT ts, flags, lag(flags) OVER (ORDER BY ts, rowid) prev
-            FROM {table} WHERE list_contains(?, flags)) WHERE prev IS NULL OR prev <> flags ORDER BY ts""",
-                               [observed]).fetchall():
-        for name, value in decoded[raw].items():
+    # Walked on small integer codes of the observed values (sorting the JSON text cost 4x more).
+    con.register("flag_codes", pd.DataFrame({"flags": observed, "code": range(len(observed))}))
+    for ts, code in con.execute(f"""SELECT ts, code FROM (SELECT ts, probe, tenant, code,
+            lag(code) OVER (ORDER BY ts, probe, tenant) prev
+            FROM (SELECT ts, probe, tenant, flags FROM {table} WHERE flags IS NOT NULL) JOIN flag_codes USING (flags))
+            WHERE prev IS NULL OR prev <> code ORDER BY ts, probe, tenant""").fetchall():
+        for name, value in decoded[observed[code]].items():
             if states.get(name, _UNSET) != value:
                 changes.append({"ts": _ts(ts), "flag": name, "value": value})
             states[name] = value
+    con.unregister("flag_codes")
     return {"observations": int(sum(counts[r] for r in observed)), "off_observations": off_obs, "last": states,
             "off_samples": off, "changes": changes}
 
@@ -345,9 +373,14 @@ def _deployments(con) -> dict:
     ids = [{"id": d, "first": _ts(a), "last": _ts(b), "samples": int(n)} for d, a, b, n in con.execute(
         """SELECT deployment_id, min(ts), max(ts), count(*) FROM s WHERE deployment_id IS NOT NULL
            GROUP BY 1 ORDER BY 2, 1""").fetchall()]
-    runs = [{"id": d, "from": _ts(t)} for t, d in con.execute("""SELECT ts, deployment_id FROM (
-        SELECT ts, deployment_id, lag(deployment_id) OVER (ORDER BY rowid) prev FROM s WHERE deployment_id IS NOT NULL)
-        WHERE prev IS NULL OR prev <> deployment_id ORDER BY ts""").fetchall()]
+    # Walked on integer codes of the ids, as the flags are.
+    names = [d["id"] for d in ids]
+    con.register("deploy_codes", pd.DataFrame({"deployment_id": names, "code": range(len(names))}))
+    runs = [{"id": names[c], "from": _ts(t)} for t, c in con.execute("""SELECT ts, code FROM (
+        SELECT ts, probe, tenant, code, lag(code) OVER (ORDER BY ts, probe, tenant) prev FROM (
+            SELECT ts, probe, tenant, deployment_id FROM s WHERE deployment_id IS NOT NULL) JOIN deploy_codes USING (deployment_id))
+        WHERE prev IS NULL OR prev <> code ORDER BY ts, probe, tenant""").fetchall()]
+    con.unregister("deploy_codes")
     rollbacks = [
         {"ts": r["from"], "to": r["id"], "from": runs[i - 1]["id"]}
         for i, r in enumerate(runs) if i >= 2 and any(p["id"] == r["id"] for p in runs[: i - 1])
@@ -408,18 +441,17 @@ def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dic
     ratio = min(1.0, n / total_e) if total_e else None
     slack_us = int(gap_slack_s(rate) * 1e6)
     s_us, e_us = int(pd.Timestamp(start).value // 1000), int(pd.Timestamp(end).value // 1000)
-    # Gaps between consecutive samples in time order; the longest (the first of equal ones), and
-    # the time without any attempt beyond the slack; then the longest stretch in which every
-    # attempt failed (islands of failed rows in time order).
-    first_us, last_us, inner, inner_end, over_us, failing_us = con.execute(f"""
-        WITH g AS (SELECT us, us - lag(us) OVER (ORDER BY rowid) AS gap FROM s),
-             m AS (SELECT max(gap) AS mx FROM g)
-        SELECT (SELECT min(us) FROM s), (SELECT max(us) FROM s), (SELECT mx FROM m),
-               (SELECT min(us) FROM g, m WHERE gap = mx),
-               (SELECT coalesce(sum(gap - {slack_us}), 0) FROM g WHERE gap > {slack_us}),
-               (SELECT coalesce(max(b - a), 0) FROM (SELECT min(us) a, max(us) b FROM (
-                    SELECT us, bad, row_number() OVER (ORDER BY rowid) - row_number() OVER (PARTITION BY bad ORDER BY rowid) AS island
-                    FROM s) WHERE bad GROUP BY island))""").fetchall()[0]
+    # One pass in time order: the gaps between consecutive samples (the longest, the first of equal
+    # ones; the time without any attempt beyond the slack), and where each stretch of failed
+    # attempts starts and ends (few rows: paired here for the longest stretch in which all failed).
+    first_us, last_us, inner, inner_end, over_us, starts, ends = con.execute(f"""
+        WITH t AS (SELECT us, bad, lag(bad, 1, false) OVER w AS pb, lead(bad, 1, false) OVER w AS nb,
+                   us - lag(us) OVER w AS gap FROM s WINDOW w AS (ORDER BY us))
+        SELECT min(us), max(us), max(gap), arg_max(us, (gap, -us)),
+               coalesce(sum(gap - {slack_us}) FILTER (WHERE gap > {slack_us}), 0),
+               list(us ORDER BY us) FILTER (WHERE bad AND NOT pb), list(us ORDER BY us) FILTER (WHERE bad AND NOT nb)
+        FROM t""").fetchall()[0]
+    failing_us = max((b - a for a, b in zip(starts or [], ends or [])), default=0)
     edge = [first_us - s_us, e_us - last_us]
     candidates = [(edge[0], s_us, first_us)]
     if inner is not None:
@@ -501,14 +533,15 @@ def compare(con, baseline: tuple) -> tuple[dict, dict]:
 def _traffic(con, conf: float):
     """Real traffic (imported request logs), reported beside the probes, never mixed into them;
     and requests and 5xx per source and 5 minutes, logs and Prometheus alike, for the plot."""
-    con.execute(f"CREATE TEMP TABLE tr AS SELECT probe, status, outcome, error_code, {DERIVED} FROM samples "
+    con.execute(f"CREATE TEMP VIEW tr AS SELECT probe, status, outcome, error_code, {DERIVED} FROM samples "
                 "WHERE source = 'traffic'")
     tl = con.execute("""SELECT source, time_bucket(INTERVAL 5 MINUTE, ts) AS bucket,
         sum(coalesce(count, 1)) AS requests, sum(CASE WHEN status BETWEEN 500 AND 599 THEN coalesce(count, 1) ELSE 0 END)
         AS http_5xx FROM samples WHERE source IN ('traffic', 'prometheus') GROUP BY ALL ORDER BY 1, 2""").df()
     if not con.execute("SELECT count(*) FROM tr").fetchall()[0][0]:
         return None, tl if len(tl) else None
-    return {"overall": group_stats(con, "tr", None, conf)[None], "routes": group_stats(con, "tr", "probe", conf)}, tl
+    routes = group_stats(con, "tr", "probe", conf, total=True)
+    return {"overall": routes.pop(None), "routes": routes}, tl
 
 
 def _prometheus(con) -> dict | None:
@@ -556,7 +589,7 @@ def _hist_p99(h: pd.DataFrame, q: float = 0.99) -> dict:
 def _platform(con) -> dict | None:
     """The hosting platform's deploys and flags inside the window. Every deploy that started or
     finished in it is unexpected (a phase runs on one deployment); a rollback trigger is a rollback."""
-    con.execute("""CREATE TEMP TABLE pf AS SELECT ts, probe, outcome, error, request_id, deployment_id, error_code,
+    con.execute("""CREATE TEMP TABLE pf AS SELECT ts, probe, tenant, outcome, error, request_id, deployment_id, error_code,
         health_status, flags FROM samples WHERE source = 'platform' ORDER BY ts""")
     if not con.execute("SELECT count(*) FROM pf").fetchall()[0][0]:
         return None
