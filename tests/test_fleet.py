@@ -173,3 +173,88 @@ def _tables_against_page(html_file):
                 if b.position_x + b.margin_width() > right + 0.5:
                     out.append((n, round(b.position_x + b.margin_width()), round(right)))
     return count, out
+
+
+# -- many collectors: collect --shard K/N -------------------------------------------------------
+
+
+def test_shards_split_the_fleet_without_overlap_or_loss():
+    from phasegate.collector import shard_of
+    p = load_profile(FLEET)
+    every = probe_jobs(p)
+    parts = [probe_jobs(p, (k, 4)) for k in range(1, 5)]
+    assert sorted(map(repr, (j for part in parts for j in part))) == sorted(map(repr, every))
+    assert all(len(part) > 20 for part in parts)  # 50 yachts x 4 probes, spread by the hash
+    assert shard_of("yacht-07", 4) == shard_of("yacht-07", 4) and shard_of(None, 4) == 1
+
+
+@pytest.mark.slow
+def test_four_shard_collectors_count_what_the_simulator_answered(tmp_path, sim_proc):
+    log = tmp_path / "requests.jsonl"
+    base = sim_proc("--request-log", log)
+    prof = write_profile(tmp_path, f'''
+extends = "{FLEET}"
+[target]
+name = "sharded"
+base_url = "{base}"
+interval = "1s"
+timeout = "0.9s"
+headers = {{}}
+auth_optional = true
+
+[[probes]]
+name = "list"
+path = "/v1/actions/list?domain=faults&yacht={{tenant}}"
+
+[[probes]]
+name = "health"
+path = "/v1/actions/health?yacht={{tenant}}"
+  [probes.extract]
+  health_status = "status"
+
+[criteria.execute_p99]
+probe = "list"
+''')
+    data = tmp_path / "data"
+    import subprocess
+    import sys
+    procs = [subprocess.Popen([sys.executable, "-m", "phasegate.cli", "collect", "--profile", str(prof), "--data",
+                               str(data), "--for", "4s", "--quiet", "--shard", f"{k}/4"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(1, 5)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    from collections import Counter
+    served = Counter(tenant_of(json.loads(x)["path"], {}) for x in log.read_text().splitlines())
+    t0, t1 = START - timedelta(days=3650), datetime.now(timezone.utc) + timedelta(minutes=1)
+    from phasegate.analysis import analyze
+    from phasegate.window import Window
+    a = analyze(load_profile(prof), data, Window(t0, t1), now=t1)
+    counted = {r["tenant"]: r["samples"] for r in a.tenants["rows"]}
+    assert len(counted) == 50 and sum(counted.values()) >= 50 * 2 * 3
+    assert counted == dict(served)
+    assert [sh["shard"] for sh in a.coverage["shards"]] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all(sh["actual"] > 0 for sh in a.coverage["shards"])
+
+
+def test_a_stopped_shard_is_a_named_coverage_gap(tmp_path):
+    # Shard 3 of 4 ran the first hour only: the report names it, and cannot decide.
+    p = load_profile(FLEET)
+    import pyarrow as pa
+    from phasegate.store import SCHEMA, read_samples, write_tables
+    data = fleet_history(tmp_path, [])
+    df = read_samples(data, START, START + timedelta(hours=2))
+    from phasegate.collector import shard_of
+    shard = [f"{shard_of(t, 4)}/4" for t in df["tenant"]]
+    df["shard"] = shard
+    keep = ~((df["shard"] == "3/4") & (df["ts"] >= START + timedelta(hours=1)))
+    out = tmp_path / "sharded"
+    write_tables(out, [pa.Table.from_pandas(df[keep], schema=SCHEMA, preserve_index=False)], "sharded")
+    two_hours = write_profile(tmp_path, f'extends = "{FLEET}"\n[criteria]\nduration = "2h"\n')
+    doc = signoff.run(two_hours, out, PHASE, start=START.isoformat(), hours=2,
+                      as_of=(START + timedelta(hours=2)).isoformat()).doc
+    shards = {sh["shard"]: sh for sh in doc["coverage"]["shards"]}
+    assert shards["3/4"]["stopped"] and not shards["1/4"]["stopped"]
+    assert shards["3/4"]["longest_gap_s"] == pytest.approx(3600, abs=60)
+    assert doc["verdict"] == "INCONCLUSIVE" and "collector shard(s) 3/4 stopped" in doc["reason"]
+    assert p.target.tenants  # the fleet the shards split

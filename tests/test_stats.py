@@ -249,7 +249,7 @@ def _engine(df):
     import pandas as pd
     from phasegate import analysis
     full = df.copy()
-    for col in ("health_status", "deployment_id", "flags", "source"):
+    for col in ("health_status", "deployment_id", "flags", "source", "shard"):
         if col not in full:
             full[col] = pd.Series([None] * len(full), dtype="string")
     for col in ("handlers_loaded", "handlers_total"):

@@ -162,7 +162,7 @@ def scan(con, relation: str) -> None:
     needs time order says `ORDER BY us, probe, tenant` (no two samples of one series share a
     microsecond). Real traffic, Prometheus and platform rows are read apart."""
     con.execute(f"""CREATE OR REPLACE TEMP VIEW s AS SELECT ts, epoch_us(ts) AS us, probe, tenant, status, outcome,
-        error_code, health_status, handlers_loaded, handlers_total, deployment_id, flags,
+        error_code, health_status, handlers_loaded, handlers_total, deployment_id, flags, shard,
         coalesce(simulated, false) AS simulated, {DERIVED}
         FROM {relation} WHERE coalesce(source, 'probe') NOT IN {_NOT_PROBES!r}""")
 
@@ -460,6 +460,7 @@ def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dic
     longest_us, gap_from, gap_to = max(candidates, key=lambda c: c[0])  # the first of equal gaps wins
     down_us = int(over_us) + sum(max(0, g - slack_us) for g in edge)
     longest = longest_us / 1e6
+    shards = _shards(con, profile, s_us, e_us)
     return {
         "expected": round(total_e, 1), "actual": int(n), "ratio": None if ratio is None else round(ratio, 4),
         "per_probe": per_probe,
@@ -469,9 +470,39 @@ def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dic
         "collector_down_s": round(down_us / 1e6, 3),
         "longest_failing_s": round(int(failing_us) / 1e6, 3),
         "min_coverage": profile.criteria.min_coverage, "max_gap_s": profile.criteria.max_gap_s,
+        "shards": shards,
         "sufficient": bool(ratio is not None and ratio >= profile.criteria.min_coverage
-                           and longest <= profile.criteria.max_gap_s),
+                           and longest <= profile.criteria.max_gap_s
+                           and not any(sh["stopped"] for sh in shards or ())),
     }
+
+
+def _shards(con, profile: Profile, s_us: int, e_us: int) -> list | None:
+    """Per collector shard (`collect --shard K/N`): samples against expected, and its longest gap
+    (window edges included). A shard that stopped is a gap with its name, not silence: one with
+    no sample at all in the window is listed too, since the others say how many there are."""
+    from .collector import probe_jobs
+
+    seen = {name: (int(n), int(a), int(b), gap) for name, n, a, b, gap in con.execute("""
+        SELECT shard, count(*), min(us), max(us), max(gap) FROM (
+            SELECT shard, us, us - lag(us) OVER (PARTITION BY shard ORDER BY us) AS gap FROM s WHERE shard IS NOT NULL)
+        GROUP BY shard""").fetchall()}
+    if not seen:
+        return None
+    n = max(int(name.partition("/")[2]) for name in seen)
+    span = (e_us - s_us) / 1e6
+    out = []
+    for k in range(1, n + 1):
+        name = f"{k}/{n}"
+        expected = sum(1.0 / (p.interval_s or profile.target.interval_s) for p, _t in probe_jobs(profile, (k, n))) * span
+        got, first, last, inner = seen.get(name, (0, None, None, None))
+        gaps = [e_us - s_us] if first is None else [first - s_us, int(inner or 0), e_us - last]
+        longest = max(gaps) / 1e6
+        out.append({"shard": name, "expected": round(expected, 1), "actual": got,
+                    "ratio": round(min(1.0, got / expected), 4) if expected else None,
+                    "longest_gap_s": round(longest, 3), "last_sample": None if last is None else _us(last),
+                    "stopped": longest > profile.criteria.max_gap_s})
+    return out
 
 
 def _us(t) -> str:

@@ -94,11 +94,13 @@ def cli(verbose):
 @click.option("--until", help="Stop at this ISO 8601 time (UTC unless an offset is given).")
 @click.option("--compact-every", default="60s", show_default=True, help="How often the journal is compacted to parquet.")
 @click.option("--quiet", is_flag=True, help="No live progress line.")
+@click.option("--shard", help="K/N: probe only shard K of N (a stable hash of each tenant), so N collectors "
+              "on N machines feed one dataset.")
 @base_url_opt
 @_guard
-def collect(profile_path, data_dir, run_for, until, compact_every, quiet, base_url):
+def collect(profile_path, data_dir, run_for, until, compact_every, quiet, shard, base_url):
     """Probe the target on schedule; every attempt becomes a stored row."""
-    from .collector import Collector, terminal_progress
+    from .collector import Collector, parse_shard, terminal_progress
     from .errors import WindowError
     from .profile import load_profile
     from .window import parse_duration, parse_time
@@ -113,7 +115,7 @@ def collect(profile_path, data_dir, run_for, until, compact_every, quiet, base_u
         until_ts = parse_time(until, name="--until").timestamp()
         if until_ts <= time.time():
             raise WindowError(f"--until {until} is already past")
-    c = Collector(profile, data_dir, until_ts=until_ts,
+    c = Collector(profile, data_dir, until_ts=until_ts, shard=parse_shard(shard),
                   compact_every_s=parse_duration(compact_every), progress=None if quiet else terminal_progress)
     c.install_signal_handlers()
     stats = c.run()  # a recovered journal is logged as it happens (a warning: always shown)

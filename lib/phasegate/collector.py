@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import os
@@ -15,6 +16,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .errors import ProfileError
 from .probe import run_probe
 from .profile import Probe, Profile
 from .redact import printable
@@ -48,8 +50,27 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def probe_jobs(profile: Profile) -> list[tuple[Probe, str | None]]:
-    """(probe, tenant) pairs: a probe mentioning {tenant} runs once per tenant."""
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'K/N' -> (K, N) with 1 <= K <= N; None for None."""
+    if text is None:
+        return None
+    k, sep, n = str(text).partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not 1 <= int(k) <= int(n) <= 10_000:
+        raise ProfileError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/4), got {text!r}")
+    return int(k), int(n)
+
+
+def shard_of(tenant: str | None, n: int) -> int:
+    """The shard (1..n) that probes `tenant`: a stable hash of its id, the same on every machine
+    and Python (unlike hash()). Probes without a tenant go to shard 1."""
+    if tenant is None:
+        return 1
+    return int.from_bytes(hashlib.sha256(tenant.encode()).digest()[:8], "big") % n + 1
+
+
+def probe_jobs(profile: Profile, shard: tuple[int, int] | None = None) -> list[tuple[Probe, str | None]]:
+    """(probe, tenant) pairs: a probe mentioning {tenant} runs once per tenant; with `shard`
+    (K, N), only the pairs of shard K, so N collectors share a fleet without overlap."""
     jobs = []
     for p in profile.probes:
         templated = "{tenant}" in p.path or any("{tenant}" in v for v in (*p.headers.values(), *profile.target.headers.values()))
@@ -57,6 +78,8 @@ def probe_jobs(profile: Profile) -> list[tuple[Probe, str | None]]:
             jobs.extend((p, t) for t in profile.target.tenants)
         else:
             jobs.append((p, None))
+    if shard is not None:
+        jobs = [(p, t) for p, t in jobs if shard_of(t, shard[1]) == shard[0]]
     return jobs
 
 
@@ -65,13 +88,17 @@ class Collector:
 
     def __init__(self, profile: Profile, data_dir, *, until_ts: float | None = None,
                  compact_every_s: float = 60.0,
-                 workers: int | None = None, progress=None, seed: int | None = None):
+                 workers: int | None = None, progress=None, seed: int | None = None,
+                 shard: tuple[int, int] | None = None):
         profile.target.require_auth()
         self.profile = profile
         self.data_dir = data_dir
         self.until_ts = until_ts
         self.compact_every_s = compact_every_s
-        self.jobs = probe_jobs(profile)
+        self.shard = None if shard is None else f"{shard[0]}/{shard[1]}"
+        self.jobs = probe_jobs(profile, shard)
+        if not self.jobs:
+            raise ProfileError(f"shard {self.shard} has nothing to probe (the fleet has fewer tenants than shards)")
         self.secrets = profile.secret_values()  # read once: the hot path only scrubs with them
         self.workers = workers or min(64, max(4, len(self.jobs) * 2))
         self.progress = progress
@@ -95,6 +122,7 @@ class Collector:
         lag_ms = (time.monotonic() - due) * 1000.0
         row = run_probe(self.profile.target, probe, tenant=tenant, secrets=self.secrets,
                         keep_evidence=keep_evidence, run_id=self.stats.run_id)
+        row["shard"] = self.shard
         writer.append(row)
         with self._lock:
             if len(self.stats.lag_ms) >= 100_000:

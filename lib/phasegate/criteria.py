@@ -337,6 +337,10 @@ def decide(results: list[CriterionResult], a: Analysis) -> tuple[str, str]:
         return "INCONCLUSIVE", f"the window ended before the required duration ({complete.detail})"
     thin = [r.id for r in results if r.passed is None and r.id != "window_complete"]
     cov = a.coverage
+    stopped = [sh["shard"] for sh in cov.get("shards") or () if sh["stopped"]]
+    if stopped:
+        return "INCONCLUSIVE", (f"collector shard(s) {', '.join(stopped)} stopped: part of the fleet went unmonitored "
+                                f"for longer than {format_duration(cov['max_gap_s'])}")
     if not cov["sufficient"]:
         return "INCONCLUSIVE", (f"monitoring coverage too thin: {cov['ratio']:.1%} of expected samples "
                                 f"(need {cov['min_coverage']:.0%}), longest gap {format_duration(cov['longest_gap_s'])} "

@@ -157,7 +157,14 @@ def coverage_text(doc: dict) -> str:
     if excluded:
         summary += "<p><b>Excluded input:</b> " + "; ".join(
             f"{escape(e['file'])} ({escape(e['reason'])})" for e in excluded) + "</p>"
-    return f'<div class="pg">{summary}</div>' + _table(["probe", "actual", "expected", "coverage"], rows)
+    out = f'<div class="pg">{summary}</div>' + _table(["probe", "actual", "expected", "coverage"], rows)
+    if c.get("shards"):
+        out += "<h4>Collector shards</h4>" + _table(
+            ["shard", "actual", "expected", "coverage", "longest gap s", "last sample", "state"],
+            [[escape(sh["shard"]), f"{sh['actual']:,}", f"{sh['expected']:,.0f}", _num(sh["ratio"], "ratio"),
+              f"{sh['longest_gap_s']:,.0f}", sh["last_sample"] or "none in the window",
+              '<span class="fail">STOPPED</span>' if sh["stopped"] else "running"] for sh in c["shards"]])
+    return out
 
 
 def state_tables(doc: dict) -> str:

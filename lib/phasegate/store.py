@@ -70,6 +70,7 @@ SCHEMA = pa.schema([
     ("evidence", pa.string()),
     ("simulated", pa.bool_()),
     ("count", pa.float64()),  # requests a row stands for (Prometheus increments); null means 1
+    ("shard", pa.string()),  # "K/N" of the collector that probed it (collect --shard), else null
 ])
 COLUMNS = tuple(SCHEMA.names)
 # Latency phases are float32 (0.001 ms resolution up to ~8 s, 0.01 ms beyond): where time went,
