@@ -222,51 +222,100 @@ def group_stats(con, table: str, key: str | None, confidence: float = 0.95, wher
     return dict(sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] or "")))
 
 
+# 256 buckets per doubling of the latency: a bucket holds a fraction of a percent of a group's values.
+_BUCKET = "CAST(floor(log2(greatest(lat, 1e-6)) * 256) AS INTEGER)"
+
+
+def order_statistics(con, table: str, key: str | None, where: str, wanted: dict) -> dict:
+    """{group: {rank: value}}: the rank-th smallest successful latency (1-based) of each group, for
+    the ranks asked ({group: ranks}), exactly and in bounded memory. A grouped quantile holds every
+    value of every group at once (100 M samples did not fit in 1 GB); this counts each group's
+    values per narrow latency bucket, finds the bucket each rank falls in (a running sum), and
+    sorts only those buckets' values. Two scans, no engine-specific aggregate."""
+    pairs = [(g, int(r)) for g, ranks in wanted.items() for r in set(ranks)]
+    if not pairs:
+        return {}
+    k = key or "0"
+    gk = "g" if key else "NULL"
+    con.register("wanted_ranks", pd.DataFrame({"g": [g if key else 0 for g, _ in pairs], "r": [r for _, r in pairs]}))
+    try:
+        src = f"(SELECT {k} AS g, lat, {_BUCKET} AS b FROM {table} WHERE {where} AND lat IS NOT NULL)"
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE rank_at AS
+            WITH h AS (SELECT g, b, count(*) AS c FROM {src} GROUP BY ALL),
+                 cum AS (SELECT g, b, c, sum(c) OVER (PARTITION BY g ORDER BY b) - c AS before FROM h)
+            SELECT w.g, w.r, cum.b, CAST(w.r - cum.before AS BIGINT) AS k FROM wanted_ranks w
+            JOIN cum ON w.g = cum.g AND w.r > cum.before AND w.r <= cum.before + cum.c""")
+        rows = con.execute(f"""SELECT {gk}, a.r, v.vals[a.k] FROM rank_at a JOIN (
+                SELECT g, b, list_sort(list(lat)) AS vals FROM {src}
+                SEMI JOIN (SELECT DISTINCT g, b FROM rank_at) USING (g, b) GROUP BY ALL) v USING (g, b)""").fetchall()
+    finally:
+        con.unregister("wanted_ranks")
+    out: dict = {}
+    for g, r, v in rows:
+        out.setdefault(g, {})[r] = v
+    return out
+
+
+def linear_percentile(at: dict, n: int, q: float) -> float:
+    """numpy's "linear" percentile of n sorted values from the two order statistics around it
+    (`at`: rank -> value), with numpy's lerp (from the nearer end)."""
+    h = (n - 1) * q
+    lo = math.floor(h)
+    a, b, t = at[lo + 1], at[min(lo + 2, n)], h - lo
+    d = b - a
+    return b - d * (1 - t) if t >= 0.5 else a + d * t
+
+
+def percentile_ranks(n: int, qs=QS) -> list:
+    """The ranks `linear_percentile` needs."""
+    out = []
+    for q in qs:
+        lo = math.floor((n - 1) * q)
+        out += [lo + 1, min(lo + 2, n)]
+    return out
+
+
 def _ranked(con, table, key, where, out: dict, confidence: float) -> None:
     """Percentiles (linear, as numpy's) and the order statistics of the intervals and the P99's
-    bound: each group's ranks from `phasegate.stats`, read with quantile_disc at (rank - 0.5) / n,
-    which picks exactly that rank. `key` None: the total (out[None])."""
-    want = {}
+    bound, at the ranks `phasegate.stats` gives. `key` None: the total (out[None])."""
+    want, ranks = {}, {}
     for g, st in out.items():
         if (g is None) != (key is None) or not st["latency_n"]:
             continue
         n = st["latency_n"]
-        ranks = {f"p{round(q * 100)}_ci_ms": quantile_interval_ranks(n, q, confidence) for q in QS}
-        want[g] = (n, ranks, quantile_upper_rank(n, 0.99, confidence))
-    if not want:
-        return
-    qs = sorted({(r - 0.5) / n for n, ranks, up in want.values() for rr in ranks.values() if rr for r in rr}
-                | {(up - 0.5) / n for n, _, up in want.values() if up}) or [0.5]
-    k = key or "NULL"
-    for g, pct, vals in con.execute(f"""SELECT {k}, quantile_cont(lat, {list(QS)}), quantile_disc(lat, {qs}) FROM {table}
-            WHERE {where} AND lat IS NOT NULL GROUP BY ALL""").fetchall():
-        n, ranks, up = want[g]
-        st = out[g]
-        st.update({f"p{round(q * 100)}_ms": round_ms(v) for q, v in zip(QS, pct)})
-        at = dict(zip(qs, vals))
-        for name, rr in ranks.items():
+        ci = {f"p{round(q * 100)}_ci_ms": quantile_interval_ranks(n, q, confidence) for q in QS}
+        up = quantile_upper_rank(n, 0.99, confidence)
+        want[g] = (n, ci, up)
+        ranks[g] = percentile_ranks(n) + [r for rr in ci.values() if rr for r in rr] + ([up] if up else [])
+    got = order_statistics(con, table, key, where, ranks)
+    for g, (n, ci, up) in want.items():
+        at, st = got[g], out[g]
+        st.update({f"p{round(q * 100)}_ms": round_ms(linear_percentile(at, n, q)) for q in QS})
+        for name, rr in ci.items():
             if rr:
-                st[name] = [round_ms(at[(rr[0] - 0.5) / n]), round_ms(at[(rr[1] - 0.5) / n])]
+                st[name] = [round_ms(at[rr[0]]), round_ms(at[rr[1]])]
         if up:
-            st["p99_upper_ms"] = round_ms(at[(up - 0.5) / n])
+            st["p99_upper_ms"] = round_ms(at[up])
 
 
 def tenant_stats(con, confidence: float = 0.95) -> dict | None:
     """Every probe statistic per tenant, worst first (error rate, then 5xx, then p99), or None when
     no sample carries a tenant."""
-    rows = con.execute(f"""SELECT tenant, count(*), count(*) FILTER (WHERE bad), count(*) FILTER (WHERE five),
-        count(*) FILTER (WHERE disabled), count(*) FILTER (WHERE timeout), quantile_cont(lat, {list(QS)})
+    rows = con.execute("""SELECT tenant, count(*), count(*) FILTER (WHERE bad), count(*) FILTER (WHERE five),
+        count(*) FILTER (WHERE disabled), count(*) FILTER (WHERE timeout), count(lat)
         FROM s WHERE tenant IS NOT NULL GROUP BY tenant""").fetchall()
     if not rows:
         return None
+    at = order_statistics(con, "s", "tenant", "tenant IS NOT NULL",
+                          {r[0]: percentile_ranks(r[6]) for r in rows if r[6]})
     # The probe with most errors, per tenant: where to look first (the first by name on a tie).
     worst = {t: (p, k) for t, p, k in con.execute("""SELECT tenant, probe, k FROM (
         SELECT tenant, probe, k, row_number() OVER (PARTITION BY tenant ORDER BY k DESC, probe) AS pos FROM (
             SELECT tenant, probe, count(*) AS k FROM s WHERE bad AND tenant IS NOT NULL GROUP BY ALL)) WHERE pos = 1""").fetchall()}
     out = []
-    for tenant, n, bad, five, disabled, timeouts, pct in rows:
+    for tenant, n, bad, five, disabled, timeouts, n_lat in rows:
         p, k = worst.get(tenant, (None, None))
-        pct = pct or [None] * 3
+        pct = [linear_percentile(at[tenant], n_lat, q) for q in QS] if n_lat else [None] * 3
         out.append({"tenant": tenant, "samples": int(n), "errors": int(bad), "error_rate": float(bad / n),
                     "rate_upper": rate_upper(int(bad), int(n), confidence), "http_5xx": int(five),
                     "feature_disabled": int(disabled), "timeouts": int(timeouts),
@@ -278,12 +327,23 @@ def tenant_stats(con, confidence: float = 0.95) -> dict | None:
 
 
 def timeline(con, bucket_s: float = 300.0) -> pd.DataFrame:
-    """Per bucket and probe: samples, errors, 5xx, latency p50/p95/p99 (ms); only pairs with samples."""
+    """Per bucket and probe: samples, errors, 5xx, latency p50/p95/p99 (ms); only pairs with samples.
+    A day of buckets at a time: a grouped quantile holds its groups' values, and a day's fit."""
     step = int(bucket_s * 1e6)
-    return con.execute(f"""SELECT bucket, probe, samples, errors, http_5xx, pct[1] AS p50_ms, pct[2] AS p95_ms,
-        pct[3] AS p99_ms FROM (SELECT make_timestamptz((us // {step}) * {step}) AS bucket, probe, count(*) AS samples,
-        count(*) FILTER (WHERE bad) AS errors, count(*) FILTER (WHERE five) AS http_5xx,
-        quantile_cont(lat, {list(QS)}) AS pct FROM s GROUP BY ALL) ORDER BY bucket, probe""").df()
+    lo, hi = con.execute("SELECT min(us), max(us) FROM s").fetchall()[0]
+    if lo is None:
+        return pd.DataFrame()
+    chunk = max(1, 86_400_000_000 // step) * step
+    parts = []
+    for a in range((lo // step) * step, hi + 1, chunk):
+        t0, t1 = pd.Timestamp(a, unit="us", tz="UTC"), pd.Timestamp(a + chunk, unit="us", tz="UTC")
+        parts.append(con.execute(f"""SELECT bucket, probe, samples, errors, http_5xx, pct[1] AS p50_ms, pct[2] AS p95_ms,
+            pct[3] AS p99_ms FROM (SELECT make_timestamptz((us // {step}) * {step}) AS bucket, probe, count(*) AS samples,
+            count(*) FILTER (WHERE bad) AS errors, count(*) FILTER (WHERE five) AS http_5xx,
+            quantile_cont(lat, {list(QS)}) AS pct FROM s
+            WHERE ts >= TIMESTAMPTZ '{t0.isoformat()}' AND ts < TIMESTAMPTZ '{t1.isoformat()}' GROUP BY ALL)
+            ORDER BY bucket, probe""").df())
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
 def coverage_hourly(con, profile: Profile, start: datetime, end: datetime) -> pd.DataFrame:
