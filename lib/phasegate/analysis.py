@@ -33,7 +33,9 @@ from .window import Window, iso, utcnow
 
 QS = (0.5, 0.95, 0.99)  # the percentiles of every table and the timeline
 DEFAULT_MEMORY_LIMIT = "1GB"
-_NOT_PROBES = ("traffic", "prometheus", "prometheus-histogram", "platform")
+# Rows that are not the endpoints' probes: real traffic, Prometheus counts and query values, the
+# platform's deploys and flags, and acceptance commands (judged only by the criteria that name them).
+_NOT_PROBES = ("traffic", "prometheus", "prometheus-histogram", "platform", "promql", "check")
 _ERR = "(" + ", ".join(f"'{o}'" for o in sorted(ERROR_OUTCOMES)) + ")"
 
 # Per-row facts every aggregate counts: defined once, for probes and real traffic alike.
@@ -73,6 +75,7 @@ class Analysis:
     samples_simulated: int = 0
     traffic_timeline: pd.DataFrame | None = field(default=None, repr=False)  # per source and 5 min
     ecdf: dict = field(default_factory=dict, repr=False)  # probe -> (canary, baseline) latencies
+    custom: dict = field(default_factory=dict)  # criterion id -> its metric per group, or its PromQL series
     con: object = field(default=None, repr=False)  # the DuckDB connection: `samples` stays queryable
 
     @property
@@ -151,8 +154,85 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         tenants=tenant_stats(con, conf), platform=platform,
         timeline=timeline(con, bucket_s), coverage_hourly=hourly, occurrences=_occurrences(con),
         samples_live=int(n - sim), samples_simulated=int(sim), traffic_timeline=traffic_tl,
-        ecdf={} if base is None else base[1], con=con,
+        ecdf={} if base is None else base[1], con=con, custom=custom_metrics(con, profile),
     )
+
+
+_COUNTS = {"samples": "sum(w)", "status_count": "sum(w)", "errors": "sum(w) FILTER (WHERE bad)",
+           "error_rate": "sum(w) FILTER (WHERE bad)", "availability": "sum(w) FILTER (WHERE bad)",
+           "http_5xx": "sum(w) FILTER (WHERE five)", "feature_disabled": "sum(w) FILTER (WHERE disabled)",
+           "timeouts": "sum(w) FILTER (WHERE timeout)", "assertion_failures": "sum(w) FILTER (WHERE assertion)"}
+
+
+def custom_metrics(con, profile: Profile) -> dict:
+    """Each criterion written as data, measured: its metric per group (`per`) over the samples its
+    `where` selects; for a PromQL criterion, the stored values of its query. Criteria judge these
+    numbers; nothing is computed again when the report is drawn."""
+    items = [c for c in profile.criteria.items if c.custom and c.enabled]
+    if not items:
+        return {}
+    # Probes with acceptance commands, real traffic, and Prometheus counts (each row `count` requests).
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW src_probes AS SELECT probe, tenant, probe AS route, status, outcome,
+        1.0 AS w, {DERIVED} FROM samples WHERE coalesce(source, 'probe') IN ('probe', 'check')""")
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW src_traffic AS SELECT probe, tenant, probe AS route, status, outcome,
+        1.0 AS w, {DERIVED} FROM samples WHERE source = 'traffic'""")
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW src_prometheus AS SELECT probe, tenant, probe AS route, status, outcome,
+        coalesce(count, 1.0) AS w, {DERIVED.replace("status IS NOT NULL AND", "FALSE AND")} FROM samples
+        WHERE source = 'prometheus'""")
+    out = {}
+    for c in items:
+        out[c.id] = _promql_values(con, c) if c.promql else _metric_groups(con, c, profile.criteria.confidence)
+    return out
+
+
+def _sql_in(column: str, values) -> str:
+    return f"{column} IN (" + ", ".join(str(v) if isinstance(v, int) else "'" + str(v).replace("'", "''") + "'"
+                                        for v in values) + ")"
+
+
+def _metric_groups(con, c, confidence: float) -> dict:
+    f = c.filters()
+    sources = f.get("source", ("probes",))
+    cond = " AND ".join([_sql_in(k if k != "route" else "route", v) for k, v in c.where if k != "source"] or ["TRUE"])
+    table = "(" + " UNION ALL ".join(f"SELECT * FROM src_{x}" for x in sources) + ")"
+    key = c.per
+    k = key or "NULL"
+    metric = c.metric
+    rows = con.execute(f"""SELECT {k} AS g, sum(w), {_COUNTS.get(metric, 'sum(w)')}, count(lat), max(lat)
+        FROM {table} WHERE {cond} {'AND ' + key + ' IS NOT NULL' if key else ''} GROUP BY ALL ORDER BY g""").fetchall()
+    groups = {}
+    for g, n, k_, n_lat, mx in rows:
+        groups["" if g is None else g] = {"n": int(round(n or 0)), "k": int(round(k_ or 0)), "latency_n": int(n_lat),
+                                          "max_ms": round_ms(mx)}
+    if metric in ("p50_ms", "p95_ms", "p99_ms"):
+        q = int(metric[1:3]) / 100
+        wanted, bounds = {}, {}
+        for g, st in groups.items():
+            n = st["latency_n"]
+            if not n:
+                continue
+            up = quantile_upper_rank(n, q, confidence) if c.op == "max" else None
+            lo = (n + 1 - quantile_upper_rank(n, 1 - q, confidence)) if c.op == "min" and \
+                quantile_upper_rank(n, 1 - q, confidence) else None
+            bounds[g] = up or lo
+            wanted[g if key else None] = percentile_ranks(n, (q,)) + ([bounds[g]] if bounds[g] else [])
+        got = order_statistics(con, table, key, cond + (f" AND {key} IS NOT NULL" if key else ""), wanted)
+        for g, st in groups.items():
+            at = got.get(g if key else None)
+            if at:
+                st["value"] = round_ms(linear_percentile(at, st["latency_n"], q))
+                st["bound"] = round_ms(at[bounds[g]]) if bounds.get(g) else None
+    return {"groups": groups, "sources": list(sources)}
+
+
+def _promql_values(con, c) -> dict:
+    """The values a PromQL criterion's query returned over the window, as stored by the pull:
+    per series (its labels), in time order."""
+    series: dict = {}
+    for labels, ts, v in con.execute("""SELECT tenant, ts, count FROM samples WHERE source = 'promql' AND probe = ?
+            ORDER BY tenant, ts""", [c.id]).fetchall():
+        series.setdefault(labels or "{}", []).append((_ts(ts), v))
+    return {"query": c.promql, "aggregate": c.aggregate, "series": series}
 
 
 def scan(con, relation: str) -> None:

@@ -35,6 +35,7 @@ class CriterionResult:
     last: str | None = None
     title: str = ""
     state: str = ""  # passed, failed, pending (the window is still open), inconclusive
+    groups: list | None = None  # a per-group criterion's failing groups (tenants, probes, routes)
 
     def settle(self, window_open: bool) -> None:
         if self.passed is None and self.state == "pending" and not window_open:
@@ -294,6 +295,109 @@ def _no_anomalies(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
                            n=a.overall["samples"])
 
 
+_UNITS = {"error_rate": "ratio", "availability": "ratio", "p50_ms": "ms", "p95_ms": "ms", "p99_ms": "ms", "max_ms": "ms"}
+
+
+def _judge_group(c: Criterion, st: dict, conf: float, rate_mode: str) -> tuple[bool | None, float | None, float | None, str]:
+    """(passed, measured, bound, why) of one group of a metric criterion, by the honest rules:
+    counts are exact; a rate passes only when its bound is on the right side of the threshold; a
+    percentile passes only on an order-statistic bound with enough samples, never on a maximum."""
+    m, thr, over = c.metric, c.threshold, c.op == "max"
+    n, k = st["n"], st["k"]
+    if n < c.min_samples:
+        return None, None, None, f"{n} samples, {c.min_samples} needed"
+    if m in ("error_rate", "availability"):
+        if not n:
+            return None, None, None, "no samples"
+        rate = k / n
+        value = rate if m == "error_rate" else 1 - rate
+        up = rate_upper(k, n, conf)
+        bound = up if m == "error_rate" else 1 - up  # the pessimistic side
+        bad = value >= thr if over else value <= thr
+        if bad:
+            return False, value, bound, f"{value:.4%} ({k} of {n})"
+        good = rate_mode == "observed" or (bound < thr if over else bound > thr)
+        if good:
+            return True, value, bound, f"{value:.4%} ({k} of {n}), bound {bound:.4%}"
+        need = n_for_rate(k, thr if m == "error_rate" else 1 - thr, conf)
+        return None, value, bound, f"{value:.4%} ({k} of {n}), bound {bound:.4%} not past {thr:.4%}" + \
+            (f": n ≥ {need} needed" if need else "")
+    if m in ("p50_ms", "p95_ms", "p99_ms"):
+        value, bound = st.get("value"), st.get("bound")
+        if value is None:
+            return None, None, None, "no successful samples to rank"
+        if (value >= thr) if over else (value <= thr):
+            return False, value, bound, f"{m[:3].upper()} {value:,.1f} ms over {st['latency_n']} samples"
+        if bound is None:
+            q = int(m[1:3]) / 100
+            need = n_for_quantile(q if over else 1 - q, conf)
+            return None, value, None, f"{m[:3].upper()} {value:,.1f} ms from {st['latency_n']} samples: {need} needed for a bound"
+        if (bound < thr) if over else (bound > thr):
+            return True, value, bound, f"{m[:3].upper()} {value:,.1f} ms (bound {bound:,.1f})"
+        return None, value, bound, f"{m[:3].upper()} {value:,.1f} ms but its bound {bound:,.1f} is not past {thr:g}"
+    value = st["max_ms"] if m == "max_ms" else k
+    if value is None:
+        return None, None, None, "no successful samples"
+    ok = value <= thr if over else value >= thr
+    return ok, value, None, f"{value:,}" + ("" if m == "max_ms" else f" of {n}")
+
+
+def _metric(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    """A criterion written as data: every group must hold; the failing ones are named."""
+    got = a.custom.get(c.id, {})
+    groups = got.get("groups", {})
+    unit = _UNITS.get(c.metric, "")
+    sel = ", ".join(f"{k}={'|'.join(map(str, v))}" for k, v in c.where) or "all probe samples"
+    if not groups:
+        return CriterionResult(c.id, c.kind, None, None, c.threshold, f"no samples match {sel}", n=0, unit=unit)
+    judged = {g: _judge_group(c, st, p.criteria.confidence, p.criteria.rate_mode) for g, st in groups.items()}
+    failed = [g for g, j in judged.items() if j[0] is False]
+    open_ = [g for g, j in judged.items() if j[0] is None]
+    n = sum(st["n"] for st in groups.values())
+    vals = [j[1] for j in judged.values() if j[1] is not None]
+    worst = (max(vals) if c.op == "max" else min(vals)) if vals else None
+    bounds = [j[2] for j in judged.values() if j[2] is not None]
+    bound = (max(bounds) if c.op == "max" else min(bounds)) if bounds else None
+    cmp = "≤" if c.op == "max" else "≥"
+    head = f"{c.metric} {cmp} {c.threshold:g} over {sel}"
+    if c.per:
+        if failed:
+            detail = f"{head}: {len(failed)} of {len(groups)} {c.per}s fail: " + "; ".join(
+                f"{g}: {judged[g][3]}" for g in failed[:20]) + (" …" if len(failed) > 20 else "")
+        elif open_:
+            detail = f"{head}: {len(open_)} of {len(groups)} {c.per}s undecided: " + "; ".join(
+                f"{g}: {judged[g][3]}" for g in open_[:10])
+        else:
+            detail = f"{head}: all {len(groups)} {c.per}s hold"
+    else:
+        detail = f"{head}: {next(iter(judged.values()))[3]}"
+    passed = False if failed else (None if open_ else True)
+    return CriterionResult(c.id, c.kind, passed, None if worst is None else round(worst, 6), c.threshold, detail,
+                           n=n, unit=unit, bound=bound, groups=failed if failed else None)
+
+
+def _promql(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    """A PromQL query's values over the window, per series aggregated (max, last or sum), against
+    max or min: every series must hold. The values are the stored ones: a re-run needs no Prometheus."""
+    got = a.custom.get(c.id, {})
+    series = got.get("series", {})
+    if not series:
+        return CriterionResult(c.id, c.kind, None, None, c.threshold,
+                               f"no values stored for {c.promql!r} (Prometheus not reached, or no series)", n=0)
+    agg = {"max": max, "sum": sum, "last": lambda v: v[-1]}[c.aggregate]
+    per = {labels: agg([v for _t, v in pts]) for labels, pts in series.items()}
+    bad = {lab: v for lab, v in per.items() if (v > c.threshold if c.op == "max" else v < c.threshold)}
+    worst = max(per.values()) if c.op == "max" else min(per.values())
+    cmp = "≤" if c.op == "max" else "≥"
+    shown = "; ".join(f"{lab} {v:g}" for lab, v in list((bad or per).items())[:6])
+    detail = (f"{c.aggregate}({c.promql}) {cmp} {c.threshold:g} over {len(per)} series: "
+              + (f"{len(bad)} fail: " if bad else "") + shown)
+    first = min((t for pts in series.values() for t, v in pts
+                 if (v > c.threshold if c.op == "max" else v < c.threshold)), default=None) if bad else None
+    return CriterionResult(c.id, c.kind, not bad, worst, c.threshold, detail,
+                           n=sum(len(v) for v in series.values()), first=first)
+
+
 EVALUATORS = {
     "window_complete": _window_complete, "no_5xx": _no_5xx, "no_feature_disabled": _no_feature_disabled,
     "no_rollback": _no_rollback, "service_healthy": _service_healthy, "execute_p99": _execute_p99,
@@ -308,7 +412,7 @@ def evaluate(profile: Profile, a: Analysis) -> Decision:
         if not c.enabled or (c.id == "no_regression" and a.baseline is None) \
                 or (c.id == "tenant_error_rate" and a.tenants is None):
             continue
-        r = EVALUATORS[c.id](c, a, profile)
+        r = (_promql if c.promql else _metric)(c, a, profile) if c.custom else EVALUATORS[c.id](c, a, profile)
         r.dry_run = c.dry_run
         r.title = c.title
         r.settle(a.now < a.window.end)

@@ -50,6 +50,16 @@ TITLES = {
     "no_regression": "No regression against the baseline",
     "tenant_error_rate": "No tenant's error rate over target",
 }
+# What a criterion written as data can measure, and over what (criteria.py says how each is judged).
+METRICS = ("samples", "errors", "error_rate", "availability", "http_5xx", "status_count", "feature_disabled",
+           "timeouts", "assertion_failures", "p50_ms", "p95_ms", "p99_ms", "max_ms")
+WHERE_KEYS = ("probe", "tenant", "source", "route", "status", "outcome")
+SOURCES = ("probes", "traffic", "prometheus")
+PER = ("tenant", "probe", "route")
+# The seed's criteria that are one metric with a threshold, in the same form; the others
+# (window_complete, no_rollback, service_healthy, no_anomalies, no_regression) keep their own logic.
+BUILTIN_METRICS = {"no_5xx": "http_5xx", "no_feature_disabled": "feature_disabled", "error_rate": "error_rate",
+                   "execute_p99": "p99_ms", "tenant_error_rate": "error_rate"}
 _PHASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 
@@ -125,6 +135,21 @@ class Criterion:
     min_samples: int = 0
     dry_run: bool = False  # evaluated and shown, never moves the verdict
     title: str = ""  # plain words shown beside the id wherever it appears
+    # A criterion written as data: `metric` over the samples `where` selects, `op` "max" or "min"
+    # against `threshold`, each `per` group on its own; or a PromQL query aggregated over the window.
+    metric: str | None = None
+    where: tuple = ()  # ((key, (value, ...)), ...)
+    op: str = "max"
+    per: str | None = None
+    promql: str | None = None
+    aggregate: str = "max"
+
+    @property
+    def custom(self) -> bool:
+        return self.id not in CRITERIA_IDS
+
+    def filters(self) -> dict:
+        return {k: v for k, v in self.where}
 
 
 @dataclass(frozen=True)
@@ -535,6 +560,7 @@ def _criteria(src, table, probe_names: set, runbook_ids: set) -> Criteria:
     items = []
     for cid in CRITERIA_IDS:
         cr = _Reader(src, r.take(cid, (dict,), {}), f"criteria.{cid}")
+        _builtin_form(cr, cid)
         kind = cr.take("kind", (str,), "hard" if cid in _HARD else "soft")
         if kind not in ("hard", "soft"):
             cr.fail(f"criteria.{cid}.kind", f"must be hard or soft, got {kind!r}")
@@ -556,7 +582,101 @@ def _criteria(src, table, probe_names: set, runbook_ids: set) -> Criteria:
             dry_run=cr.take("dry_run", (bool,), False), title=cr.take("title", (str,), TITLES[cid]),
         ))
         cr.done()
+    for cid in sorted(k for k, v in r.table.items() if isinstance(v, dict)):
+        items.append(_custom(src, cid, r.table.pop(cid), probe_names, runbook_ids, confidence))
     r.done()
     return Criteria(duration_s=duration, min_coverage=float(min_cov), max_gap_s=max_gap, confidence=confidence,
                     rate_mode=rate_mode, items=tuple(items))
+
+
+def _builtin_form(cr: _Reader, cid: str) -> None:
+    """A seed criterion written in the data form (`metric = "http_5xx"`, `max = 0`): the metric must
+    be its own and `max` is its threshold."""
+    metric = cr.take("metric", (str,))
+    if metric is not None and metric != BUILTIN_METRICS.get(cid):
+        cr.fail(f"criteria.{cid}.metric", f"is {BUILTIN_METRICS[cid]!r} for this built-in criterion, got {metric!r}"
+                if cid in BUILTIN_METRICS else "this built-in criterion has its own logic, not a metric")
+    if "max" in cr.table:
+        if "threshold" in cr.table:
+            cr.fail(f"criteria.{cid}.max", "give max or threshold, not both")
+        cr.table["threshold"] = cr.table.pop("max")
+    where = cr.table.pop("where", None)
+    if where is not None:
+        if cid != "execute_p99" or not isinstance(where, dict) or set(where) != {"probe"}:
+            cr.fail(f"criteria.{cid}.where", "only execute_p99 takes a where, and only { probe = ... }")
+        cr.table["probe"] = where["probe"]
+    per = cr.table.pop("per", None)
+    if per is not None and not (cid == "tenant_error_rate" and per == "tenant"):
+        cr.fail(f"criteria.{cid}.per", "only tenant_error_rate is per group (per = \"tenant\")")
+
+
+def _custom(src, cid, table, probe_names: set, runbook_ids: set, confidence: float) -> Criterion:
+    """A criterion defined in the profile: one line naming the file and dotted key for each mistake."""
+    from .probe import OUTCOMES
+    from .stats import n_for_quantile
+
+    where_key = f"criteria.{cid}"
+    if not _PHASE.match(cid):
+        raise ProfileError(f"{src}: {where_key}: a criterion id is letters, digits, '.', '_' or '-'")
+    cr = _Reader(src, table, where_key)
+    promql = cr.take("promql", (str,))
+    metric = cr.take("metric", (str,))
+    if promql is None and metric is None:
+        cr.fail(where_key, "unknown criterion: a new one needs metric = ... (or promql = ...); built in are "
+                + ", ".join(CRITERIA_IDS))
+    if promql is not None and metric is not None:
+        cr.fail(f"{where_key}.promql", "give metric or promql, not both")
+    if metric is not None and metric not in METRICS:
+        cr.fail(f"{where_key}.metric", f"unknown metric {metric!r}; one of {', '.join(METRICS)}")
+    aggregate = cr.take("aggregate", (str,), "max")
+    if aggregate not in ("max", "last", "sum"):
+        cr.fail(f"{where_key}.aggregate", f"must be max, last or sum, got {aggregate!r}")
+    bounds = {k: cr.table.pop(k) for k in ("max", "min") if k in cr.table}
+    if len(bounds) != 1:
+        cr.fail(where_key, "needs exactly one of max or min" + (" (not both)" if len(bounds) == 2 else ""))
+    (op, threshold), = bounds.items()
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        cr.fail(f"{where_key}.{op}", f"must be a number, got {threshold!r}")
+    where = cr.take("where", (dict,), {})
+    parsed = []
+    for k, v in where.items():
+        if k not in WHERE_KEYS:
+            cr.fail(f"{where_key}.where.{k}", f"unknown filter; one of {', '.join(WHERE_KEYS)}")
+        values = tuple(v) if isinstance(v, list) else (v,)
+        kinds = (int,) if k == "status" else (str,)
+        if not values or not all(isinstance(x, kinds) and not isinstance(x, bool) for x in values):
+            cr.fail(f"{where_key}.where.{k}", f"must be {'a status code' if k == 'status' else 'a string'} or a list of them")
+        bad = {"probe": [x for x in values if x not in probe_names],
+               "source": [x for x in values if x not in SOURCES],
+               "outcome": [x for x in values if x not in OUTCOMES]}.get(k, [])
+        if bad:
+            known = {"probe": sorted(probe_names), "source": SOURCES, "outcome": OUTCOMES}[k]
+            cr.fail(f"{where_key}.where.{k}", f"names no {k} {bad[0]!r}; known: {', '.join(known)}")
+        parsed.append((k, values))
+    per = cr.take("per", (str,))
+    if per is not None and per not in PER:
+        cr.fail(f"{where_key}.per", f"must be one of {', '.join(PER)}, got {per!r}")
+    given = cr.take("min_samples", (int,), None)
+    min_samples = given or 0
+    if min_samples < 0:
+        cr.fail(f"{where_key}.min_samples", f"must not be negative, got {min_samples}")
+    if metric in ("p50_ms", "p95_ms", "p99_ms"):
+        q = int(metric[1:3]) / 100
+        need = n_for_quantile(q if op == "max" else 1 - q, confidence)
+        min_samples = need if given is None else min_samples  # by default: what a bound needs
+        if min_samples < need:
+            cr.fail(f"{where_key}.min_samples", f"must be at least {need} for a {confidence:.0%} bound on "
+                    f"{metric} (got {min_samples}): fewer samples cannot give one")
+    runbook = cr.take("runbook", (str,))
+    if runbook is not None and runbook not in runbook_ids:
+        cr.fail(f"{where_key}.runbook", f"names no [runbook.{runbook}] section")
+    kind = cr.take("kind", (str,), "soft")
+    if kind not in ("hard", "soft"):
+        cr.fail(f"{where_key}.kind", f"must be hard or soft, got {kind!r}")
+    c = Criterion(id=cid, kind=kind, threshold=float(threshold), enabled=cr.take("enabled", (bool,), True),
+                  runbook=runbook, min_samples=min_samples, dry_run=cr.take("dry_run", (bool,), False),
+                  title=cr.take("title", (str,), cid), metric=metric, where=tuple(parsed), op=op, per=per,
+                  promql=promql, aggregate=aggregate)
+    cr.done()
+    return c
 

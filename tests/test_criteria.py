@@ -1,0 +1,83 @@
+"""Criteria written as data in a profile: metrics over filtered samples, per group, PromQL queries
+and acceptance commands, judged by the same honest rules as the seed's."""
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from pypdf import PdfReader
+
+from phasegate import signoff
+from phasegate.history import history
+from phasegate.profile import load_profile
+from phasegate.simulator import Fault
+
+from conftest import PROFILES, SIM_PROFILE, phasegate, write_profile
+
+START = datetime(2026, 1, 28, 14, 45, 1, tzinfo=timezone.utc)
+PHASE = "phase1-staging-canary"
+H = 3600.0
+
+
+def list_p95(tmp_path, kind):
+    return write_profile(tmp_path, f'''extends = "{SIM_PROFILE}"
+[criteria.list_p95]
+title = "List endpoint P95 under 1 ms"
+kind = "{kind}"
+metric = "p95_ms"
+where = {{ probe = "list" }}
+max = 1
+''', f"list-p95-{kind}.toml")
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory):
+    data = tmp_path_factory.mktemp("day") / "data"
+    history(load_profile(SIM_PROFILE), [], START.timestamp(), START.timestamp() + 24 * H, data, seed=5)
+    return data
+
+
+@pytest.mark.slow
+def test_a_soft_latency_criterion_gives_review_named_everywhere(tmp_path, day):
+    res = phasegate("report", "--profile", list_p95(tmp_path, "soft"), "--data", day, "--phase", PHASE,
+                    "--start", START.isoformat(), "--hours", "24", "--as-of", (START + timedelta(hours=25)).isoformat(),
+                    "--out", tmp_path / "r", timeout=300)
+    assert res.returncode == 11, res.stdout + res.stderr  # REVIEW
+    line = next(ln for ln in res.stdout.splitlines() if "] soft list_p95" in ln)
+    assert line.startswith("  [FAIL] soft list_p95") and "List endpoint P95 under 1 ms" in line
+    folder = next((tmp_path / "r" / PHASE).iterdir())
+    doc = json.loads((folder / "signoff.json").read_text())
+    c = next(c for c in doc["criteria"] if c["id"] == "list_p95")
+    assert c["title"] == "List endpoint P95 under 1 ms" and c["passed"] is False and c["kind"] == "soft"
+    assert c["measured"] > 1 and c["unit"] == "ms"
+    text = " ".join(p.extract_text() for p in PdfReader(folder / "signoff.pdf").pages)
+    assert "list_p95" in text and "List endpoint P95 under 1 ms" in text.replace("\n", " ")
+
+
+def test_the_same_criterion_hard_gives_no_go(tmp_path, day):
+    doc = signoff.run(list_p95(tmp_path, "hard"), day, PHASE, start=START.isoformat(), hours=24,
+                      as_of=(START + timedelta(hours=25)).isoformat()).doc
+    assert doc["verdict"] == "NO-GO" and doc["reason"] == "hard requirement(s) failed: list_p95"
+
+
+def test_per_tenant_criterion_names_exactly_the_bad_yachts(tmp_path):
+    fleet = PROFILES / "fault-lens-staging-fleet.toml"
+    bad = ("yacht-07", "yacht-31")
+    start = datetime(2026, 1, 29, 15, 0, tzinfo=timezone.utc)
+    data = tmp_path / "fleet"
+    history(load_profile(fleet), [Fault("server_error", rate=0.2, tenants=bad, probes=("list",))],
+            start.timestamp(), start.timestamp() + 2 * H, data, seed=3)
+    prof = write_profile(tmp_path, f'''extends = "{fleet}"
+[criteria.list_5xx_per_yacht]
+title = "No yacht sees a 5xx on the list endpoint"
+kind = "hard"
+metric = "http_5xx"
+where = {{ probe = "list" }}
+per = "tenant"
+max = 0
+''')
+    doc = signoff.run(prof, data, "phase2-staging-full", start=start.isoformat(), hours=2,
+                      as_of=(start + timedelta(hours=2)).isoformat()).doc
+    c = next(c for c in doc["criteria"] if c["id"] == "list_5xx_per_yacht")
+    assert c["passed"] is False and sorted(c["groups"]) == list(bad)
+    assert "2 of 50 tenants fail: yacht-07:" in c["detail"] and "yacht-31:" in c["detail"]
