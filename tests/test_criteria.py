@@ -81,3 +81,62 @@ max = 0
     c = next(c for c in doc["criteria"] if c["id"] == "list_5xx_per_yacht")
     assert c["passed"] is False and sorted(c["groups"]) == list(bad)
     assert "2 of 50 tenants fail: yacht-07:" in c["detail"] and "yacht-31:" in c["detail"]
+
+
+@pytest.mark.slow
+def test_a_failing_acceptance_command_fails_its_criterion_with_its_output(tmp_path, sim_proc):
+    base = sim_proc()
+    count = tmp_path / "runs"
+    script = (f'n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}; '
+              'if [ "$n" -lt 3 ]; then echo "checking /v1/actions/list"; '
+              'echo "fail-closed: /list answered 200 while FAULT_LENS_V1_ENABLED=false"; exit 1; fi; echo holds')
+    prof = write_profile(tmp_path, f'''extends = "{SIM_PROFILE}"
+[target]
+interval = "1s"
+timeout = "0.8s"
+
+[[checks]]
+name = "acceptance"
+command = ["sh", "-c", {json.dumps(script)}]
+interval = "1s"
+timeout = "0.9s"
+
+[criteria.acceptance_holds]
+title = "Acceptance command passes"
+kind = "hard"
+metric = "errors"
+where = {{ probe = "acceptance" }}
+max = 0
+''')
+    data = tmp_path / "data"
+    t0 = datetime.now(timezone.utc) - timedelta(seconds=1)
+    res = phasegate("collect", "--profile", prof, "--base-url", base, "--data", data, "--for", "6s", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert int(count.read_text()) >= 5  # it ran on its schedule, beside the probes
+    res = phasegate("report", "--profile", prof, "--data", data, "--phase", PHASE, "--start", t0.isoformat(),
+                    "--hours", "1", "--out", tmp_path / "r", timeout=300)
+    assert res.returncode == 10, res.stdout + res.stderr  # NO-GO: a hard criterion failed
+    folder = next((tmp_path / "r" / PHASE).iterdir())
+    doc = json.loads((folder / "signoff.json").read_text())
+    c = next(c for c in doc["criteria"] if c["id"] == "acceptance_holds")
+    assert c["passed"] is False and c["measured"] == 3
+    ev = [e for e in doc["evidence"] if e["probe"] == "acceptance" and e["kind"] == "failure"]
+    assert ev and ev[0]["outcome"] == "command_failed" and ev[0]["error_code"] == "exit 1"
+    assert "while FAULT_LENS_V1_ENABLED=false" in ev[0]["response"]["output_tail"]
+    text = " ".join(p.extract_text() for p in PdfReader(folder / "signoff.pdf").pages).replace("\n", " ")
+    assert "fail-closed: /list answered 200 while FAULT_LENS_V1_ENABLED=false" in text
+    # The probes' own figures do not count the command: it is judged by its criterion alone.
+    assert "acceptance" not in doc["probes"]
+
+
+@pytest.mark.parametrize("scenario,mode,code", [("healthy", "fail-closed", 0), ("flags-off", "fail-closed", 0),
+                                               ("healthy", "signed-flow", 0), ("signed-leak", "signed-flow", 1)])
+def test_the_shipped_acceptance_script_against_the_simulator(sim_proc, scenario, mode, code):
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    base = sim_proc("--scenario", scenario)
+    res = subprocess.run([sys.executable, "checks/acceptance.py", mode], cwd=ROOT, capture_output=True, text=True,
+                         env={"PATH": os.environ["PATH"], "PHASEGATE_BASE_URL": base}, timeout=60)
+    assert res.returncode == code, res.stdout + res.stderr

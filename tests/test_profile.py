@@ -108,9 +108,11 @@ def test_shipped_profiles_reproduce_the_seed():
     sim = load_profile(PROFILES / "simulator.toml")
     for p in (staging, sim):
         assert [pr.name for pr in p.probes] == ["health", "list", "suggestions", "execute"]
-        assert [c.id for c in p.criteria.items] == list(CRITERIA_IDS)
-        assert [c.id for c in p.criteria.items if c.kind == "hard"] == [
-            "window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy"]
+        assert [c.id for c in p.criteria.items] == [*CRITERIA_IDS, "acceptance"]  # a criterion written as data
+        assert [c.id for c in p.criteria.items if c.kind == "hard" and c.enabled] == [
+            "window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy"] \
+            + (["acceptance"] if p is staging else [])
+        assert [c.name for c in p.checks] == (["acceptance_fail_closed", "acceptance_signed_flow"] if p is staging else [])
         assert p.criteria.duration_s == 86400
         assert p.criteria.get("execute_p99").threshold == 10000
         assert p.criteria.get("error_rate").threshold == 0.01

@@ -542,7 +542,7 @@ def _evidence(con) -> list:
     rows = con.execute(f"""SELECT probe, min(ts), arg_min(outcome, ts), arg_min(status, ts), arg_min(error_code, ts),
         arg_min(evidence, ts) FROM (
             SELECT ts, probe, outcome, status, error_code, evidence, outcome = 'ok' AS ok FROM samples
-            WHERE evidence IS NOT NULL AND coalesce(source, 'probe') NOT IN {_NOT_PROBES!r})
+            WHERE evidence IS NOT NULL AND coalesce(source, 'probe') IN ('probe', 'check'))
         GROUP BY probe, ok, CASE WHEN ok THEN NULL ELSE outcome END, CASE WHEN ok THEN NULL ELSE status END,
                  CASE WHEN ok THEN NULL ELSE error_code END""").fetchall()
     out = [{"kind": "baseline" if outcome == "ok" else "failure", "probe": probe, "ts": _ts(ts), "outcome": outcome,

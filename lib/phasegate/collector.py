@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import ProfileError
-from .probe import run_probe
-from .profile import Probe, Profile
+from .probe import run_command, run_probe
+from .profile import Check, Probe, Profile
 from .redact import printable
 from .store import SampleWriter
 
@@ -97,6 +97,8 @@ class Collector:
         self.compact_every_s = compact_every_s
         self.shard = None if shard is None else f"{shard[0]}/{shard[1]}"
         self.jobs = probe_jobs(profile, shard)
+        if shard is None or shard[0] == 1:  # acceptance commands run once, on shard 1
+            self.jobs += [(c, None) for c in profile.checks]
         if not self.jobs:
             raise ProfileError(f"shard {self.shard} has nothing to probe (the fleet has fewer tenants than shards)")
         self.secrets = profile.secret_values()  # read once: the hot path only scrubs with them
@@ -120,8 +122,12 @@ class Collector:
 
     def _one(self, writer: SampleWriter, probe: Probe, tenant, keep_evidence: bool, due: float) -> None:
         lag_ms = (time.monotonic() - due) * 1000.0
-        row = run_probe(self.profile.target, probe, tenant=tenant, secrets=self.secrets,
-                        keep_evidence=keep_evidence, run_id=self.stats.run_id)
+        if isinstance(probe, Check):
+            row = run_command(probe, self.profile.target.name, self.profile.target.base_url, secrets=self.secrets,
+                              keep_evidence=keep_evidence, run_id=self.stats.run_id)
+        else:
+            row = run_probe(self.profile.target, probe, tenant=tenant, secrets=self.secrets,
+                            keep_evidence=keep_evidence, run_id=self.stats.run_id)
         row["shard"] = self.shard
         writer.append(row)
         with self._lock:

@@ -219,6 +219,22 @@ def runbook(doc: dict) -> str:
     return '<div class="pg">' + "".join(parts) + "</div>"
 
 
+def _response_text(r: dict) -> str:
+    """A raw response as a reviewer reads it: an HTTP answer's headers, then its body indented when
+    it is JSON; an acceptance command's exit status and the tail of its output as printed."""
+    if "output_tail" in r:
+        return (f"$ {' '.join(r['command'])}\nexit status: {r['exit_status']}  ({r['output_bytes']:,} bytes of output)\n"
+                f"--- last lines ---\n{r['output_tail']}")
+    head = [f"HTTP {r.get('status')}"] + [f"{k}: {v}" for k, v in (r.get("headers") or {}).items()]
+    body = r.get("body") or ""
+    try:
+        body = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+    except ValueError:
+        pass
+    more = " (truncated)" if r.get("truncated") else ""
+    return "\n".join(head) + f"\n\n{body}" + (f"\n[{r.get('body_bytes', 0):,} bytes{more}]" if more else "")
+
+
 def evidence(doc: dict, limit: int = 12) -> str:
     parts = []
     for e in doc["evidence"][:limit]:
@@ -227,7 +243,7 @@ def evidence(doc: dict, limit: int = 12) -> str:
             title += f" HTTP {e['status']}"
         if e["error_code"]:
             title += f" {e['error_code']}"
-        parts.append(f"<h4>{escape(title)}</h4><pre>{escape(json.dumps(e['response'], indent=1))}</pre>")
+        parts.append(f"<h4>{escape(title)}</h4><pre>{escape(_response_text(e['response']))}</pre>")
     more = len(doc["evidence"]) - limit
     if more > 0:
         parts.append(f"<p>{more} more in signoff.json.</p>")

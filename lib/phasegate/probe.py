@@ -12,8 +12,11 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import os
+import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -24,7 +27,8 @@ from .profile import Assertion, Probe, Target
 from .redact import capped, redact_headers, redact_text, redact_url
 
 OUTCOMES = ("ok", "http_error", "timeout", "connection_error", "tls_error", "dns_error",
-            "protocol_error", "invalid_body", "body_too_large", "assertion_failed")
+            "protocol_error", "invalid_body", "body_too_large", "assertion_failed",
+            "command_failed", "command_error")  # the last two: acceptance commands ([[checks]])
 # Outcomes that count against the error rate: the service or the network failed us.
 ERROR_OUTCOMES = frozenset(OUTCOMES) - {"ok", "assertion_failed"}
 EVIDENCE_BODY_CHARS = 2048
@@ -307,12 +311,52 @@ def run_probe(target: Target, probe: Probe, *, tenant: str | None = None, secret
     return row
 
 
+def run_command(check, target_name: str, base_url: str, *, secrets=(), keep_evidence: bool = False,
+                run_id: str = "") -> dict:
+    """Run an acceptance command once; always returns a sample row, like `run_probe`. Its duration
+    is the latency; exit 0 is ok, another exit `command_failed`, the timeout `timeout` (its whole
+    process group is killed), a command that cannot start `command_error`. The tail of its output,
+    redacted, is the evidence. It gets PATH, PHASEGATE_BASE_URL (the target, which --base-url may
+    have moved) and the variables its `env` names, nothing else."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PHASEGATE_BASE_URL": base_url,
+           **{k: os.environ[k] for k in check.env if k in os.environ}}
+    ts, t0 = time.time(), time.monotonic()
+    code, out, outcome, error = None, b"", "ok", None
+    try:
+        proc = subprocess.Popen(list(check.command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=check.timeout_s)
+            code = proc.returncode
+            if code != 0:
+                outcome, error = "command_failed", f"exit status {code}"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            outcome, error = "timeout", f"did not finish within {check.timeout_s:g}s (killed)"
+    except OSError as exc:
+        outcome, error = "command_error", f"cannot run {check.command[0]}: {exc.strerror or exc}"
+    latency = (time.monotonic() - t0) * 1000.0
+    tail = out[-EVIDENCE_BODY_CHARS * 4:].decode("utf-8", "replace")[-EVIDENCE_BODY_CHARS:]
+    row = {"ts": ts, "run_id": run_id, "request_id": next_request_id(), "source": "check", "target": target_name,
+           "tenant": None, "probe": check.name, "method": "EXEC",
+           "url": capped(redact_text(" ".join(check.command), secrets)), "status": None, "outcome": outcome,
+           "error": None if error is None else capped(redact_text(error, secrets)),
+           "error_code": None if code is None else f"exit {code}", "latency_ms": latency, "bytes": len(out),
+           "assertion_failures": [], "simulated": False}
+    if keep_evidence or outcome != "ok":
+        row["evidence"] = json.dumps({"command": [redact_text(a, secrets) for a in check.command], "exit_status": code,
+                                      "output_tail": redact_text(tail, secrets), "output_bytes": len(out)}, sort_keys=True)
+    return row
+
+
 def evidence_json(status, headers: dict, body: bytes, keep_headers, secrets=()) -> str:
     """The raw response as a reviewer re-checks it: redacted and truncated."""
     text = body[: EVIDENCE_BODY_CHARS * 4].decode("utf-8", "replace")
     return json.dumps({
         "status": status,
-        "headers": {k: capped(redact_text(v, secrets)) for k, v in redact_headers(headers, keep_headers).items()},
+        "headers": {k: capped(redact_text(capped(v, 4 * EVIDENCE_BODY_CHARS), secrets))
+                    for k, v in redact_headers(headers, keep_headers).items()},
         "body": redact_text(text[:EVIDENCE_BODY_CHARS], secrets),
         "body_bytes": len(body),
         "truncated": len(text) > EVIDENCE_BODY_CHARS or len(body) > EVIDENCE_BODY_CHARS * 4,

@@ -92,6 +92,17 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class Check:
+    """An acceptance command run as a probe: exit 0 is ok, anything else (or the timeout) a failure."""
+
+    name: str
+    command: tuple[str, ...]
+    interval_s: float = 300.0
+    timeout_s: float = 60.0
+    env: tuple[str, ...] = ()  # names of environment variables passed to it (nothing else is, but PATH)
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     base_url: str
@@ -208,6 +219,7 @@ class Profile:
     phases: tuple[str, ...] = ()
     prometheus: PromSource | None = None
     platform: PlatformSource | None = None
+    checks: tuple[Check, ...] = ()
     # The profile as resolved (after `extends`, plan overrides and --base-url), secrets masked:
     # what signoff.json shows, and what its hash (`sha256`) is computed over.
     resolved: dict = field(default_factory=dict, compare=False, repr=False)
@@ -340,9 +352,17 @@ def _read_toml(path: Path, seen: tuple = ()) -> dict:
     return _merge(_read_toml(path.parent / base, seen + (path,)), data)
 
 
+# Keys that say the same thing two ways (a seed criterion's `threshold` is its `max`; execute_p99's
+# `probe` is its `where`): an override in one form replaces the base's in the other.
+_SAME = {"threshold": "max", "max": "threshold", "probe": "where", "where": "probe"}
+
+
 def _merge(base: dict, over: dict) -> dict:
     """Tables merge key by key; anything else (probes list included) is replaced."""
     out = dict(base)
+    for k in over:
+        if k in _SAME and _SAME[k] not in over:
+            out.pop(_SAME[k], None)
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
@@ -385,6 +405,11 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     if dup:
         top.fail("probes", f"probe name {dup!r} is used twice")
     runbook = _runbook(src, top.take("runbook", (dict,), {}))
+    checks = tuple(_check(src, t, f"checks[{i}]") for i, t in enumerate(top.take("checks", (list,), [])))
+    for c in checks:
+        if c.name in names:
+            top.fail("checks", f"check name {c.name!r} is also a probe's name")
+        names.append(c.name)
     criteria = _criteria(src, top.take("criteria", (dict,), {}), set(names), set(runbook))
     phases = top.str_list("phases")
     prom = top.take("prometheus", (dict,), None)
@@ -394,7 +419,26 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     platform = None if plat is None else _platform(src, plat, flag_names)
     return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook, phases=phases,
                    prometheus=None if prom is None else _prometheus(src, prom),
-                   platform=platform if platform is not None and platform.enabled else None, resolved=resolved)
+                   platform=platform if platform is not None and platform.enabled else None, resolved=resolved,
+                   checks=checks)
+
+
+def _check(src, table, where) -> Check:
+    r = _Reader(src, table, where)
+    name = r.take("name", (str,), required=True)
+    command = r.str_list("command")
+    if not command:
+        r.fail(f"{where}.command", "is required: the program and its arguments, as a list of strings")
+    env = r.str_list("env")
+    bad = next((e for e in env if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", e)), None)
+    if bad is not None:
+        r.fail(f"{where}.env", f"must name environment variables (their values are read when it runs), got {bad!r}")
+    c = Check(name=name, command=command, interval_s=r.duration("interval", 300.0), timeout_s=r.duration("timeout", 60.0),
+              env=env)
+    if c.timeout_s >= c.interval_s:
+        r.fail(f"{where}.timeout", f"must be below {where}.interval ({c.timeout_s:g}s >= {c.interval_s:g}s)")
+    r.done()
+    return c
 
 
 def _platform(src, table, flag_names) -> PlatformSource:
@@ -589,6 +633,11 @@ def _criteria(src, table, probe_names: set, runbook_ids: set) -> Criteria:
                     rate_mode=rate_mode, items=tuple(items))
 
 
+class _Anything(set):
+    def __contains__(self, _item) -> bool:
+        return True
+
+
 def _builtin_form(cr: _Reader, cid: str) -> None:
     """A seed criterion written in the data form (`metric = "http_5xx"`, `max = 0`): the metric must
     be its own and `max` is its threshold."""
@@ -637,6 +686,9 @@ def _custom(src, cid, table, probe_names: set, runbook_ids: set, confidence: flo
     (op, threshold), = bounds.items()
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         cr.fail(f"{where_key}.{op}", f"must be a number, got {threshold!r}")
+    enabled = cr.take("enabled", (bool,), True)
+    if not enabled:  # turned off (say, by a profile that extends this one): its names need not exist
+        probe_names, runbook_ids = _Anything(), _Anything()
     where = cr.take("where", (dict,), {})
     parsed = []
     for k, v in where.items():
@@ -673,7 +725,7 @@ def _custom(src, cid, table, probe_names: set, runbook_ids: set, confidence: flo
     kind = cr.take("kind", (str,), "soft")
     if kind not in ("hard", "soft"):
         cr.fail(f"{where_key}.kind", f"must be hard or soft, got {kind!r}")
-    c = Criterion(id=cid, kind=kind, threshold=float(threshold), enabled=cr.take("enabled", (bool,), True),
+    c = Criterion(id=cid, kind=kind, threshold=float(threshold), enabled=enabled,
                   runbook=runbook, min_samples=min_samples, dry_run=cr.take("dry_run", (bool,), False),
                   title=cr.take("title", (str,), cid), metric=metric, where=tuple(parsed), op=op, per=per,
                   promql=promql, aggregate=aggregate)

@@ -12,7 +12,9 @@ _SECRET_SUFFIX = re.compile(r"[_\-.](key|token|secret|password|passwd|signature|
 _SECRET_HEADER = re.compile(r"^(authorization|proxy-authorization|cookie|set-cookie|x-api-key|.*token.*|.*secret.*)$", re.I)
 _BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.S)
-_QUERY_PAIR = re.compile(r"([A-Za-z0-9_.\-]+)=([^&\s\"'<>]+)")
+# The lookbehind starts a name only where a run of name characters starts: without it a long run
+# with no "=" (a 60,000-character header) was tried from every position, quadratic in its length.
+_QUERY_PAIR = re.compile(r"(?<![A-Za-z0-9_.\-])([A-Za-z0-9_.\-]+)=([^&\s\"'<>]+)")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s:]*):([^/@\s]+)@")
 
 
