@@ -72,6 +72,8 @@ INVALID = [
      "criteria.c1.where.source: names no source 'logs'; known: probes, traffic, prometheus"),
     (GOOD_TARGET + GOOD_PROBE + '[criteria.c1]\npromql = "up"\nmax = 1\naggregate = "avg"\n',
      "criteria.c1.aggregate: must be max, last or sum, got 'avg'"),
+    (GOOD_TARGET + GOOD_PROBE + '[criteria.c1]\npromql = "up"\nmax = 1\n',
+     "criteria.c1.promql: needs a [prometheus] section (its url) to query"),
     (GOOD_TARGET + GOOD_PROBE + '[criteria.no_5xx]\nmetric = "errors"\n',
      "criteria.no_5xx.metric: is 'http_5xx' for this built-in criterion, got 'errors'"),
     (GOOD_TARGET + GOOD_PROBE + '[criteria.no_5xx]\nrunbook = "scenario_9"\n',

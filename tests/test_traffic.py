@@ -308,3 +308,64 @@ timeout = "2s"
     html = next((tmp_path / "r").rglob("signoff.html")).read_text()
     assert "Data source:</b> Prometheus not used: Prometheus at http://127.0.0.1:" in html
     assert "unreachable" in html
+
+
+PROMQL = 'sum(http_requests_total{status=~"5.."}) or vector(0)'
+
+
+@pytest.mark.parametrize("errors", [7, 0])
+def test_promql_criterion_fails_on_injected_500s_and_a_rerun_without_prometheus_agrees(sim, tmp_path, prometheus,
+                                                                                      errors):
+    sched = tmp_path / "f.toml"
+    sched.write_text(f'[[fault]]\nkind = "server_error"\ncount = {errors}\nprobes = ["list"]\n' if errors else "")
+    srv = sim(schedule=sched) if errors else sim()
+    prom = prometheus(srv.port)
+    for _ in range(100):
+        if _prom_has(prom, "http_requests_total", 1):
+            break
+        time.sleep(0.2)
+    window_start = datetime.now(timezone.utc) - timedelta(seconds=2)
+    codes = [_get(f"{url(srv)}/v1/actions/list?domain=faults&i={i}") for i in range(20)]
+    assert codes.count(500) == errors
+    time.sleep(3.5)  # two scrapes see the final counters
+    profile = write_profile(tmp_path, f'''
+[target]
+name = "promql"
+base_url = "{url(srv)}"
+interval = "0.5s"
+timeout = "0.4s"
+[[probes]]
+name = "health"
+path = "/v1/actions/health"
+[prometheus]
+url = "{prom}"
+[criteria]
+duration = "1m"
+[criteria.server_errors]
+title = "No 5xx seen by Prometheus"
+kind = "hard"
+promql = '{PROMQL}'
+aggregate = "max"
+max = 0
+''')
+    data = tmp_path / "data"
+    assert phasegate("collect", "--profile", profile, "--data", data, "--for", "1.5s", "--quiet").returncode == 0
+    end = datetime.now(timezone.utc)
+
+    def judged():
+        doc = signoff.run(profile, data, "p", start=window_start.isoformat(), end=end.isoformat(),
+                          as_of=end.isoformat()).doc
+        return next(c for c in doc["criteria"] if c["id"] == "server_errors"), doc
+
+    c, doc = judged()
+    assert c["passed"] is (errors == 0), c
+    assert c["measured"] == errors and PROMQL in c["detail"]
+    assert any(n.startswith("PromQL server_errors:") for n in doc["inputs"]["notes"])
+    # Prometheus gone: the stored values give the same verdict.
+    prometheus_procs = [p for p in __import__("psutil").process_iter(["name", "cmdline"])
+                        if p.info["name"] == "prometheus" and f"--web.listen-address={prom[7:]}" in (p.info["cmdline"] or [])]
+    for p in prometheus_procs:
+        p.terminate()
+        p.wait(20)
+    again, _ = judged()
+    assert (again["passed"], again["measured"], again["detail"]) == (c["passed"], c["measured"], c["detail"])

@@ -415,6 +415,10 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     prom = top.take("prometheus", (dict,), None)
     plat = top.take("platform", (dict,), None)
     top.done()
+    if prom is None:
+        needs = next((c.id for c in criteria.items if c.promql and c.enabled), None)
+        if needs:
+            top.fail(f"criteria.{needs}.promql", "needs a [prometheus] section (its url) to query")
     flag_names = tuple(dict.fromkeys(f for pr in probes for f in pr.flags))
     platform = None if plat is None else _platform(src, plat, flag_names)
     return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook, phases=phases,

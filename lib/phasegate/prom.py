@@ -177,5 +177,42 @@ def _pull_part(src: PromSource, data_dir, window: Window, name: str, res: PullRe
     res.rows += write_tables(data_dir, [rows_to_table(rows)], label) if rows else 0
 
 
+_QUERY_LABEL = re.compile(r"^promql-(.+)-(\d+)-(\d+)\.parquet$")
+
+
+def pull_queries(src: PromSource, data_dir, window: Window, criteria, now: float | None = None) -> list[str]:
+    """The values of each PromQL criterion's query over the parts of `window` (up to now) no earlier
+    pull stored, as samples (source "promql", probe = the criterion's id, tenant = the series'
+    labels, count = the value): a report re-run without Prometheus judges the same values.
+    Returns notes for the report's data section; a Prometheus that fails is a DataError."""
+    from .store import list_files, rows_to_table, write_tables
+
+    a = math.floor(window.start.timestamp())
+    b = min(math.floor(window.end.timestamp()), math.floor(time.time() if now is None else now))
+    notes = []
+    for c in criteria:
+        covered = sorted({(int(m.group(2)), int(m.group(3))) for f in list_files(data_dir)
+                          if (m := _QUERY_LABEL.match(os.path.basename(f))) and m.group(1) == c.id})
+        for lo, hi in uncovered((a, b), covered):
+            part = Window(datetime.fromtimestamp(lo, timezone.utc), datetime.fromtimestamp(hi, timezone.utc))
+            step = step_for(part)
+            rows = []
+            for series in query_range(src, c.promql, part, step):
+                labels = json.dumps(series.get("metric", {}), sort_keys=True)[:256]
+                for t, v in series.get("values", []):
+                    value = float(v)
+                    if not math.isfinite(value):
+                        continue
+                    rows.append({"ts": float(t), "source": "promql", "target": "prometheus", "probe": c.id,
+                                 "tenant": labels, "url": c.promql[:256], "count": value, "outcome": "ok",
+                                 "assertion_failures": [], "simulated": False, "seq": len(rows) + 1})
+            rows.sort(key=lambda r: r["ts"])
+            if rows:
+                write_tables(data_dir, [rows_to_table(rows)], f"promql-{c.id}-{lo}-{hi}")
+            notes.append(f"PromQL {c.id}: {len(rows)} values from {len({r['tenant'] for r in rows})} series, "
+                         f"{iso_ts(lo)} .. {iso_ts(hi)}")
+    return notes
+
+
 def iso_ts(t) -> str:
     return iso(datetime.fromtimestamp(float(t), timezone.utc))

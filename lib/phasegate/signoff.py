@@ -88,6 +88,14 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
             notes += [f"Prometheus: {pulled.requests:g} requests from {pulled.series} series"] + pulled.notes
         except DataError as exc:
             notes.append(f"Prometheus not used: {exc}")
+    queries = [c for c in profile.criteria.items if c.promql and c.enabled]
+    if pull and queries and observed.end > observed.start:
+        # PromQL criteria: their values are stored as they are read, so a re-run judges the same.
+        from .prom import pull_queries
+        try:
+            notes += pull_queries(profile.prometheus, data, observed, queries)
+        except DataError as exc:
+            notes.append(f"PromQL criteria use the values stored earlier: {exc}")
     analysis = analyze(profile, data, window, now=now, bucket_s=parse_duration(bucket), baseline=baseline)
     decision = evaluate(profile, analysis)
     doc = build_doc(profile, profile_file, data, phase, analysis, decision, bucket)
