@@ -13,6 +13,7 @@ import pytest
 from phasegate.store import read_samples
 
 from conftest import ROOT, SIM_PROFILE, fast_profile, phasegate, url, write_profile
+from conftest import phasegate as phasegate_cli
 
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 FAR = datetime(2100, 1, 1, tzinfo=timezone.utc)
@@ -193,3 +194,18 @@ def test_live_deployment_scenarios(tmp_path, scenario, expect):
     df = read_samples(data, EPOCH, FAR).sort_values("ts")
     seq = [d for i, d in enumerate(df["deployment_id"].dropna()) if i == 0 or d != df["deployment_id"].dropna().iloc[i - 1]]
     assert seq == expect
+
+
+def test_version_and_formats_and_the_last_hours_ending_now(tmp_path):
+    import phasegate
+    res = phasegate_cli("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"phasegate {phasegate.__version__}"
+    data = tmp_path / "data"
+    assert phasegate_cli("simulate", "history", "--hours", "2", "--end", "now", "--data", data).returncode == 0
+    res = phasegate_cli("report", "--profile", SIM_PROFILE, "--data", data, "--phase", "phase1-staging-canary",
+                        "--end", "now", "--hours", "1", "--formats", "json", "--out", tmp_path / "r", timeout=300)
+    assert res.returncode in (12, 13), res.stdout + res.stderr  # an hour of a 24 h window: not decided
+    (folder,) = (tmp_path / "r" / "phase1-staging-canary").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["signoff.ipynb", "signoff.json"]
+    doc = json.loads((folder / "signoff.json").read_text())
+    assert doc["window"]["elapsed_s"] == 3600

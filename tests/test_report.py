@@ -200,7 +200,7 @@ def test_too_few_execute_samples_is_inconclusive_not_pass(tmp_path):
      "profile not found: profiles/nope.toml"),
     (["--start", START.isoformat(), "--hours", "24", "--data", "/nonexistent/pg"],
      "data dir does not exist: /nonexistent/pg"),
-    (["--hours", "24", "--profile", ""], "missing --profile, --start (or give --plan)"),
+    (["--hours", "24", "--profile", ""], "missing --profile (or give --plan)"),
     (["--latest"], "--latest needs --plan (the plan says which phase is in progress)"),
     (["--plan", "profiles/fault-lens-rollout.toml", "--start", START.isoformat()],
      "give --profile or --plan, not both (the plan names each phase's profile)"),
@@ -250,8 +250,21 @@ def test_report_renders_four_files_and_papermill_agrees(tmp_path):
     assert doc["inputs"]["excluded"][0]["file"] == str(bad)
     assert str(bad) in res.stdout
     assert all(len(f["sha256"]) == 64 for f in doc["inputs"]["files"])
-    pdf_text = "".join(page.extract_text() for page in PdfReader(folder / "signoff.pdf").pages)
+    reader = PdfReader(folder / "signoff.pdf")
+    pdf_text = "".join(page.extract_text() for page in reader.pages)
     assert "VERDICT: NO-GO" in pdf_text
+    # Page 1 decides: each failed criterion's title, its first failure time, its runbook step.
+    page1 = reader.pages[0].extract_text()
+    for c in (c for c in doc["criteria"] if c["state"] == "failed"):
+        assert c["title"] in page1 and c["first"] in page1, c["id"]
+        assert c["runbook"]["title"] in page1
+    assert "Sign-off" in page1 and doc["provenance"]["profile_sha256"] in page1
+    n = len(reader.pages)
+    for i, page in enumerate(reader.pages, 1):
+        text = page.extract_text()
+        assert f"Page {i} of {n}" in text and "SIMULATED" in text, i
+    assert reader.metadata.title == "Phase sign-off: phase1-staging-canary — NO-GO"
+    assert reader.metadata.creator.startswith("phasegate ")
     for c in doc["criteria"]:
         assert c["id"] in pdf_text
     assert "Scenario 1: 5xx Errors Detected" in pdf_text

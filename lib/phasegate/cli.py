@@ -79,6 +79,7 @@ profile_opt = click.option("--profile", "profile_path", type=PATH, required=True
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="phasegate", prog_name="phasegate", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Log store and collector details to stderr.")
 def cli(verbose):
     """phasegate: decide from evidence whether a rollout phase may proceed."""
@@ -149,11 +150,13 @@ def check(profile_path, data_dir, base_url):
 @click.option("--latest", is_flag=True, help="With --plan: the phase in progress, from its start to now.")
 @click.option("--data", "data_dir", type=PATH, help="Data directory with collected samples (default with --plan: the phase's).")
 @click.option("--phase", help="Phase name, e.g. phase1-staging-canary.")
-@click.option("--start", help="Window start, ISO 8601 (default with --plan: the phase's start).")
-@click.option("--end", help="Window end, ISO 8601 (may be in the future: an interim report).")
-@click.option("--hours", type=float, help="Window length in hours, instead of --end.")
+@click.option("--start", help="Window start, ISO 8601 (default with --plan: the phase's start; without: --hours "
+              "(or the profile's duration) before --end).")
+@click.option("--end", help="Window end, ISO 8601 or 'now' (may be in the future: an interim report).")
+@click.option("--hours", type=float, help="Window length in hours: after --start, or before --end (default now).")
 @click.option("--out", "out_root", type=PATH, help="Root folder for report folders [default: reports, or the plan's].")
-@click.option("--formats", default="html,pdf", show_default=True, help="Exports besides the notebook and JSON.")
+@click.option("--formats", default="html,pdf", show_default=True,
+              help="Any of html,pdf,json,ipynb (signoff.json and the executed notebook are always written).")
 @click.option("--bucket", default="5m", show_default=True, help="Timeline bucket size.")
 @click.option("--as-of", help="Evaluate as if it were this time (re-run a recorded report exactly).")
 @click.option("--baseline-data", type=PATH, help="Data dir of the baseline (control yachts, or the previous phase).")

@@ -23,19 +23,50 @@ from .errors import ReportError
 
 _EXTERNAL = re.compile(r"<script[^>]+src=\"https?://[^\"]*\"[^>]*>\s*</script>|<link[^>]+href=\"https?://[^\"]*\"[^>]*>", re.I)
 _PRINT_CSS = """<style>
-@page { size: A4; margin: 14mm 12mm; }
-@media print { body { font-size: 10px; } .jp-OutputArea-output img { max-width: 100%; } }
+@page { size: A4; margin: 14mm 12mm 16mm 12mm;
+  @bottom-left { content: "%(footer)s"; font-size: 8px; color: #57606a; }
+  @bottom-right { content: "Page " counter(page) " of " counter(pages); font-size: 8px; color: #57606a; } }
+@media print { body { font-size: 10px; } .jp-OutputArea-output img { max-width: 100%%; } }
+h1, h2, h3, h4 { break-after: avoid; page-break-after: avoid; }
+/* The lab template lays each output out as a flex row; a page break inside a flex item is lost. */
+.jp-OutputArea-child, .jp-Cell-outputWrapper, .jp-OutputArea { display: block !important; }
+.pg-watermark { position: fixed; top: 42%%; left: 0; width: 100%%; text-align: center; font-size: 96px;
+  font-weight: bold; color: rgba(207, 34, 46, 0.13); transform: rotate(-35deg); z-index: 1000; pointer-events: none; }
 </style>"""
 
 
 def export_html(ipynb: Path) -> str:
-    """Self-contained HTML of the executed notebook, without code cells or prompts."""
+    """Self-contained HTML of the executed notebook, without code cells or prompts; its title, page
+    footer and watermark from the document the notebook wrote beside it (signoff.json)."""
     import nbformat
 
-    return _html_of(nbformat.read(ipynb, as_version=4))
+    doc = None
+    try:
+        doc = json.loads(Path(ipynb).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        pass
+    return _html_of(nbformat.read(ipynb, as_version=4), doc)
 
 
-def _html_of(nb) -> str:
+def _head(doc: dict | None) -> tuple[str, str, str]:
+    """(<title> and <meta> for the PDF's metadata, the page footer, the watermark) of a sign-off."""
+    from . import __version__
+
+    if not doc or "verdict" not in doc:
+        title = f"Rollout summary: {doc['plan']['name']}" if doc and "plan" in doc else "phasegate report"
+        return f"<title>{html_escape(title)}</title>", f"phasegate {__version__}", ""
+    w = doc["window"]
+    title = f"Phase sign-off: {doc['phase']} — {doc['verdict']}"
+    subject = f"{doc['target']['name']}, window {w['start']} to {w['end']}: {doc['reason']}"
+    mode = {"drill": "DRILL", "simulated": "SIMULATED"}.get(doc.get("mode"), "")
+    meta = (f"<title>{html_escape(title)}</title><meta name=\"description\" content=\"{html_escape(subject)}\">"
+            f"<meta name=\"generator\" content=\"phasegate {__version__}\">")
+    footer = f"{title} · {w['start']} → {w['end']} · phasegate {__version__}" + (f" · {mode}" if mode else "")
+    mark = f'<div class="pg-watermark">{mode}</div>' if mode else ""
+    return meta, footer.replace('"', "'"), mark
+
+
+def _html_of(nb, doc: dict | None = None) -> str:
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
@@ -49,7 +80,10 @@ def _html_of(nb) -> str:
                   lambda _m: f'alt="{html_escape(next(alts, "figure"))}"', body)
     # Offline and self-contained: drop CDN scripts (require.js, MathJax) the template links.
     body = _EXTERNAL.sub("", body)
-    return body.replace("</head>", _PRINT_CSS + "</head>", 1)
+    meta, footer, mark = _head(doc)
+    body = re.sub(r"<title>.*?</title>", "", body, count=1, flags=re.S)
+    body = body.replace("</head>", meta + _PRINT_CSS % {"footer": html_escape(footer)} + "</head>", 1)
+    return re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + mark, body, count=1)
 
 
 _STYLE = re.compile(r"<style( type=\"text/css\")?>(.*?)</style>", re.S)

@@ -38,6 +38,17 @@ def image(fig):
     return Image(png(fig), alt=title)
 
 
+def img(fig) -> str:
+    """The figure as an inline <img> (alt text: its title), to sit in one HTML block with the
+    heading above it: a heading and its figure in separate outputs could be split across pages."""
+    import base64
+    from html import escape
+
+    title = fig.axes[0].get_title() if fig.axes else "figure"
+    return (f'<img alt="{escape(title)}" style="max-width:100%" '
+            f'src="data:image/png;base64,{base64.b64encode(png(fig)).decode()}">')
+
+
 def _fmt(ax, a: Analysis):
     ax.set_xlim(a.window.start, a.observed_end)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz="UTC"))
@@ -126,10 +137,15 @@ def state_timeline(a: Analysis):
     colors = matplotlib.colormaps["tab10"].colors
     seq = a.deployments["sequence"]
     ids = list(dict.fromkeys(s["id"] for s in seq))
+    hatches = ["", "//", "xx", "..", "\\\\", "++"]  # tell the ids apart in grayscale too
+    labelled = set()
     for k, run in enumerate(seq):
         t0 = pd.Timestamp(run["from"])
         t1 = pd.Timestamp(seq[k + 1]["from"]) if k + 1 < len(seq) else end
-        ax.plot([t0, t1], [1, 1], lw=8, solid_capstyle="butt", color=colors[ids.index(run["id"]) % 10])
+        i = ids.index(run["id"])
+        ax.barh(1, t1 - t0, left=t0, height=0.5, color=colors[i % 10], hatch=hatches[i % len(hatches)],
+                edgecolor="white", label=None if run["id"] in labelled else run["id"])
+        labelled.add(run["id"])
     on: dict[str, bool] = {}
     points = []
     for change in a.flags["changes"]:
@@ -137,10 +153,13 @@ def state_timeline(a: Analysis):
         points.append((pd.Timestamp(change["ts"]), all(on.values())))
     for k, (t0, all_on) in enumerate(points):
         t1 = points[k + 1][0] if k + 1 < len(points) else end
-        ax.plot([t0, t1], [0, 0], lw=8, solid_capstyle="butt", color="#2da44e" if all_on else "#cf222e")
-    ax.set_yticks([1, 0], ["deployment", "flags all on (green) / any off (red)"])
+        ax.barh(0, t1 - t0, left=t0, height=0.5, color="#2da44e" if all_on else "#cf222e",
+                hatch="" if all_on else "xx", edgecolor="white")
+    ax.set_yticks([1, 0], ["deployment", "flags: all on (plain) / off (hatched)"])
     ax.set_ylim(-0.6, 1.6)
-    ax.set_title("Deployments (" + ", ".join(f"{i}: colour {n + 1}" for n, i in enumerate(ids)) + ") and flags")
+    ax.set_title("Deployments and feature flags")
+    if ids:
+        ax.legend(loc="upper right", fontsize=7, ncol=min(3, len(ids)), title="deployment id", title_fontsize=7)
     _fmt(ax, a)
     fig.tight_layout()
     return fig

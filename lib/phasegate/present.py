@@ -24,6 +24,10 @@ CSS = """
 .pg pre { white-space: pre-wrap; word-break: break-all; font-size: 11px; background: #f6f8fa; padding: 6px; }
 .pg .banner { color: white; padding: 12px 16px; border-radius: 6px; }
 .pg .banner h1 { margin: 0; font-size: 26px; color: white; } .pg .banner p { margin: 4px 0 0 0; }
+.pg .keep { break-inside: avoid; page-break-inside: avoid; }
+.pg h2, .pg h3, .pg h4 { break-after: avoid; page-break-after: avoid; }
+.page-one { break-after: page; page-break-after: always; }
+.pg .signoff th { width: 9em; } .pg .signoff td { white-space: normal; }
 @media print { .pg table, .pg pre { page-break-inside: avoid; } }
 </style>
 """
@@ -40,13 +44,29 @@ def _state(state) -> str:
 
 
 def _num(v, unit="") -> str:
+    """One unit per kind of figure: rates in %, latency in ms with one decimal (s above 10 s)."""
     if v is None:
         return "–"
     if unit == "ratio":
-        return f"{v:.4%}"
+        return _pct(v)
+    if unit == "ms":
+        return _ms(v)
     if isinstance(v, float):
-        return f"{v:,.3f}".rstrip("0").rstrip(".") + (f" {unit}" if unit and unit != "ratio" else "")
-    return f"{v:,}" + (f" {unit}" if unit and unit != "ratio" else "")
+        return f"{v:,.3f}".rstrip("0").rstrip(".") + (f" {unit}" if unit else "")
+    return f"{v:,}" + (f" {unit}" if unit else "")
+
+
+def _pct(v) -> str:
+    if v is None:
+        return "–"
+    p = v * 100
+    return "0 %" if p == 0 else f"{p:.2f} %" if p >= 0.1 else f"{p:.2g} %"
+
+
+def _ms(v) -> str:
+    if v is None:
+        return "–"
+    return f"{v / 1000:,.1f} s" if v >= 10_000 else f"{v:,.1f} ms"
 
 
 def _table(headers, rows) -> str:
@@ -93,10 +113,10 @@ def probe_table(doc: dict) -> str:
         ci = s.get("p99_ci_ms")
         rows.append([f"<b>{escape(name)}</b>", f"{s['samples']:,}", escape(codes), f"{s['errors']:,}",
                      _num(s["error_rate"], "ratio"), f"{s['http_5xx']:,}", f"{s['feature_disabled']:,}",
-                     _num(s["p50_ms"]), _num(s["p95_ms"]), _num(s["p99_ms"]),
-                     "n too small" if ci is None else f"{_num(ci[0])} – {_num(ci[1])}", _num(s["max_ms"])])
+                     _ms(s["p50_ms"]), _ms(s["p95_ms"]), _ms(s["p99_ms"]),
+                     "n too small" if ci is None else f"{_ms(ci[0])} – {_ms(ci[1])}", _ms(s["max_ms"])])
     return _table(["probe", "samples", "status codes", "errors", "error rate", "5xx", "503 FEATURE_ DISABLED",
-                   "p50 ms", "p95 ms", "p99 ms", "p99 95% CI", "max ms"], rows)
+                   "p50", "p95", "p99", "p99 95% CI", "max"], rows)
 
 
 def tenant_table(doc: dict, limit: int = 25) -> str:
@@ -209,6 +229,62 @@ def platform_tables(doc: dict) -> str:
     return out
 
 
+def section(title: str, intro: str = "", body: str = "") -> str:
+    """A heading with what follows it in one block, so a page never ends on the heading alone."""
+    return (f'<div class="pg"><h2>{escape(title)}</h2>' + (f"<p>{escape(intro)}</p>" if intro else "")
+            + body + "</div>")
+
+
+def page_one(doc: dict, out_dir: str = "") -> str:
+    """The page that decides: the verdict and why; every failed or undecided criterion with its
+    title, measured value, threshold and first/last occurrence; the runbook steps for each; the
+    sign-off block. Then a page break: the evidence follows."""
+    w = doc["window"]
+    open_ = [c for c in doc["criteria"] if c["state"] in ("failed", "inconclusive", "pending") and not c.get("dry_run")]
+    rows = []
+    for c in open_:
+        when = f"{c['first']} → {c['last']}" if c.get("first") else "–"
+        rows.append([f'<b>{escape(c["title"])}</b><br><code>{escape(c["id"])}</code> ({c["kind"]})', _state(c["state"]),
+                     _num(c["measured"], c.get("unit", "")), _num(c["threshold"], c.get("unit", "")), when])
+    crit = (_table(["criterion", "result", "measured", "threshold", "first → last occurrence"], rows) if rows else
+            '<div class="pg"><p>Every criterion holds.</p></div>')
+    steps = "".join(
+        f'<div class="keep"><h4>{escape(r["title"])} <small>(for {escape(r["criterion"])})</small></h4><ol>'
+        + "".join(f"<li>{escape(s)}</li>" for s in r["steps"]) + "</ol></div>" for r in doc["runbook"])
+    runbook_html = ('<div class="keep"><h3>What to do now</h3>' + steps + "</div>") if steps else ""
+    return ('<div class="page-one">' + banner(doc) + '<div class="pg"><div class="keep"><h3>Criteria that do not hold</h3>'
+            + crit + "</div>" + runbook_html + signoff_block(doc, out_dir) + "</div></div>")
+
+
+def signoff_block(doc: dict, out_dir: str = "") -> str:
+    """Phase, window, profile hash, version; the approval's lines from approval.json when the
+    report has been approved, else lines to sign."""
+    from pathlib import Path
+
+    prov = doc.get("provenance", {})
+    approval = None
+    f = Path(out_dir) / "approval.json" if out_dir else None
+    if f is not None and f.is_file():
+        try:
+            approval = json.loads(f.read_text())
+        except (OSError, ValueError):
+            approval = None
+    w = doc["window"]
+    facts = [("Phase", doc["phase"]), ("Window", f"{w['start']} → {w['end']} (observed to {w['observed_end']})"),
+             ("Profile SHA-256", prov.get("profile_sha256", "–")), ("phasegate", prov.get("phasegate_version", "–")),
+             ("Samples", f"{prov.get('samples', {}).get('live', 0):,} live, "
+                         f"{prov.get('samples', {}).get('simulated', 0):,} simulated")]
+    if approval:
+        sig = "signed" if approval.get("signature") else "unsigned"
+        facts += [("Approved by", f"{approval['by']} at {approval['at']} ({sig})"),
+                  ("Comment", approval.get("comment") or "–")]
+    else:
+        facts += [("Approved by", "______________________________"), ("Date", "______________________________"),
+                  ("Signature", "______________________________")]
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in facts)
+    return f'<div class="keep signoff"><h3>Sign-off</h3><table>{rows}</table></div>'
+
+
 def runbook(doc: dict) -> str:
     if not doc["runbook"]:
         return '<div class="pg"><p>No hard requirement failed: no runbook step applies.</p></div>'
@@ -228,9 +304,12 @@ def _response_text(r: dict) -> str:
     head = [f"HTTP {r.get('status')}"] + [f"{k}: {v}" for k, v in (r.get("headers") or {}).items()]
     body = r.get("body") or ""
     try:
-        body = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+        body = json.dumps(json.loads(body), indent=1, ensure_ascii=False)
     except ValueError:
         pass
+    lines = body.splitlines()
+    if len(lines) > 30:  # the appendix shows the start; signoff.json holds the whole (capped) body
+        body = "\n".join(lines[:30] + [f"… {len(lines) - 30} more lines in signoff.json"])
     more = " (truncated)" if r.get("truncated") else ""
     return "\n".join(head) + f"\n\n{body}" + (f"\n[{r.get('body_bytes', 0):,} bytes{more}]" if more else "")
 

@@ -26,7 +26,7 @@ from .window import Window, iso, parse_duration, parse_time, utcnow
 
 EXIT_CODES = {"GO": 0, "NO-GO": 10, "REVIEW": 11, "PENDING": 12, "INCONCLUSIVE": 13}
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "phase_signoff.ipynb"
-FORMATS = ("html", "pdf")
+FORMATS = ("html", "pdf", "json", "ipynb")  # json and the executed notebook are always written
 # Each notebook cell's time limit: a report that cannot finish says so instead of hanging a timer.
 CELL_TIMEOUT_S = int(os.environ.get("PHASEGATE_CELL_TIMEOUT", "1800"))
 # Errors raised inside the notebook that mean bad input, not a crash.
@@ -71,10 +71,10 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     else:
         if latest:
             raise ReportError("--latest needs --plan (the plan says which phase is in progress)")
-        if not profile_path or not phase or not start or not data_dir:
-            missing = [n for n, v in (("--profile", profile_path), ("--data", data_dir), ("--phase", phase),
-                                      ("--start", start)) if not v]
+        if not profile_path or not phase or not data_dir:
+            missing = [n for n, v in (("--profile", profile_path), ("--data", data_dir), ("--phase", phase)) if not v]
             raise ReportError(f"missing {', '.join(missing)} (or give --plan)")
+        # No --start: the window ends at --end (or now) and lasts --hours (or the profile's duration).
         profile = load_profile(profile_path)
     out_root = out_root or "reports"
     profile.check_phase(phase)
@@ -148,7 +148,7 @@ def _formats(formats: str) -> list[str]:
     bad = [f for f in wanted if f not in FORMATS]
     if bad:
         raise ReportError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
-    return wanted
+    return [f for f in wanted if f in ("html", "pdf")]  # the exports; the JSON and notebook always come
 
 
 def _stamp(dt) -> str:

@@ -107,6 +107,8 @@ class Window:
         def blank(v):
             return v is None or v == ""
 
+        if isinstance(end, str) and end.strip().lower() == "now" and now is not None:
+            end = now  # the report's own "now", so the window ends where its evidence does
         if not blank(start):
             if not blank(end):
                 return cls.from_args(start, end=end)
