@@ -31,8 +31,12 @@ $(NB_VENV)/.installed: requirements.txt requirements-notebook.txt pyproject.toml
 	$(NB_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
+# On 127.0.0.1 only; as root (CI, containers) Jupyter refuses to start without --allow-root.
+NB_PORT ?= 8888
 notebook: $(NB_VENV)/.installed
-	cd notebooks && ../$(NB_VENV)/bin/jupyter notebook phase_signoff.ipynb
+	@echo "phasegate: Jupyter on http://127.0.0.1:$(NB_PORT)/ (the URL with its token follows)"
+	cd notebooks && ../$(NB_VENV)/bin/jupyter notebook --no-browser --ip=127.0.0.1 --port=$(NB_PORT) \
+		$$( [ "$$(id -u)" = 0 ] && echo --allow-root ) phase_signoff.ipynb
 
 clean:
 	rm -rf $(VENV) $(NB_VENV) data reports

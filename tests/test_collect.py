@@ -131,7 +131,38 @@ def test_simulate_history_writes_marked_samples(tmp_path):
     assert df["ts"].max() < datetime(2026, 1, 29, 14, 45, 1, tzinfo=timezone.utc)
     assert set(df["outcome"]) == {"ok"}
     bad = phasegate("simulate", "history", "--scenario", "nope", "--data", data)
-    assert bad.returncode == 2 and "unknown scenario 'nope'" in bad.stderr
+    assert bad.returncode == 2 and "'nope' is not one of 'healthy', 'server-errors'" in bad.stderr
+    from phasegate.cli import SCENARIO_NAMES
+    from phasegate.simulator import SCENARIOS
+    assert SCENARIO_NAMES == SCENARIOS  # --help lists every scenario the simulator has
+    helped = phasegate("simulate", "history", "--help").stdout
+    assert all(name in helped for name in SCENARIOS)
+
+
+@pytest.mark.slow
+def test_make_notebook_serves_on_loopback_as_root(tmp_path):
+    # `make notebook` as CI and containers run it (root: --allow-root), on 127.0.0.1.
+    import socket
+    import urllib.request
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(["make", "notebook", f"NB_PORT={port}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 540  # the first run installs .venv-notebook
+        answer = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                answer = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=2))
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert answer is not None and "version" in answer, proc.stdout.read() if proc.poll() is not None else ""
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert f"http://127.0.0.1:{port}/" in out
 
 
 def test_two_collectors_on_one_data_dir_keep_every_row(sim, tmp_path):

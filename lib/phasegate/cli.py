@@ -18,6 +18,10 @@ from .errors import PhasegateError
 from .redact import printable, redact_text
 
 EXIT_BAD_INPUT = 2
+# The simulator's scenarios (simulator.SCENARIOS), listed here so --help needs no import of it.
+SCENARIO_NAMES = ("healthy", "server-errors", "flags-off", "handler-loss", "deploy-change", "rollback",
+                  "slow-execute", "count-drift", "signed-leak", "malformed-json", "hang", "reset",
+                  "slow-drip", "oversized")
 
 
 def _one_line(msg: str) -> str:
@@ -323,12 +327,13 @@ def pull_platform_cmd(profile_path, data_dir):
 
 @cli.group()
 def simulate():
-    """The built-in simulator of the seed's service."""
+    """A built-in simulator of the Fault Lens service (health, list, suggestions, execute), with faults."""
 
 
 @simulate.command("serve")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
-@click.option("--scenario", default="healthy", show_default=True, help="A named scenario.")
+@click.option("--scenario", default="healthy", show_default=True, type=click.Choice(SCENARIO_NAMES),
+              help="A named scenario: " + ", ".join(SCENARIO_NAMES) + ".")
 @click.option("--schedule", type=PATH, help="A TOML fault schedule (instead of --scenario).")
 @click.option("--span", default="60s", show_default=True, help="Length over which a scenario plays out.")
 @click.option("--request-log", type=PATH, help="Write one JSON line per request answered.")
@@ -362,7 +367,8 @@ def serve(port, scenario, schedule, span, request_log, seed, tls_cert, tls_key, 
 
 @simulate.command("history")
 @click.option("--profile", "profile_path", type=PATH, default="profiles/simulator.toml", show_default=True)
-@click.option("--scenario", default="healthy", show_default=True)
+@click.option("--scenario", default="healthy", show_default=True, type=click.Choice(SCENARIO_NAMES),
+              help="A named scenario: " + ", ".join(SCENARIO_NAMES) + ".")
 @click.option("--schedule", type=PATH, help="A TOML fault schedule; offsets count from the window start.")
 @click.option("--hours", type=float, default=24.0, show_default=True)
 @click.option("--end", default="now", show_default=True, help="Window end, ISO 8601 or 'now'.")
