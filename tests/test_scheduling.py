@@ -72,15 +72,33 @@ def project(tmp_path):
     return tmp_path
 
 
+def drill_plan(tmp_path, base_url, phases=1, duration="1h", start=None) -> Path:
+    """A drill plan (simulated and short-lived samples allowed) of `phases` phases over the simulator,
+    each with its data dir relative to the deployment directory, as the shipped plan has them."""
+    prof = fast_profile(tmp_path, base_url, extra="""
+[criteria]
+rate_mode = "observed"
+min_coverage = 0.5
+[criteria.execute_p99]
+enabled = false
+""")
+    start = start or datetime.now(timezone.utc)
+    body = f'name = "drill"\nallow_simulated = true\n'
+    ids = ["phase1-staging-canary", "phase2-staging-full"]  # phases the simulator's profile knows
+    for i in range(1, phases + 1):
+        body += (f'\n[[phase]]\nid = "{ids[i - 1]}"\ntitle = "Phase {i}"\nprofile = "{prof}"\ndata = "data/p{i}"\n'
+                 f'start = "{start.isoformat() if i == 1 else "after-previous-go"}"\nduration = "{duration}"\n')
+    return write_profile(tmp_path, body, "plan.toml")
+
+
 def run_cron_job(cmd: str, env: dict, **kw):
     return subprocess.Popen(["/bin/sh", "-c", cmd], env={**os.environ, **env}, start_new_session=True, **kw)
 
 
 def test_cron_collector_line_restarts_a_dead_collector_and_never_runs_two(project, sim, tmp_path):
     srv = sim()
-    prof = fast_profile(tmp_path, url(srv))
     env, jobs = cron_file()
-    env.update(PG=str(project), COLLECT_PROFILE=str(prof), COLLECT_DATA=str(project / "data"), LOCKS=str(tmp_path))
+    env.update(PG=str(project), PLAN=str(drill_plan(tmp_path, url(srv))), LOCKS=str(tmp_path))
     cmd = jobs[0][2]
     first = run_cron_job(cmd, env)
     try:
@@ -105,7 +123,7 @@ def test_cron_collector_line_restarts_a_dead_collector_and_never_runs_two(projec
         for p in (first, locals().get("third")):
             if p is not None and group_alive(p.pid):
                 os.killpg(p.pid, signal.SIGKILL)
-    df = read_samples(project / "data", datetime(2020, 1, 1, tzinfo=timezone.utc),
+    df = read_samples(project / "data" / "p1", datetime(2020, 1, 1, tzinfo=timezone.utc),
                       datetime.now(timezone.utc) + timedelta(minutes=1), columns=["run_id"])
     assert df["run_id"].nunique() == 2 and len(df) > 0  # two runs, one after the other, both stored
 
@@ -161,20 +179,67 @@ def _exec_start(unit: Path) -> list:
     return shlex.split(line.removeprefix("ExecStart="))
 
 
-def test_systemd_collector_command_stops_clean_on_sigterm(tmp_path, sim):
+def test_systemd_collector_command_stops_clean_on_sigterm(project, tmp_path, sim):
     """What systemd runs, as systemd stops it: SIGTERM → journal flushed, exit 0 (not restarted)."""
     srv = sim()
     argv = _exec_start(DEPLOY / "systemd" / "phasegate-collect.service")
     argv = [str(ROOT / ".venv/bin/phasegate") if a.endswith("/.venv/bin/phasegate") else a for a in argv]
-    argv[argv.index("--profile") + 1] = str(fast_profile(tmp_path, url(srv)))
-    argv[argv.index("--data") + 1] = str(tmp_path / "data")
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: any((tmp_path / "data").rglob("*.jnl")))
+    argv[argv.index("--plan") + 1] = str(drill_plan(tmp_path, url(srv)))
+    proc = subprocess.Popen(argv, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: any((project / "data").rglob("*.jnl")))
     time.sleep(1.5)  # let a few probe rounds land (not an assertion on time)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     n = int(re.search(r"collected (\d+) samples", out).group(1))
-    df = read_samples(tmp_path / "data", datetime(2020, 1, 1, tzinfo=timezone.utc),
+    df = read_samples(project / "data" / "p1", datetime(2020, 1, 1, tzinfo=timezone.utc),
                       datetime.now(timezone.utc) + timedelta(minutes=1), columns=["probe"])
     assert n > 0 and len(df) == n
+
+
+@pytest.mark.slow
+def test_the_units_as_written_serve_a_two_phase_drill_without_edits(project, tmp_path, sim):
+    """The collector unit's and the report unit's commands, exactly as written (a clean environment,
+    the deployment directory), through both phases of a drill: no edit between phases, never exit 2."""
+    srv = sim()
+    plan = drill_plan(tmp_path, url(srv), phases=2, duration="20s")
+    (project / "profiles").mkdir()
+    (project / "profiles" / "fault-lens-rollout.toml").write_text(plan.read_text())  # the path the units name
+
+    def argv(unit):
+        return [str(project / ".venv/bin/phasegate") if a.endswith("/.venv/bin/phasegate") else a
+                for a in _exec_start(DEPLOY / "systemd" / unit)]
+
+    clean = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    collector = subprocess.Popen(argv("phasegate-collect.service") + ["--recheck", "1s"], cwd=project, env=clean,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    report = argv("phasegate-report.service")
+    codes = []
+    try:
+        for phase in ("phase1-staging-canary", "phase2-staging-full"):
+            # Hourly reports while the phase runs: PENDING (or GO once complete), never bad input.
+            while True:
+                res = subprocess.run(report, cwd=project, env=clean, capture_output=True, text=True, timeout=300)
+                codes.append(res.returncode)
+                assert res.returncode != 2, res.stdout + res.stderr
+                if res.returncode == 0 and "VERDICT: GO" in res.stdout:
+                    break
+                assert res.returncode in (0, 12, 13), res.stdout + res.stderr
+                time.sleep(2)
+            folder = Path(re.search(r"json +(\S+)/signoff.json", res.stdout).group(1))
+            assert folder.parent.name == phase
+            approved = subprocess.run([str(project / ".venv/bin/phasegate"), "approve", str(folder), "--by", "drill"],
+                                      cwd=project, env=clean, capture_output=True, text=True)
+            assert approved.returncode == 0, approved.stderr
+        # Both phases approved: the collector says the rollout is complete and stops by itself.
+        out, err = collector.communicate(timeout=120)
+        assert collector.returncode == 0, err
+        assert "collecting for Phase 1 [phase1-staging-canary]" in err and "collecting for Phase 2 [phase2-staging-full]" in err
+        assert "rollout complete" in err
+        idle = subprocess.run(report, cwd=project, env=clean, capture_output=True, text=True, timeout=300)
+        assert idle.returncode == 0 and idle.stdout.startswith("no phase of drill in progress to report")
+    finally:
+        if collector.poll() is None:
+            os.killpg(collector.pid, signal.SIGKILL)
+    assert list((project / "data" / "p1").rglob("*.parquet")) and list((project / "data" / "p2").rglob("*.parquet"))
+    assert 2 not in codes

@@ -93,8 +93,11 @@ def cli(verbose):
 
 
 @cli.command()
-@profile_opt
-@click.option("--data", "data_dir", type=PATH, required=True, help="Data directory for the parquet dataset.")
+@click.option("--profile", "profile_path", type=PATH, help="Profile TOML file (or give --plan).")
+@click.option("--plan", type=PATH, help="Rollout plan: collect for the phase in progress, switching profile and data "
+              "dir when it is approved (one collector for the whole rollout).")
+@click.option("--recheck", default="60s", show_default=True, help="With --plan: how often to look for the next phase.")
+@click.option("--data", "data_dir", type=PATH, help="Data directory for the parquet dataset (with --plan: the phase's).")
 @click.option("--for", "run_for", help="Stop after this long (90s, 15m, 24h).")
 @click.option("--until", help="Stop at this ISO 8601 time (UTC unless an offset is given).")
 @click.option("--compact-every", default="60s", show_default=True, help="How often the journal is compacted to parquet.")
@@ -103,13 +106,28 @@ def cli(verbose):
               "on N machines feed one dataset.")
 @base_url_opt
 @_guard
-def collect(profile_path, data_dir, run_for, until, compact_every, quiet, shard, base_url):
+def collect(profile_path, plan, recheck, data_dir, run_for, until, compact_every, quiet, shard, base_url):
     """Probe the target on schedule; every attempt becomes a stored row."""
     from .collector import Collector, parse_shard, terminal_progress
-    from .errors import WindowError
+    from .errors import ProfileError, WindowError
     from .profile import load_profile
     from .window import parse_duration, parse_time
 
+    if bool(plan) == bool(profile_path):
+        raise ProfileError("give --profile (and --data) or --plan, one of them")
+    if plan:
+        from .rollout import collect_plan, load_plan
+        if data_dir or shard or base_url:
+            raise ProfileError("with --plan, the phase gives the data dir and target (no --data, --shard, --base-url)")
+        until_ts = time.time() + parse_duration(run_for) if run_for else (
+            parse_time(until, name="--until").timestamp() if until else None)
+        n = collect_plan(load_plan(plan), until_ts=until_ts, recheck_s=parse_duration(recheck),
+                         compact_every_s=parse_duration(compact_every),
+                         progress=None if quiet else terminal_progress, say=lambda m: _say(m, err=True))
+        click.echo(f"collected {n} samples for {plan}")
+        return
+    if not data_dir:
+        raise ProfileError("missing --data (the dataset the samples go into)")
     profile = load_profile(profile_path, base_url)
     if run_for and until:
         raise WindowError("give --for or --until, not both")
@@ -180,6 +198,8 @@ def report(profile_path, plan, latest, data_dir, phase, start, end, hours, out_r
                          baseline=(baseline_data, baseline_start, baseline_end), plan=plan, latest=latest,
                          notify=notify, webhook_env=webhook_env, command=_command_line())
     _say(result.summary)
+    if not result.verdict:  # --latest between phases: nothing in progress, nothing wrong
+        sys.exit(0)
     if result.notify_failed:
         click.echo("phasegate: warning: the notification was not delivered (see the notify line above)", err=True)
     sys.exit(EXIT_CODES[result.verdict])

@@ -59,6 +59,16 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         p = load_plan(plan)
         if bool(latest) == bool(phase):
             raise ReportError("with --plan, give --phase or --latest (one of them)")
+        if latest:
+            from .rollout import status as rollout_status
+            st = rollout_status(p, now, evaluate=False)
+            current = next((x for x in st.phases if x.state == "current"), None)
+            if current is None or current.start is None or current.start > now:
+                # Between phases (or before the first): an hourly job has nothing to report, and
+                # that is not bad input. One line, exit 0.
+                why = current.reason if current is not None else "every phase has an approved GO report"
+                return ReportResult("", Path(), {}, {}, f"no phase of {p.name} in progress to report: {why}; "
+                                                        f"next: {st.next_action}")
         if start is None or latest:
             ph, first = phase_window(p, None if latest else phase, now)
             phase, start = ph.id, iso(first)

@@ -358,6 +358,54 @@ def _next_action(plan: Plan, ph: Phase, nxt: Phase | None, d: dict, end: datetim
     return f"render the GO report ({report}) and approve it (phasegate approve REPORT_DIR --by NAME){after}"
 
 
+def collecting_phase(plan: Plan, now: datetime | None = None) -> Phase | None:
+    """The phase a collector serving the whole rollout should probe now: the first phase not yet
+    completed by an approved GO (None when every phase is)."""
+    st = status(plan, now or utcnow(), evaluate=False)
+    return next((s.phase for s in st.phases if s.state == "current"), None)
+
+
+def collect_plan(plan: Plan, *, until_ts: float | None = None, recheck_s: float = 60.0, progress=None,
+                 compact_every_s: float = 60.0, say=print) -> int:
+    """Collect for whichever phase is in progress, switching profile and data dir when that phase
+    is approved, so one collector (unit, cron line) serves the whole rollout without edits.
+    Returns the samples collected; stops on SIGTERM/SIGINT, at `until_ts`, or when every phase is done."""
+    import signal
+    import threading
+    import time
+
+    from .collector import Collector
+
+    stopping = threading.Event()
+    current: list = [None]
+
+    def stop(*_args):
+        stopping.set()
+        if current[0] is not None:
+            current[0].stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    total, last = 0, None
+    while not stopping.is_set() and (until_ts is None or time.time() < until_ts):
+        ph = collecting_phase(plan)
+        if ph is None:
+            say(f"rollout complete: every phase of {plan.path} has an approved GO report; nothing to collect")
+            break
+        if ph.id != last:
+            say(f"collecting for {ph.title} [{ph.id}] into {ph.data}")
+            last = ph.id
+        end = time.time() + recheck_s
+        c = Collector(plan.profile(ph.id), ph.data, until_ts=end if until_ts is None else min(end, until_ts),
+                      compact_every_s=compact_every_s, progress=progress)
+        current[0] = c
+        if stopping.is_set():
+            break
+        total += c.run().samples
+        current[0] = None
+    return total
+
+
 def phase_window(plan: Plan, phase_id: str | None, now: datetime) -> tuple[Phase, datetime]:
     """The phase to report (None: the one in progress) and its window start, as `status` sees them
     (without analysing the data: the report is about to do that)."""
