@@ -351,3 +351,20 @@ def test_export_helper_process_writes_both_files_and_says_why_it_failed(tmp_path
     with Exporter() as ex:
         proc = ex._proc
     assert proc.poll() is not None
+
+
+@pytest.mark.slow
+def test_explore_notebook_runs_on_a_faulty_day(tmp_path):
+    # The interactive notebook, executed as papermill runs it: its cells find the injected failures.
+    data = make(tmp_path, [Fault("server_error", start_s=5 * H, count=3, probes=("list",))])
+    out = tmp_path / "explore.ipynb"
+    subprocess.run([sys.executable, "-m", "papermill", "explore.ipynb", str(out), "-p", "data_dir", str(data),
+                    "-p", "end", END.isoformat(), "-p", "probe", "list"],
+                   cwd=ROOT / "notebooks", check=True, capture_output=True, timeout=300)
+    nb = json.loads(out.read_text())
+    texts = ["".join(o.get("text") or o.get("data", {}).get("text/plain", "")) for c in nb["cells"] for o in c.get("outputs", [])]
+    assert texts[0].strip().endswith(f"{3 * 17280 + 1440:,} probe samples")
+    assert "list  http_error     500  3" in texts[1]
+    assert any("around 2026-01-28T19:45" in t.replace(" ", "T", 1) or "around 2026-01-28 19:45" in t for t in texts)
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in nb["cells"] for o in c.get("outputs", []))

@@ -235,6 +235,15 @@ def _promql_values(con, c) -> dict:
     return {"query": c.promql, "aggregate": c.aggregate, "series": series}
 
 
+def window_relation(data_dir, window: Window, memory_limit: str | None = None):
+    """The window's probe samples as a lazy DuckDB relation (nothing is loaded until asked), for
+    interactive digging: `rel.filter("outcome <> 'ok'").aggregate("probe, count(*)").df()`."""
+    con = connect(memory_limit)
+    open_window(con, data_dir, window.start, window.end, "samples")
+    scan(con, "samples")
+    return con.sql("SELECT * FROM s")
+
+
 def scan(con, relation: str) -> None:
     """The probe samples of `relation`, with the facts every aggregate counts, as view `s`. A view,
     not a table: each aggregate is a scan of the parquet files with only its columns (DuckDB reads
