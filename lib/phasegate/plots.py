@@ -61,12 +61,19 @@ def errors_over_time(a: Analysis):
     buckets = np.sort(t["bucket"].unique())
     width = pd.Timedelta(np.diff(buckets).min()) if len(buckets) > 1 else pd.Timedelta("5min")
     bottom = None
-    for probe, g in t.groupby("probe"):
+    colors = matplotlib.colormaps["tab10"].colors
+    hatches = ["", "//", "xx", "..", "\\\\", "++", "--", "oo"]  # the probes told apart in grayscale too
+    for k, (probe, g) in enumerate(t.groupby("probe")):
         s = g.set_index("bucket")["errors"]
         base = bottom.reindex(s.index).fillna(0) if bottom is not None else pd.Series(0, index=s.index)
         hit = s > 0  # a day of 5-minute buckets is ~1,000 bars per probe: draw only those with errors
-        ax.bar(s.index[hit], s.values[hit], width=width, bottom=base[hit].values, align="edge", label=probe)
+        ax.bar(s.index[hit], s.values[hit], width=width, bottom=base[hit].values, align="edge",
+               label=f"{probe} ({int(s.sum()):,})", color=colors[k % 10], hatch=hatches[k % len(hatches)],
+               edgecolor="white", linewidth=0.3)
         bottom = s if bottom is None else bottom.add(s, fill_value=0)
+    if bottom is None or not (bottom > 0).any():
+        ax.text(0.5, 0.5, "no errors in the window", transform=ax.transAxes, ha="center", va="center",
+                color="#1a7f37")
     five = t.groupby("bucket")["http_5xx"].sum()
     five = five[five > 0]
     if len(five):
