@@ -11,7 +11,6 @@ the same way, but an acknowledgement never completes a phase.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,17 +28,11 @@ NAMESPACE = "phasegate"
 _SSH_TIMEOUT_S = 30
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _covered(folder: Path) -> dict:
     """Every file of the report folder but the approval's own, by relative path."""
-    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*"))
+    from .store import sha256
+
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name not in (APPROVAL, SIGNATURE) and not p.name.endswith(".tmp")}
 
 

@@ -37,9 +37,8 @@ class CriterionResult:
     state: str = ""  # passed, failed, pending (the window is still open), inconclusive
     groups: list | None = None  # a per-group criterion's failing groups (tenants, probes, routes)
 
-    def settle(self, window_open: bool) -> None:
-        if self.passed is None and self.state == "pending" and not window_open:
-            self.state = ""
+    def settle(self) -> None:
+        """The state from `passed`, unless the evaluator set one (window_complete: pending)."""
         self.state = self.state or {True: "passed", False: "failed", None: "inconclusive"}[self.passed]
 
 
@@ -415,7 +414,7 @@ def evaluate(profile: Profile, a: Analysis) -> Decision:
         r = (_promql if c.promql else _metric)(c, a, profile) if c.custom else EVALUATORS[c.id](c, a, profile)
         r.dry_run = c.dry_run
         r.title = c.title
-        r.settle(a.now < a.window.end)
+        r.settle()
         if r.passed is False and c.runbook and c.runbook in profile.runbook:
             step = profile.runbook[c.runbook]
             r.runbook = {"id": step.id, "title": step.title, "steps": list(step.steps)}
