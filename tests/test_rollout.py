@@ -338,3 +338,12 @@ def test_approving_anything_but_go_needs_acknowledge_and_never_completes(tmp_pat
     assert "verdict NO-GO, not GO" in status(tmp_path, P1_END + timedelta(minutes=30)).stdout
     assert phasegate("verify", tmp_path / "nope").returncode == 2
     assert phasegate("approve", out, "--by", "Rita", "--acknowledge").returncode == 2  # already approved
+
+
+def test_report_latest_before_any_evidence_is_inconclusive_in_one_line(tmp_path):
+    # Phase 1 has begun but its collector has written nothing: the hourly job says so, exit 13.
+    res = phasegate("report", "--plan", drill(tmp_path), "--latest", "--as-of", (P1_START + timedelta(hours=1)).isoformat(),
+                    cwd=tmp_path)
+    assert res.returncode == 13 and res.stderr == "", res.stdout + res.stderr
+    assert res.stdout.startswith("INCONCLUSIVE: no evidence yet for phase1-staging-canary since 2026-01-28T14:45:01Z")
+    assert len(res.stdout.splitlines()) == 1

@@ -28,7 +28,7 @@ from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .stats import (fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_interval_ranks,
                     quantile_upper_rank, rate_upper)
-from .store import open_window, sha256
+from .store import open_window
 from .window import Window, iso, utcnow
 
 QS = (0.5, 0.95, 0.99)  # the percentiles of every table and the timeline
@@ -130,8 +130,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         raise DataError(f"window starts in the future ({iso(window.start)}): nothing to analyse yet")
     con = connect(memory_limit)
     files = open_window(con, data_dir, window.start, observed_end, "samples")
-    inputs = {"files": [{"path": str(f), "sha256": sha256(f)} for f in files["files"]],
-              "excluded": list(files["excluded"])}
+    inputs = {"files": files["files"], "excluded": list(files["excluded"])}
     scan(con, "samples")
     n, sim = con.execute("SELECT count(*), count(*) FILTER (WHERE simulated) FROM s").fetchall()[0]
     if not n:

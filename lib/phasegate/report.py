@@ -93,6 +93,9 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         raise WindowError(f"window starts in the future ({window.start.isoformat()}): nothing to report yet")
     parse_duration(bucket)
     if not Path(data_dir).is_dir():
+        if latest:  # the phase in progress, before its collector wrote anything: not bad input
+            return ReportResult("INCONCLUSIVE", Path(), {}, {}, f"INCONCLUSIVE: no evidence yet for {phase} since "
+                                f"{iso(window.start)}: {data_dir} does not exist; is the collector running?")
         raise DataError(f"data dir does not exist: {data_dir}")
     folder = Path(out_root) / phase / _stamp(window.end)
     stage = _stage(folder)
@@ -113,8 +116,16 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
             if redact_text(value) != value:
                 raise ReportError(f"parameter {key} looks like it holds a secret; refusing to write it into the notebook")
         doc = _render(notebook, stage, "signoff", params, wanted)
-    except (DataError, ProfileError, WindowError):
+    except DataError as exc:
         shutil.rmtree(stage, ignore_errors=True)  # bad input: nothing worth keeping
+        if latest and str(exc).startswith("no samples in "):
+            # The phase in progress has no evidence yet (it has just begun, or the collector is
+            # down): the hourly job's answer is "cannot decide", said in one line, not bad input.
+            return ReportResult("INCONCLUSIVE", Path(), {}, {}, f"INCONCLUSIVE: no evidence yet for {phase} "
+                                f"since {iso(window.start)}: {exc}; is the collector running?")
+        raise
+    except (ProfileError, WindowError):
+        shutil.rmtree(stage, ignore_errors=True)
         raise
     files = _swap_in(stage, folder, "signoff")
     from .notify import DEFAULT_ENV, notify as send

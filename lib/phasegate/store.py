@@ -442,6 +442,7 @@ def _readable(files, deep: bool = False) -> tuple[list[str], list[dict]]:
 
 def _journal_tables(root: Path, cols=None, flt=None):
     """The journal rows not yet compacted, as Arrow tables (all columns), with the segments read
+    ({path, sha256} of the bytes read: a segment may be compacted and deleted a moment later)
     and [excluded segment and why]."""
     tables, segs, excluded = [], [], []
     compacted = {Path(f).stem for f in list_files(root)}
@@ -449,15 +450,16 @@ def _journal_tables(root: Path, cols=None, flt=None):
         if seg.stem in compacted:
             continue  # compacted but not yet deleted: the parquet copy counts
         try:
-            rows, dropped = decode_journal(seg.read_bytes())
+            raw = seg.read_bytes()
         except FileNotFoundError:
             continue  # compacted meanwhile; a rare race costs these rows in this read only
+        rows, dropped = decode_journal(raw)
         if rows:
             t = rows_to_table(rows)
             if cols is not None:
                 t = t.select(cols)
             tables.append(t if flt is None else ds.dataset(t).to_table(filter=flt))
-            segs.append(str(seg))
+            segs.append({"path": str(seg), "sha256": hashlib.sha256(raw).hexdigest()})
         if dropped:
             excluded.append({"file": str(seg), "reason": f"{dropped} unreadable journal bytes skipped"})
     return tables, segs, excluded
@@ -466,7 +468,8 @@ def _journal_tables(root: Path, cols=None, flt=None):
 def open_window(con, data_dir, start: datetime, end: datetime, name: str = "samples", deep: bool = False) -> dict:
     """Make `name` a DuckDB view of the samples with start <= ts < end: the window's parquet files
     (read by DuckDB itself, columns and time bounds pushed down into the scan) and the journal rows
-    not yet compacted. Returns {"files": read, "excluded": [{file, reason}]}, never silently."""
+    not yet compacted. Returns {"files": [{path, sha256}] read, "excluded": [{file, reason}]}, never
+    silently."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data dir does not exist: {data_dir}")
@@ -486,7 +489,7 @@ def open_window(con, data_dir, start: datetime, end: datetime, name: str = "samp
     excluded += jexcluded
     for item in excluded:
         log.warning("excluded %s: %s", item["file"], item["reason"])
-    return {"files": good + segs, "excluded": excluded}
+    return {"files": [{"path": str(f), "sha256": sha256(f)} for f in good] + segs, "excluded": excluded}
 
 
 def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=None,
@@ -550,7 +553,7 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
     if include_journal:
         jt, segs, jexcluded = _journal_tables(root, cols, flt)
         tables += [t.cast(pa.schema([schema.field(c) for c in cols])) for t in jt]
-        inputs += segs
+        inputs += [seg["path"] for seg in segs]
         excluded += jexcluded
     df = _to_pandas(tables, schema.empty_table().select(cols), categorical)
     df.attrs["input_files"] = inputs
