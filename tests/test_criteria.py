@@ -140,3 +140,32 @@ def test_the_shipped_acceptance_script_against_the_simulator(sim_proc, scenario,
     res = subprocess.run([sys.executable, "checks/acceptance.py", mode], cwd=ROOT, capture_output=True, text=True,
                          env={"PATH": os.environ["PATH"], "PHASEGATE_BASE_URL": base}, timeout=60)
     assert res.returncode == code, res.stdout + res.stderr
+
+
+def test_an_acceptance_command_failing_for_ten_minutes_of_a_day_fails_its_criterion(tmp_path):
+    # The same over a whole simulated day: the check fails (exit 1) from 10:00 to 10:10 into it.
+    prof = write_profile(tmp_path, f'''extends = "{SIM_PROFILE}"
+[[checks]]
+name = "acceptance"
+command = ["python3", "checks/acceptance.py", "fail-closed"]
+interval = "1m"
+timeout = "30s"
+
+[criteria.acceptance_holds]
+title = "Acceptance command passes"
+kind = "hard"
+metric = "errors"
+where = {{ probe = "acceptance" }}
+max = 0
+''')
+    data = tmp_path / "data"
+    history(load_profile(prof), [Fault("command_failed", start_s=10 * H, end_s=10 * H + 600, probes=("acceptance",))],
+            START.timestamp(), START.timestamp() + 24 * H, data, seed=5)
+    doc = signoff.run(prof, data, PHASE, start=START.isoformat(), hours=24,
+                      as_of=(START + timedelta(hours=25)).isoformat()).doc
+    c = next(c for c in doc["criteria"] if c["id"] == "acceptance_holds")
+    assert c["passed"] is False and c["measured"] == 10 and doc["verdict"] == "NO-GO"
+    (ev,) = [e for e in doc["evidence"] if e["probe"] == "acceptance"]
+    assert ev["ts"] == "2026-01-29T00:45:01Z" and "DOES NOT HOLD" in ev["response"]["output_tail"]
+    from phasegate.present import evidence
+    assert "DOES NOT HOLD" in evidence(doc) and "exit status: 1" in evidence(doc)

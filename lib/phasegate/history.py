@@ -8,6 +8,7 @@ fault counts are exact and the schema is the collector's.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -31,7 +32,8 @@ def _job_times(jobs, target, start_ts, end_ts, seed):
 
 def _quiet(faults: list[Fault], lo: float, hi: float) -> bool:
     """No fault can touch [lo, hi) (seconds into the scenario): the vectorised path applies."""
-    return all(f.start_s >= hi or (f.end_s is not None and f.end_s <= lo) for f in faults)
+    return all(f.kind == "command_failed" or f.start_s >= hi or (f.end_s is not None and f.end_s <= lo)
+               for f in faults)
 
 
 def history(profile, faults: list[Fault], start_ts: float, end_ts: float, data_dir, seed: int = 0) -> int:
@@ -61,8 +63,33 @@ def history(profile, faults: list[Fault], start_ts: float, end_ts: float, data_d
             if table is not None and table.num_rows:
                 yield table
             hour += 3600
+        checks = _check_rows(ctx, start_ts, end_ts)
+        if checks:
+            yield rows_to_table(checks)
 
     return write_tables(data_dir, chunks(), run_id)
+
+
+def _check_rows(ctx, start_ts: float, end_ts: float) -> list:
+    """The profile's acceptance commands ([[checks]]) as the collector would have stored them: ok,
+    or exit 1 (with its output as evidence) while a `command_failed` fault names the check."""
+    profile, model = ctx["profile"], ctx["model"]
+    rows = []
+    for check in profile.checks:
+        for t in np.arange(start_ts, end_ts, check.interval_s).tolist():
+            failing = any(f.kind == "command_failed" and f.active(t - start_ts, check.name) for f in model.faults)
+            ctx["seq"] += 1
+            row = {"ts": t, "run_id": ctx["run_id"], "seq": ctx["seq"], "source": "check", "target": profile.target.name,
+                   "probe": check.name, "method": "EXEC", "url": " ".join(check.command), "status": None,
+                   "latency_ms": 850.0, "assertion_failures": [], "simulated": True,
+                   "outcome": "command_failed" if failing else "ok", "error_code": "exit 1" if failing else "exit 0",
+                   "error": "exit status 1" if failing else None}
+            if failing:
+                row["evidence"] = json.dumps({"command": list(check.command), "exit_status": 1, "output_bytes": 96,
+                                              "output_tail": f"{check.name}: simulated failure\nDOES NOT HOLD\n"},
+                                             sort_keys=True)
+            rows.append(row)
+    return rows
 
 
 def _template(ctx, probe, endpoint):

@@ -38,7 +38,7 @@ LATENCY = {"health": (12.0, 0.3), "list": (35.0, 0.35), "suggestions": (55.0, 0.
            "execute": (250.0, 0.5), "other": (5.0, 0.2)}
 TRANSPORT_FAULTS = ("hang", "reset", "slow_drip", "oversized")
 FAULT_KINDS = ("server_error", "latency_scale", "flags_off", "handler_loss", "deploy", "slow_execute", "count_drift",
-               "signed_leak", "malformed_json", "echo_auth", "outage", *TRANSPORT_FAULTS)
+               "signed_leak", "malformed_json", "echo_auth", "outage", "command_failed", *TRANSPORT_FAULTS)
 
 
 @dataclass
