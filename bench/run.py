@@ -85,7 +85,7 @@ con = duckdb.connect()
 con.execute("SET TimeZone='UTC'")
 con.execute("SET enable_progress_bar = false")  # it prints to stdout on queries over 2 s
 con.execute(f"CREATE VIEW s AS SELECT * FROM read_parquet({{files!r}}, union_by_name=true, file_row_number=true) "
-            "WHERE ts >= TIMESTAMPTZ '{start}' AND ts < TIMESTAMPTZ '{end}'")
+            "WHERE ts >= TIMESTAMPTZ '{start}' AND ts < TIMESTAMPTZ '{end}' AND coalesce(source, 'probe') = 'probe'")
 err = "coalesce(outcome NOT IN ('ok', 'assertion_failed'), false)"
 five = "status BETWEEN 500 AND 599 AND coalesce(error_code, '') <> 'FEATURE_DISABLED'"
 rows = con.execute(f\"\"\"SELECT probe, count(*), sum(({{err}})::int), sum(({{five}})::int),

@@ -249,7 +249,7 @@ def test_a_stopped_shard_is_a_named_coverage_gap(tmp_path):
     data = fleet_history(tmp_path, [])
     df = read_samples(data, START, START + timedelta(hours=2))
     from phasegate.collector import shard_of
-    shard = [f"{shard_of(t, 4)}/4" for t in df["tenant"]]
+    shard = [f"{shard_of(t if isinstance(t, str) else None, 4)}/4" for t in df["tenant"]]
     df["shard"] = shard
     keep = ~((df["shard"] == "3/4") & (df["ts"] >= START + timedelta(hours=1)))
     out = tmp_path / "sharded"
