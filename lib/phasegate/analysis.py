@@ -1,14 +1,14 @@
 """Statistics of a window, as queries: samples in (a DuckDB view `store.open_window` makes over the
 window's parquet files and journal), small results out.
 
-Everything the criteria and the notebook need is computed here, once, by the engine: one scan of
-the window into a temporary table (`s`, in time order), then grouped aggregates and window
-functions over it. DuckDB runs under a memory limit and spills to a temporary directory, so a
-window of any size completes in bounded memory; Python receives only per-probe, per-bucket,
-per-tenant and per-series results. Counts are exact; percentiles are linear-interpolated
-(`quantile_cont`, numpy's "linear") over successful responses (a timeout has no latency to
-rank, a fast 503 must not make a latency target look met); the distribution-free intervals take
-the order statistics whose ranks `phasegate.stats` gives.
+Everything the criteria and the notebook need is computed here, once, by the engine: grouped
+aggregates and window functions over `s`, a view of the window's probe samples with the facts
+every aggregate counts. DuckDB runs under a memory limit and spills to a temporary directory, so
+a window of any size completes in bounded memory; Python receives only per-probe, per-bucket,
+per-tenant and per-series results. Counts are exact; percentiles are numpy's "linear" over
+successful responses (a timeout has no latency to rank, a fast 503 must not make a latency
+target look met), from order statistics selected in bounded memory (`order_statistics`); the
+distribution-free intervals take the ranks `phasegate.stats` gives.
 """
 
 from __future__ import annotations
