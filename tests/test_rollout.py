@@ -268,6 +268,9 @@ def test_a_report_over_another_window_or_profile_does_not_count(tmp_path):
 
 
 def _key(tmp_path, name="rita"):
+    import shutil
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("needs ssh-keygen: apt-get install -y openssh-client (.ci/run installs it)")
     key = tmp_path / f"{name}_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key], check=True)
     signers = tmp_path / "allowed_signers"
