@@ -128,10 +128,8 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     observed_end = window.observed_end(now)
     if observed_end <= window.start:
         raise DataError(f"window starts in the future ({iso(window.start)}): nothing to analyse yet")
-    con = connect(memory_limit)
-    files = open_window(con, data_dir, window.start, observed_end, "samples")
+    con, files = _open(data_dir, window.start, observed_end, memory_limit)
     inputs = {"files": files["files"], "excluded": list(files["excluded"])}
-    scan(con, "samples")
     n, sim = con.execute("SELECT count(*), count(*) FILTER (WHERE simulated) FROM s").fetchall()[0]
     if not n:
         raise DataError(f"no samples in {data_dir} between {iso(window.start)} and {iso(observed_end)}"
@@ -192,7 +190,7 @@ def _sql_in(column: str, values) -> str:
 def _metric_groups(con, c, confidence: float) -> dict:
     f = c.filters()
     sources = f.get("source", ("probes",))
-    cond = " AND ".join([_sql_in(k if k != "route" else "route", v) for k, v in c.where if k != "source"] or ["TRUE"])
+    cond = " AND ".join([_sql_in(k, v) for k, v in c.where if k != "source"] or ["TRUE"])
     table = "(" + " UNION ALL ".join(f"SELECT * FROM src_{x}" for x in sources) + ")"
     key = c.per
     k = key or "NULL"
@@ -210,10 +208,9 @@ def _metric_groups(con, c, confidence: float) -> dict:
             n = st["latency_n"]
             if not n:
                 continue
-            up = quantile_upper_rank(n, q, confidence) if c.op == "max" else None
-            lo = (n + 1 - quantile_upper_rank(n, 1 - q, confidence)) if c.op == "min" and \
-                quantile_upper_rank(n, 1 - q, confidence) else None
-            bounds[g] = up or lo
+            # max: the upper bound's rank; min: the lower bound's, by symmetry from the (1 - q) upper one.
+            r = quantile_upper_rank(n, q if c.op == "max" else 1 - q, confidence)
+            bounds[g] = None if r is None else (r if c.op == "max" else n + 1 - r)
             wanted[g if key else None] = percentile_ranks(n, (q,)) + ([bounds[g]] if bounds[g] else [])
         got = order_statistics(con, table, key, cond + (f" AND {key} IS NOT NULL" if key else ""), wanted)
         for g, st in groups.items():
@@ -237,10 +234,16 @@ def _promql_values(con, c) -> dict:
 def window_relation(data_dir, window: Window, memory_limit: str | None = None):
     """The window's probe samples as a lazy DuckDB relation (nothing is loaded until asked), for
     interactive digging: `rel.filter("outcome <> 'ok'").aggregate("probe, count(*)").df()`."""
-    con = connect(memory_limit)
-    open_window(con, data_dir, window.start, window.end, "samples")
-    scan(con, "samples")
+    con, _files = _open(data_dir, window.start, window.end, memory_limit)
     return con.sql("SELECT * FROM s")
+
+
+def _open(data_dir, start: datetime, end: datetime, memory_limit: str | None):
+    """A connection with the window's samples as `samples` and its probe samples as `s`; the files read."""
+    con = connect(memory_limit)
+    files = open_window(con, data_dir, start, end, "samples")
+    scan(con, "samples")
+    return con, files
 
 
 def scan(con, relation: str) -> None:

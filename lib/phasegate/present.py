@@ -239,7 +239,6 @@ def page_one(doc: dict, out_dir: str = "") -> str:
     """The page that decides: the verdict and why; every failed or undecided criterion with its
     title, measured value, threshold and first/last occurrence; the runbook steps for each; the
     sign-off block. Then a page break: the evidence follows."""
-    w = doc["window"]
     open_ = [c for c in doc["criteria"] if c["state"] in ("failed", "inconclusive", "pending") and not c.get("dry_run")]
     rows = []
     for c in open_:

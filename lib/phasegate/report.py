@@ -69,8 +69,10 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
                 why = current.reason if current is not None else "every phase has an approved GO report"
                 return ReportResult("", Path(), {}, {}, f"no phase of {p.name} in progress to report: {why}; "
                                                         f"next: {st.next_action}")
+            ph, first = current.phase, current.start  # what status just found: not computed again
+        elif start is None:
+            ph, first = phase_window(p, phase, now)
         if start is None or latest:
-            ph, first = phase_window(p, None if latest else phase, now)
             phase, start = ph.id, iso(first)
             if end is None and hours is None:
                 hours = ph.duration_s / 3600.0

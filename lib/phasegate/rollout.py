@@ -406,17 +406,12 @@ def collect_plan(plan: Plan, *, until_ts: float | None = None, recheck_s: float 
     return total
 
 
-def phase_window(plan: Plan, phase_id: str | None, now: datetime) -> tuple[Phase, datetime]:
-    """The phase to report (None: the one in progress) and its window start, as `status` sees them
-    (without analysing the data: the report is about to do that)."""
+def phase_window(plan: Plan, phase_id: str, now: datetime) -> tuple[Phase, datetime]:
+    """A phase and its window start, as `status` sees them (without analysing the data: the
+    report is about to do that)."""
+    plan.phase(phase_id)
     st = status(plan, now, evaluate=False)
-    if phase_id is None:
-        current = next((s for s in st.phases if s.state == "current"), None)
-        if current is None:
-            raise DataError(f"no phase of {plan.path} is in progress: {st.next_action}")
-    else:
-        plan.phase(phase_id)
-        current = next(s for s in st.phases if s.phase.id == phase_id)
+    current = next(s for s in st.phases if s.phase.id == phase_id)
     if current.start is None:
         raise DataError(f"{current.phase.id}: {current.reason}; next: {st.next_action}")
     return current.phase, current.start

@@ -44,7 +44,7 @@ def route_of(target: str) -> str:
 _TS_RANGE = (0.0, 7258118400.0)  # 1970 .. 2200: anything else is a corrupt line, not a request
 
 
-def _text(value, what: str) -> str:
+def _text(value) -> str:
     text = str(value)
     text.encode("utf-8")  # a lone surrogate raises here (a ValueError), not at the parquet write
     return capped(text)
@@ -62,8 +62,8 @@ def _row(ts: float, method: str, target: str, status: int, latency_ms: float | N
     nbytes = None if size in (None, "-") else int(size)
     if nbytes is not None and not 0 <= nbytes < 2**63:
         raise ValueError(f"bytes {size!r} out of range")
-    target = _text(target, "path")
-    return {"ts": ts, "source": "traffic", "target": name, "probe": route_of(target), "method": _text(method, "method"),
+    target = _text(target)
+    return {"ts": ts, "source": "traffic", "target": name, "probe": route_of(target), "method": _text(method),
             "url": redact_url(target), "status": status, "latency_ms": latency_ms, "bytes": nbytes,
             "outcome": "http_error" if status >= 500 else "ok", "assertion_failures": [], "simulated": False}
 
