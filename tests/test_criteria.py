@@ -19,6 +19,17 @@ PHASE = "phase1-staging-canary"
 H = 3600.0
 
 
+# The criterion both acceptance-command tests judge the command by.
+ACCEPTANCE_HOLDS = '''
+[criteria.acceptance_holds]
+title = "Acceptance command passes"
+kind = "hard"
+metric = "errors"
+where = { probe = "acceptance" }
+max = 0
+'''
+
+
 def list_p95(tmp_path, kind):
     return write_profile(tmp_path, f'''extends = "{SIM_PROFILE}"
 [criteria.list_p95]
@@ -101,13 +112,7 @@ command = ["sh", "-c", {json.dumps(script)}]
 interval = "1s"
 timeout = "0.9s"
 
-[criteria.acceptance_holds]
-title = "Acceptance command passes"
-kind = "hard"
-metric = "errors"
-where = {{ probe = "acceptance" }}
-max = 0
-''')
+''' + ACCEPTANCE_HOLDS)
     data = tmp_path / "data"
     t0 = datetime.now(timezone.utc) - timedelta(seconds=1)
     res = phasegate("collect", "--profile", prof, "--base-url", base, "--data", data, "--for", "6s", "--quiet")
@@ -151,13 +156,7 @@ command = ["python3", "checks/acceptance.py", "fail-closed"]
 interval = "1m"
 timeout = "30s"
 
-[criteria.acceptance_holds]
-title = "Acceptance command passes"
-kind = "hard"
-metric = "errors"
-where = {{ probe = "acceptance" }}
-max = 0
-''')
+''' + ACCEPTANCE_HOLDS)
     data = tmp_path / "data"
     history(load_profile(prof), [Fault("command_failed", start_s=10 * H, end_s=10 * H + 600, probes=("acceptance",))],
             START.timestamp(), START.timestamp() + 24 * H, data, seed=5)
