@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .objstore import local_dir
 from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .stats import (fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_interval_ranks,
@@ -234,7 +235,7 @@ def _promql_values(con, c) -> dict:
 def window_relation(data_dir, window: Window, memory_limit: str | None = None):
     """The window's probe samples as a lazy DuckDB relation (nothing is loaded until asked), for
     interactive digging: `rel.filter("outcome <> 'ok'").aggregate("probe, count(*)").df()`."""
-    con, _files = _open(data_dir, window.start, window.end, memory_limit)
+    con, _files = _open(local_dir(data_dir, None, window.start, window.end), window.start, window.end, memory_limit)
     return con.sql("SELECT * FROM s")
 
 

@@ -11,6 +11,7 @@ from .collector import new_run_id, probe_jobs
 from .probe import run_probe
 from .profile import Profile
 from .redact import printable
+from .objstore import writing
 from .store import SampleWriter
 
 RULE = "=" * 80
@@ -32,10 +33,11 @@ def run_check(profile: Profile, data_dir=None) -> CheckResult:
         rows = list(pool.map(lambda j: run_probe(profile.target, j[0], tenant=j[1], secrets=secrets,
                                                  keep_evidence=True, run_id=run_id), jobs))
     if data_dir is not None:
-        writer = SampleWriter(data_dir, run_id)
-        for row in rows:
-            writer.append(row)
-        writer.close()
+        with writing(data_dir, profile.storage) as local:
+            writer = SampleWriter(local, run_id)
+            for row in rows:
+                writer.append(row)
+            writer.close()
     return summarize(rows)
 
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 import click
 
 from .errors import PhasegateError
+from .objstore import writing
 from .redact import printable, redact_text
 
 EXIT_BAD_INPUT = 2
@@ -289,8 +290,8 @@ def import_logs_cmd(fmt, path, data_dir, target, fields):
         fmap[key] = value
     stream = open_input(path)
     label = file_label(path) if path != "-" else None
-    with stream:
-        res = import_logs(stream, data_dir, fmt, target, fmap, label)
+    with stream, writing(data_dir) as local:
+        res = import_logs(stream, local, fmt, target, fmap, label)
     click.echo(f"imported {res.rows} requests into {data_dir}; {res.malformed} malformed lines skipped")
     for no, why in res.examples:
         _say(f"  line {no}: {why}", err=True)
@@ -314,7 +315,8 @@ def pull_traffic_cmd(profile_path, data_dir, start, end, hours):
     if profile.prometheus is None:
         raise ProfileError(f"{profile_path}: prometheus: no [prometheus] section to pull from")
     window = Window.from_args(start, end=end, hours=hours)
-    res = pull_traffic(profile.prometheus, data_dir, window)
+    with writing(data_dir, profile.storage, window.start, window.end, mirror=True) as local:
+        res = pull_traffic(profile.prometheus, local, window)
     click.echo(f"pulled {res.requests:g} requests in {res.rows} increments from {res.series} series into {data_dir}")
     for lo, hi in res.already:
         click.echo(f"  {iso_ts(lo)} .. {iso_ts(hi)} already pulled: not counted again", err=True)
@@ -335,7 +337,8 @@ def pull_platform_cmd(profile_path, data_dir):
     profile = load_profile(profile_path)
     if profile.platform is None:
         raise ProfileError(f"{profile_path}: platform: no enabled [platform] section to read")
-    res = pull_platform(profile.platform, data_dir, profile.target.name)
+    with writing(data_dir, profile.storage) as local:
+        res = pull_platform(profile.platform, local, profile.target.name)
     click.echo(f"read {res.deploys} deploys" + (f" and flags {res.flags_text}" if res.flags else "")
                + f"; {res.rows} rows into {data_dir}")
     for note in res.notes:
@@ -406,7 +409,8 @@ def history_cmd(profile_path, scenario, schedule, hours, end, data_dir, seed):
     window = Window.from_args(end_dt - timedelta(seconds=parse_duration(hours * 3600.0)), end=end_dt)
     profile = load_profile(profile_path)
     faults = load_schedule(schedule) if schedule else scenario_faults(scenario, window.duration_s)
-    n = history(profile, faults, window.start.timestamp(), window.end.timestamp(), data_dir, seed)
+    with writing(data_dir, profile.storage) as local:
+        n = history(profile, faults, window.start.timestamp(), window.end.timestamp(), local, seed)
     click.echo(f"wrote {n} simulated samples {iso(window.start)} .. {iso(window.end)} into {data_dir}")
 
 

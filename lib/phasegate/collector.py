@@ -20,6 +20,7 @@ from .errors import ProfileError
 from .probe import run_command, run_probe
 from .profile import Check, Probe, Profile
 from .redact import printable
+from .objstore import Location
 from .store import SampleWriter
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,9 @@ class Collector:
                  shard: tuple[int, int] | None = None):
         profile.target.require_auth()
         self.profile = profile
-        self.data_dir = data_dir
+        self.location = Location(data_dir, profile.storage)
+        self.location.check()  # bad credentials are bad input now, not an upload failing every minute
+        self.data_dir = self.location.local
         self.until_ts = until_ts
         self.compact_every_s = compact_every_s
         self.shard = None if shard is None else f"{shard[0]}/{shard[1]}"
@@ -150,7 +153,8 @@ class Collector:
         return True
 
     def run(self) -> CollectStats:
-        writer = SampleWriter(self.data_dir, self.stats.run_id, compact_every_s=self.compact_every_s)
+        writer = SampleWriter(self.data_dir, self.stats.run_id, compact_every_s=self.compact_every_s,
+                              upload=self.location.push if self.location.remote else None)
         self.stats.recovered = writer.recovered
         start = time.monotonic()
         wall0 = time.time()

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from .errors import ProfileError, WindowError
+from .objstore import Storage
 from .redact import MASK, Secret, is_secret_header, is_secret_name, redact_text, redact_url
 from .window import parse_duration
 
@@ -220,6 +221,7 @@ class Profile:
     prometheus: PromSource | None = None
     platform: PlatformSource | None = None
     checks: tuple[Check, ...] = ()
+    storage: Storage = field(default_factory=Storage)
     # The profile as resolved (after `extends`, plan overrides and --base-url), secrets masked:
     # what signoff.json shows, and what its hash (`sha256`) is computed over.
     resolved: dict = field(default_factory=dict, compare=False, repr=False)
@@ -257,6 +259,7 @@ class Profile:
             out += values + [quote(v, safe="") for v in values]  # as echoed, decoded or not
             if parts.password:
                 out.append(parts.password)
+        out += self.storage.secret_values()
         return [v for v in out if v]
 
 
@@ -414,6 +417,7 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     phases = top.str_list("phases")
     prom = top.take("prometheus", (dict,), None)
     plat = top.take("platform", (dict,), None)
+    storage = _storage(src, top.take("storage", (dict,), {}))
     top.done()
     if prom is None:
         needs = next((c.id for c in criteria.items if c.promql and c.enabled), None)
@@ -424,7 +428,23 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook, phases=phases,
                    prometheus=None if prom is None else _prometheus(src, prom),
                    platform=platform if platform is not None and platform.enabled else None, resolved=resolved,
-                   checks=checks)
+                   checks=checks, storage=storage)
+
+
+def _storage(src, table) -> Storage:
+    r = _Reader(src, table, "storage")
+    endpoint = r.take("endpoint", (str,))
+    if endpoint is not None:
+        _url_parts(r, "storage.endpoint", endpoint)
+    s = Storage(endpoint=endpoint, region=r.take("region", (str,)),
+                access_key_env=r.take("access_key_env", (str,), "AWS_ACCESS_KEY_ID"),
+                secret_key_env=r.take("secret_key_env", (str,), "AWS_SECRET_ACCESS_KEY"),
+                cache_dir=r.take("cache_dir", (str,)))
+    for key in ("access_key_env", "secret_key_env"):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", getattr(s, key)):
+            r.fail(f"storage.{key}", "must name an environment variable (the credential itself never goes in a profile)")
+    r.done()
+    return s
 
 
 def _check(src, table, where) -> Check:

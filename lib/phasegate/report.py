@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import DataError, ProfileError, ReportError, WindowError
 from .export import Exporter
+from .objstore import is_remote
 from .profile import load_profile
 from .redact import redact_text
 from .window import Window, iso, parse_duration, parse_time, utcnow
@@ -94,7 +95,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     if window.start >= now:
         raise WindowError(f"window starts in the future ({window.start.isoformat()}): nothing to report yet")
     parse_duration(bucket)
-    if not Path(data_dir).is_dir():
+    if not is_remote(data_dir) and not Path(data_dir).is_dir():  # s3://: the notebook mirrors it
         if latest:  # the phase in progress, before its collector wrote anything: not bad input
             return ReportResult("INCONCLUSIVE", Path(), {}, {}, f"INCONCLUSIVE: no evidence yet for {phase} since "
                                 f"{iso(window.start)}: {data_dir} does not exist; is the collector running?")
@@ -102,7 +103,8 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     folder = Path(out_root) / phase / _stamp(window.end)
     stage = _stage(folder)
     params = {
-        "profile": str(Path(profile_path).resolve()) if profile_path else "", "data_dir": str(Path(data_dir).resolve()),
+        "profile": str(Path(profile_path).resolve()) if profile_path else "",
+        "data_dir": str(data_dir) if is_remote(data_dir) else str(Path(data_dir).resolve()),
         "phase": phase, "start": window.start.isoformat(), "end": window.end.isoformat(), "hours": "",
         "out_dir": str(stage.resolve()), "bucket": bucket, "as_of": now.isoformat(),
         "baseline_data": str(Path(baseline[0]).resolve()) if baseline[0] else "",

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from .errors import DataError, ProfileError, WindowError
+from .objstore import is_remote, local_dir
 from .profile import Profile, _merge, _read_toml, _Reader, build_profile
 from .window import format_duration, iso, parse_time, utcnow
 
@@ -33,7 +34,7 @@ class Phase:
     id: str
     title: str
     profile_file: Path
-    data: Path
+    data: Path | str  # a directory, or an s3:// URL
     start: datetime | None  # None: after the previous phase's GO
     duration_s: float
     begin: str = ""  # what an operator does to start the phase, in words
@@ -112,7 +113,7 @@ def load_plan(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
             overrides["duration"] = f"{duration:g}s"
         phases.append(Phase(
             id=pid, title=r.take("title", (str,), pid), profile_file=prof,
-            data=base / r.take("data", (str,), f"data/{pid}"), start=start,
+            data=_data(base, r.take("data", (str,), f"data/{pid}")), start=start,
             duration_s=duration or 0.0, begin=r.take("begin", (str,), ""), overrides=overrides))
         r.done()
     ids = [p.id for p in phases]
@@ -254,10 +255,18 @@ def approved_text(approval: dict) -> str:
     return f"approved by {approval['by']} at {approval['at']} ({signed})"
 
 
-def _first_sample_after(data: Path, after: datetime, now: datetime) -> datetime | None:
+def _data(base: Path, text: str):
+    """A phase's dataset: a directory relative to the plan's root, or an s3:// URL as written."""
+    return text if is_remote(text) else base / text
+
+
+def _first_sample_after(data, after: datetime, now: datetime, storage=None) -> datetime | None:
     from .store import read_samples
 
-    if not data.is_dir() or after >= now:
+    if after >= now:
+        return None
+    data = local_dir(data, storage, after, now)
+    if not data.is_dir():
         return None
     ts = read_samples(data, after, now, columns=["ts"])["ts"]
     return None if ts.empty else ts.min().to_pydatetime()
@@ -281,7 +290,7 @@ def status(plan: Plan, now: datetime | None = None, evaluate: bool = True) -> Ro
         if action is not None:  # a phase before this one is not done yet
             states.append(PhaseState(ph, "waiting", report=doc, report_path=rpath))
             continue
-        start = ph.start if ph.start is not None else _first_sample_after(ph.data, prev_end, now)
+        start = ph.start if ph.start is not None else _first_sample_after(ph.data, prev_end, now, plan.profile(ph.id).storage)
         rejected, unapproved = [], None
         for rdoc, rp in reps:
             why, approval = rejection(plan, ph, rdoc, rp, start)

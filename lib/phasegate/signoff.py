@@ -16,6 +16,7 @@ from . import __version__
 from .analysis import Analysis, analyze
 from .criteria import Decision, evaluate
 from .errors import DataError
+from .objstore import Location, is_remote
 from .profile import Profile, load_profile
 from .redact import redact_url
 from .store import sha256
@@ -59,8 +60,13 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
         profile_file = find_path(profile_path)
         profile = load_profile(profile_file)
     profile.check_phase(phase)
-    data = find_path(data_dir)
-    if not data.is_dir():
+    # s3://: the dataset's local mirror; what is pulled into it below goes up to the bucket too.
+    loc = Location(data_dir, profile.storage) if is_remote(data_dir) else None
+    data = loc.local if loc else find_path(data_dir)
+    if loc:
+        loc.check()
+        data.mkdir(parents=True, exist_ok=True)
+    elif not data.is_dir():
         raise DataError(f"data dir does not exist: {data_dir}")
     notes = []
     if pull and profile.platform is not None:
@@ -96,9 +102,12 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
             notes += pull_queries(profile.prometheus, data, observed, queries)
         except DataError as exc:
             notes.append(f"PromQL criteria use the values stored earlier: {exc}")
+    if loc:
+        loc.push()
+        loc.pull(window.start, observed.end)
     analysis = analyze(profile, data, window, now=now, bucket_s=parse_duration(bucket), baseline=baseline)
     decision = evaluate(profile, analysis)
-    doc = build_doc(profile, profile_file, data, phase, analysis, decision, bucket)
+    doc = build_doc(profile, profile_file, loc.url if loc else data, phase, analysis, decision, bucket)
     doc["inputs"]["notes"] = notes
     doc["provenance"]["command"] = command or f"{Path(sys.argv[0]).name} (notebook run directly, not by phasegate report)"
     if plan not in (None, ""):
@@ -131,7 +140,7 @@ def _pull_platform(profile: Profile, data: Path) -> list[str]:
         [f"platform: {n}" for n in res.notes]
 
 
-def build_doc(profile: Profile, profile_file: Path, data: Path, phase: str, a: Analysis, d: Decision,
+def build_doc(profile: Profile, profile_file: Path, data: Path | str, phase: str, a: Analysis, d: Decision,
               bucket: str) -> dict:
     failed_hard = [c for c in d.criteria if c.runbook]
     simulated = a.samples_simulated

@@ -251,8 +251,9 @@ class SampleWriter:
     """
 
     def __init__(self, data_dir, run_id: str, compact_every_s: float = 60.0, fsync_every_s: float = 0.5,
-                 max_pending: int = 50_000):
+                 max_pending: int = 50_000, upload=None):
         self.root = Path(data_dir)
+        self.upload = upload  # sends finished parquet files to object storage (objstore.Location.push)
         self.run_id = run_id
         self.compact_every_s = compact_every_s
         self.fsync_every_s = fsync_every_s
@@ -275,6 +276,7 @@ class SampleWriter:
             self._open_segment()
         except OSError as exc:
             raise StoreError(f"cannot open data dir {self.root}: {exc.strerror or exc}") from None
+        self._upload()  # files a killed run compacted but had not sent yet
         self._last_compact = time.monotonic()
         self._thread = threading.Thread(target=self._background, name="store-flush", daemon=True)
         self._thread.start()
@@ -355,6 +357,17 @@ class SampleWriter:
             os.close(fd)
             with self._lock:
                 self._closed_segments.remove((fd, path))
+        self._upload()
+
+    def _upload(self) -> None:
+        """Send compacted files to object storage; a failure is logged and retried at the next
+        compaction (the files stay on local disk, unmarked, until a PUT succeeds)."""
+        if self.upload is None:
+            return
+        try:
+            self.upload()
+        except StoreError as exc:
+            self._fail(OSError(str(exc)), "upload failed")
 
     def compact(self) -> None:
         with self._lock:
