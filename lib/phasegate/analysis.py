@@ -122,14 +122,16 @@ def round_ms(x):
 
 
 def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = None,
-            bucket_s: float = 300.0, baseline: tuple | None = None, memory_limit: str | None = None) -> Analysis:
+            bucket_s: float = 300.0, baseline: tuple | None = None, memory_limit: str | None = None,
+            engine: str | None = None) -> Analysis:
     """`baseline`: (data_dir, Window) of the control (yachts without the flags, or the previous
-    phase's window) to compare the canary against."""
+    phase's window) to compare the canary against. `engine`: "duckdb" (embedded, the default) or
+    spark://HOST:PORT (default: the profile's [engine] url)."""
     now = now or utcnow()
     observed_end = window.observed_end(now)
     if observed_end <= window.start:
         raise DataError(f"window starts in the future ({iso(window.start)}): nothing to analyse yet")
-    con, files = _open(data_dir, window.start, observed_end, memory_limit)
+    con, files = _open(data_dir, window.start, observed_end, memory_limit, engine or profile.engine)
     inputs = {"files": files["files"], "excluded": list(files["excluded"])}
     n, sim = con.execute("SELECT count(*), count(*) FILTER (WHERE simulated) FROM s").fetchall()[0]
     if not n:
@@ -239,9 +241,13 @@ def window_relation(data_dir, window: Window, memory_limit: str | None = None):
     return con.sql("SELECT * FROM s")
 
 
-def _open(data_dir, start: datetime, end: datetime, memory_limit: str | None):
+def _open(data_dir, start: datetime, end: datetime, memory_limit: str | None, engine: str | None = None):
     """A connection with the window's samples as `samples` and its probe samples as `s`; the files read."""
-    con = connect(memory_limit)
+    if engine and engine != "duckdb":
+        from .spark import SparkConnection
+        con = SparkConnection(engine)
+    else:
+        con = connect(memory_limit)
     files = open_window(con, data_dir, start, end, "samples")
     scan(con, "samples")
     return con, files
@@ -599,9 +605,9 @@ def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dic
     first_us, last_us, inner, inner_end, over_us, starts, ends = con.execute(f"""
         WITH t AS (SELECT us, bad, lag(bad, 1, false) OVER w AS pb, lead(bad, 1, false) OVER w AS nb,
                    us - lag(us) OVER w AS gap FROM s WINDOW w AS (ORDER BY us))
-        SELECT min(us), max(us), max(gap), arg_max(us, (gap, -us)),
+        SELECT min(us), max(us), max(gap), arg_max(us, {{'g': gap, 'u': -us}}) FILTER (WHERE gap IS NOT NULL),
                coalesce(sum(gap - {slack_us}) FILTER (WHERE gap > {slack_us}), 0),
-               list(us ORDER BY us) FILTER (WHERE bad AND NOT pb), list(us ORDER BY us) FILTER (WHERE bad AND NOT nb)
+               list_sort(list(us) FILTER (WHERE bad AND NOT pb)), list_sort(list(us) FILTER (WHERE bad AND NOT nb))
         FROM t""").fetchall()[0]
     failing_us = max((b - a for a, b in zip(starts or [], ends or [])), default=0)
     edge = [first_us - s_us, e_us - last_us]
@@ -718,7 +724,7 @@ def _traffic(con, conf: float):
     and requests and 5xx per source and 5 minutes, logs and Prometheus alike, for the plot."""
     con.execute(f"CREATE TEMP VIEW tr AS SELECT probe, status, outcome, error_code, {DERIVED} FROM samples "
                 "WHERE source = 'traffic'")
-    tl = con.execute("""SELECT source, time_bucket(INTERVAL 5 MINUTE, ts) AS bucket,
+    tl = con.execute("""SELECT source, make_timestamptz((epoch_us(ts) // 300000000) * 300000000) AS bucket,
         sum(coalesce(count, 1)) AS requests, sum(CASE WHEN status BETWEEN 500 AND 599 THEN coalesce(count, 1) ELSE 0 END)
         AS http_5xx FROM samples WHERE source IN ('traffic', 'prometheus') GROUP BY ALL ORDER BY 1, 2""").df()
     if not con.execute("SELECT count(*) FROM tr").fetchall()[0][0]:
@@ -773,21 +779,22 @@ def _platform(con) -> dict | None:
     """The hosting platform's deploys and flags inside the window. Every deploy that started or
     finished in it is unexpected (a phase runs on one deployment); a rollback trigger is a rollback."""
     con.execute("""CREATE TEMP TABLE pf AS SELECT ts, probe, tenant, outcome, error, request_id, deployment_id, error_code,
-        health_status, flags FROM samples WHERE source = 'platform' ORDER BY ts""")
+        health_status, flags FROM samples WHERE source = 'platform'""")
     if not con.execute("SELECT count(*) FROM pf").fetchall()[0][0]:
         return None
     deploys: dict[str, dict] = {}
-    # One row per API answer (request id), in time order.
+    # One row per deploy event (request id: deploy and phase; read again by every later poll), the
+    # first read of it, in time order.
     for ts, did, trigger, state in con.execute("""SELECT ts, deployment_id, error_code, health_status FROM (
-            SELECT *, rowid AS r, row_number() OVER (PARTITION BY request_id ORDER BY rowid) AS rn FROM pf
-            WHERE outcome = 'ok' AND probe = 'render.deploy') WHERE rn = 1 ORDER BY r""").fetchall():
+            SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM pf
+            WHERE outcome = 'ok' AND probe = 'render.deploy') WHERE rn = 1 ORDER BY ts, request_id""").fetchall():
         d = deploys.setdefault(did, {"id": did, "trigger": trigger, "started": None, "finished": None, "status": None})
         if state == "started":
             d["started"] = _ts(ts)
         else:
             d["finished"], d["status"] = _ts(ts), state
     listed = sorted(deploys.values(), key=lambda d: d["started"] or d["finished"])
-    con.execute("CREATE TEMP TABLE pf_env AS SELECT * FROM pf WHERE outcome = 'ok' AND probe = 'render.env' ORDER BY ts")
+    con.execute("CREATE TEMP TABLE pf_env AS SELECT * FROM pf WHERE outcome = 'ok' AND probe = 'render.env'")
     reads = con.execute("SELECT count(*) FROM pf_env").fetchall()[0][0]
     return {
         "deploys": listed,

@@ -188,16 +188,18 @@ def check(profile_path, data_dir, base_url):
 @click.option("--notify", type=click.Choice(["change", "always", "never"]), default="change", show_default=True,
               help="POST a summary to the webhook: when the verdict changed, every time, or never.")
 @click.option("--webhook-env", help="Environment variable holding the webhook URL [default: PHASEGATE_WEBHOOK_URL].")
+@click.option("--engine", help="Where the analysis runs: duckdb (embedded) or spark://HOST:PORT (a Spark standalone "
+              "master) [default: the profile's [engine] url, else duckdb].")
 @_guard
 def report(profile_path, plan, latest, data_dir, phase, start, end, hours, out_root, formats, bucket, as_of,
-           baseline_data, baseline_start, baseline_end, notify, webhook_env):
+           baseline_data, baseline_start, baseline_end, notify, webhook_env, engine):
     """Run the sign-off notebook; exit 0 GO, 10 NO-GO, 11 REVIEW, 12 PENDING, 13 INCONCLUSIVE."""
     from .report import EXIT_CODES, make_report
 
     result = make_report(profile_path=profile_path, data_dir=data_dir, phase=phase, start=start, end=end,
                          hours=hours, out_root=out_root, formats=formats, bucket=bucket, as_of=as_of,
                          baseline=(baseline_data, baseline_start, baseline_end), plan=plan, latest=latest,
-                         notify=notify, webhook_env=webhook_env, command=_command_line())
+                         notify=notify, webhook_env=webhook_env, command=_command_line(), engine=engine)
     _say(result.summary)
     if not result.verdict:  # --latest between phases: nothing in progress, nothing wrong
         sys.exit(0)

@@ -222,6 +222,7 @@ class Profile:
     platform: PlatformSource | None = None
     checks: tuple[Check, ...] = ()
     storage: Storage = field(default_factory=Storage)
+    engine: str = "duckdb"  # or spark://HOST:PORT: where the analysis runs ([engine] url)
     # The profile as resolved (after `extends`, plan overrides and --base-url), secrets masked:
     # what signoff.json shows, and what its hash (`sha256`) is computed over.
     resolved: dict = field(default_factory=dict, compare=False, repr=False)
@@ -418,6 +419,7 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     prom = top.take("prometheus", (dict,), None)
     plat = top.take("platform", (dict,), None)
     storage = _storage(src, top.take("storage", (dict,), {}))
+    engine = _engine(src, top.take("engine", (dict,), {}))
     top.done()
     if prom is None:
         needs = next((c.id for c in criteria.items if c.promql and c.enabled), None)
@@ -428,7 +430,21 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook, phases=phases,
                    prometheus=None if prom is None else _prometheus(src, prom),
                    platform=platform if platform is not None and platform.enabled else None, resolved=resolved,
-                   checks=checks, storage=storage)
+                   checks=checks, storage=storage, engine=engine)
+
+
+def _engine(src, table) -> str:
+    r = _Reader(src, table, "engine")
+    url = r.take("url", (str,), "duckdb")
+    r.done()
+    return check_engine(url, lambda problem: r.fail("engine.url", problem))
+
+
+def check_engine(url: str, fail) -> str:
+    """duckdb, or a Spark standalone master spark://HOST:PORT; else `fail(problem)`."""
+    if url != "duckdb" and not re.fullmatch(r"spark://[A-Za-z0-9.\-\[\]:]+:\d{1,5}", url):
+        fail(f"must be duckdb or spark://HOST:PORT (a Spark standalone master), got {url!r}")
+    return url
 
 
 def _storage(src, table) -> Storage:

@@ -21,7 +21,7 @@ from pathlib import Path
 from .errors import DataError, ProfileError, ReportError, WindowError
 from .export import Exporter
 from .objstore import is_remote
-from .profile import load_profile
+from .profile import check_engine, load_profile
 from .redact import redact_text
 from .window import Window, iso, parse_duration, parse_time, utcnow
 
@@ -44,13 +44,19 @@ class ReportResult:
     notify_failed: bool = False
 
 
+def _bad_engine(problem: str):
+    raise ReportError(f"--engine {problem}")
+
+
 def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_root="reports",
                 formats="html,pdf", bucket="5m", notebook=NOTEBOOK, as_of=None,
                 baseline=(None, None, None), plan=None, latest=False, notify="change",
-                webhook_env=None, command=None) -> ReportResult:
+                webhook_env=None, command=None, engine=None) -> ReportResult:
     """With `plan`, the profile, data dir, reports root and window default to the plan's phase;
     `latest` reports the phase in progress from its start to now."""
     wanted = _formats(formats)
+    if engine:
+        check_engine(engine, lambda problem: _bad_engine(problem))
     # Validate everything cheap before starting a kernel: bad input is exit 2 in milliseconds.
     now = parse_time(as_of, name="as_of") if as_of else utcnow().replace(microsecond=0)
     if plan:
@@ -112,6 +118,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         "plan": str(Path(plan).resolve()) if plan else "",
         # Recorded in the provenance as typed; masked first, since parameters land in the notebook.
         "command": redact_text(command or "phasegate " + shlex.join(sys.argv[1:])),
+        "engine": engine or "",
     }
     try:
         if baseline[0] and not Path(baseline[0]).is_dir():

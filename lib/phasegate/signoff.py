@@ -47,11 +47,12 @@ def find_path(path: str | os.PathLike) -> Path:
 
 def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir=None, bucket="5m",
         as_of=None, baseline_data=None, baseline_start=None, baseline_end=None, plan=None, pull=True,
-        command=None) -> Signoff:
+        command=None, engine=None) -> Signoff:
     """Analyse the window, evaluate the criteria, and write `signoff.json` into out_dir.
     With `plan` (a rollout plan or its path), the phase's profile and overrides come from it.
     `pull`: first read what the profile's Prometheus and platform API hold (False: only what is stored).
-    `command`: the command line that asked for this report, recorded in its provenance."""
+    `command`: the command line that asked for this report, recorded in its provenance.
+    `engine`: duckdb or spark://HOST:PORT (default: the profile's [engine] url)."""
     if plan not in (None, ""):
         from .rollout import Plan, load_plan
         plan = plan if isinstance(plan, Plan) else load_plan(find_path(plan))
@@ -105,10 +106,12 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
     if loc:
         loc.push()
         loc.pull(window.start, observed.end)
-    analysis = analyze(profile, data, window, now=now, bucket_s=parse_duration(bucket), baseline=baseline)
+    analysis = analyze(profile, data, window, now=now, bucket_s=parse_duration(bucket), baseline=baseline,
+                       engine=engine or None)
     decision = evaluate(profile, analysis)
     doc = build_doc(profile, profile_file, loc.url if loc else data, phase, analysis, decision, bucket)
     doc["inputs"]["notes"] = notes
+    doc["provenance"]["engine"] = redact_url(engine or profile.engine)  # where the figures were computed
     doc["provenance"]["command"] = command or f"{Path(sys.argv[0]).name} (notebook run directly, not by phasegate report)"
     if plan not in (None, ""):
         doc["plan"] = {"path": str(plan.path), "sha256": sha256(plan.path), "name": plan.name,

@@ -488,6 +488,17 @@ def open_window(con, data_dir, start: datetime, end: datetime, name: str = "samp
         raise DataError(f"data dir does not exist: {data_dir}")
     good, excluded = _readable(list_files(root, start, end), deep)
     tables, segs, jexcluded = _journal_tables(root)
+    if hasattr(con, "parquet_view"):  # another engine (Spark) reads the same files its own way
+        con.parquet_view(name, good, pa.concat_tables(tables) if tables else None, SCHEMA, start, end)
+    else:
+        _duckdb_view(con, name, good, tables, start, end)
+    excluded += jexcluded
+    for item in excluded:
+        log.warning("excluded %s: %s", item["file"], item["reason"])
+    return {"files": [{"path": str(f), "sha256": sha256(f)} for f in good] + segs, "excluded": excluded}
+
+
+def _duckdb_view(con, name, good, tables, start, end) -> None:
     # Every column of the schema exists in the view, even when no file has it (older files).
     con.register(f"{name}_schema", SCHEMA.empty_table())
     parts = [f"SELECT * FROM {name}_schema"]
@@ -499,10 +510,6 @@ def open_window(con, data_dir, start: datetime, end: datetime, name: str = "samp
         parts.append(f"SELECT * FROM {name}_journal")
     con.execute(f"""CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM ({' UNION ALL BY NAME '.join(parts)})
         WHERE ts >= TIMESTAMPTZ '{start.isoformat()}' AND ts < TIMESTAMPTZ '{end.isoformat()}'""")
-    excluded += jexcluded
-    for item in excluded:
-        log.warning("excluded %s: %s", item["file"], item["reason"])
-    return {"files": [{"path": str(f), "sha256": sha256(f)} for f in good] + segs, "excluded": excluded}
 
 
 def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=None,

@@ -1,0 +1,159 @@
+"""Issue 17: one definition, two engines. A real Spark standalone cluster on 127.0.0.1 (a master
+and two workers, each its own JVM) computes the sign-off of a faulty fleet; every figure in
+signoff.json must equal DuckDB's."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from phasegate.history import history
+from phasegate.profile import load_profile
+from phasegate.simulator import load_schedule
+
+from conftest import PROFILES, phasegate, write_profile
+
+pytestmark = pytest.mark.slow
+FLEET = PROFILES / "fault-lens-staging-fleet.toml"
+PHASE = "phase2-staging-full"
+START = datetime(2026, 1, 29, 15, 0, tzinfo=timezone.utc)
+# 5xx bursts on one probe, a hang (timeouts), one yacht flapping, an outage (the collector sees
+# nothing), a deploy and the rollback to the first deployment.
+FAULTS = """
+[[fault]]
+kind = "server_error"
+at = "10m"
+for = "5m"
+rate = 0.5
+probes = ["list"]
+[[fault]]
+kind = "hang"
+at = "30m"
+for = "3m"
+probes = ["execute"]
+[[fault]]
+kind = "server_error"
+at = "40m"
+for = "30m"
+every = "2m"
+tenants = ["yacht-07"]
+[[fault]]
+kind = "outage"
+at = "75m"
+for = "8m"
+[[fault]]
+kind = "deploy"
+at = "90m"
+deployment = "dep-new"
+[[fault]]
+kind = "deploy"
+at = "100m"
+deployment = "dep-d5t1t6ngi27c73cllsr0"  # the first deployment again
+"""
+
+
+def _ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    out = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return out
+
+
+def _master_state(ui_port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def spark_cluster(tmp_path_factory):
+    """A standalone master and two workers (one core each) as separate processes; yields
+    (master URL, master web UI port)."""
+    if not shutil.which("java"):
+        pytest.skip("needs a Java runtime for Spark: apt-get install default-jre-headless")
+    try:
+        import pyspark
+    except ImportError:
+        pytest.skip("needs pyspark: pip install -r requirements.txt")
+    spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
+    d = tmp_path_factory.mktemp("spark")
+    port, ui, *worker_ports = _ports(6)
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", SPARK_HOME=str(spark_class.parent.parent),
+               SPARK_WORKER_DIR=str(d / "work"), SPARK_LOG_DIR=str(d))
+    procs = []
+
+    def start(name, *args):
+        log = open(d / f"{name}.log", "w")
+        procs.append(subprocess.Popen([str(spark_class), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+          "--webui-port", str(ui))
+    for i in range(2):
+        start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+              "--port", str(worker_ports[2 * i]), "--webui-port", str(worker_ports[2 * i + 1]),
+              "--cores", "1", "--memory", "1g", f"spark://127.0.0.1:{port}")
+    deadline = time.monotonic() + 180  # JVMs start slowly on a loaded machine
+    while True:
+        try:
+            if len([w for w in _master_state(ui)["workers"] if w["state"] == "ALIVE"]) == 2:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            logs = "".join((d / f"{n}.log").read_text()[-1500:] for n in ("master", "worker0", "worker1"))
+            for p in procs:
+                os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail(f"the Spark cluster did not come up: {logs}")
+        time.sleep(1)
+    yield f"spark://127.0.0.1:{port}", ui
+    for p in procs:
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+# What may differ between the two documents: when and how each was made.
+_NOT_FIGURES = ("generated_at", "provenance", "rerun")
+
+
+def test_spark_cluster_computes_the_same_signoff_as_duckdb_on_a_faulty_fleet(spark_cluster, tmp_path):
+    master, ui = spark_cluster
+    data = tmp_path / "fleet"
+    sched = write_profile(tmp_path, FAULTS, "faults.toml")
+    history(load_profile(FLEET), load_schedule(sched), START.timestamp(), START.timestamp() + 2 * 3600, data, seed=5)
+    docs = {}
+    for name, extra in (("duckdb", []), ("spark", ["--engine", master])):
+        out = tmp_path / name
+        res = phasegate("report", "--profile", FLEET, "--data", data, "--phase", PHASE, "--start", START.isoformat(),
+                        "--hours", "2", "--as-of", (START + timedelta(hours=2)).isoformat(), "--out", out,
+                        "--formats", "json", *extra, timeout=900)
+        assert res.returncode == 10, res.stderr[-3000:]  # NO-GO
+        docs[name] = json.loads(next(out.rglob("signoff.json")).read_text())
+    duck, spark = docs["duckdb"], docs["spark"]
+    assert duck["provenance"]["engine"] == "duckdb" and spark["provenance"]["engine"] == master
+    # The faults are all in the figures compared (else equal figures would prove little).
+    assert duck["overall"]["http_5xx"] > 0 and duck["overall"]["outcome_counts"].get("timeout", 0) > 0
+    assert duck["coverage"]["longest_gap_s"] >= 480 and duck["deployments"]["rollbacks"]
+    assert duck["tenants"]["rows"][0]["tenant"] == "yacht-07"
+    assert any(q["transitions"] >= 10 for q in duck["quality"].values())
+    assert duck["probes"]["execute"]["p99_ci_ms"] is not None
+    for key in duck:
+        if key not in _NOT_FIGURES:
+            assert spark[key] == duck[key], key
+    # It ran on the cluster: an application of the master's, on both workers' cores.
+    apps = [a for a in _master_state(ui)["completedapps"] + _master_state(ui)["activeapps"] if a["name"] == "phasegate"]
+    assert apps and max(a["cores"] for a in apps) == 2, apps
