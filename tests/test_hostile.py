@@ -3,8 +3,7 @@ the sign-off: each case here was reproduced against an earlier main."""
 
 import json
 import os
-import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
 
 import pytest

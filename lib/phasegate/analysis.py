@@ -476,7 +476,7 @@ def _health(con, profile: Profile) -> dict:
     """Every health probe that did not get a healthy answer is unhealthy: a 5xx, a timeout, a
     refused connection or an invalid body as much as a "degraded" status or handlers below total."""
     names = [p.name for p in profile.probes if "handlers_total" in p.extract or "health_status" in p.extract]
-    h = f"""(SELECT *, NOT bad AND (handlers_total IS NOT NULL OR health_status IS NOT NULL) AS answered,
+    h = """(SELECT *, NOT bad AND (handlers_total IS NOT NULL OR health_status IS NOT NULL) AS answered,
         coalesce(handlers_loaded <> handlers_total, false) OR coalesce(health_status <> 'healthy', false) AS degraded
         FROM s WHERE list_contains(?, probe))"""
     n, failed, degraded, answered, lo, hi, first, last = con.execute(f"""SELECT count(*), count(*) FILTER (WHERE bad),
@@ -557,7 +557,7 @@ def _anomalies(con) -> dict:
 
 def _evidence(con) -> list:
     """Raw responses: the first failure of each kind, and one baseline per probe."""
-    rows = con.execute(f"""SELECT probe, min(ts), arg_min(outcome, ts), arg_min(status, ts), arg_min(error_code, ts),
+    rows = con.execute("""SELECT probe, min(ts), arg_min(outcome, ts), arg_min(status, ts), arg_min(error_code, ts),
         arg_min(evidence, ts) FROM (
             SELECT ts, probe, outcome, status, error_code, evidence, outcome = 'ok' AS ok FROM samples
             WHERE evidence IS NOT NULL AND coalesce(source, 'probe') IN ('probe', 'check'))
