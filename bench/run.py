@@ -57,9 +57,11 @@ def _result_line(stdout: str):
 
 OURS = """
 from phasegate.analysis import analyze
+from phasegate.objstore import local_dir
 from phasegate.profile import load_profile
 from phasegate.window import Window
-a = analyze(load_profile("{profile}"), "{data}", Window.from_args("{start}", end="{end}"))
+w = Window.from_args("{start}", end="{end}")
+a = analyze(load_profile("{profile}"), local_dir("{data}", None, w.start, w.end), w, engine="{engine}")
 result = {{p: [s["samples"], s["errors"], s["http_5xx"], s["p50_ms"], s["p95_ms"], s["p99_ms"]] for p, s in a.probes.items()}}
 result["_timeline_rows"] = len(a.timeline)
 result["_tenants"] = {{r["tenant"]: [r["samples"], r["errors"], r["http_5xx"], r["p50_ms"], r["p95_ms"], r["p99_ms"]]
@@ -186,7 +188,7 @@ def analysis_bench(sizes, work: Path, lines: list):
         core = min((child(DUCK_CORE.format(**args)) for _ in range(2)), key=lambda r: r["seconds"])
         agree = _agree(ours["result"], duck["result"])
         total = sum(v[0] for k, v in ours["result"].items() if not k.startswith("_"))
-        target = "≤ 1.5× DuckDB, ≤ 2 GB" if n >= 10e6 else "linear in samples"
+        target = "≤ 1.2× the DuckDB core query (issue 17)" if n >= 10e6 else "linear in samples"
         lines.append(f"| {total:,} | {ours['seconds']:.2f} | {duck['seconds']:.2f} | {ours['seconds'] / duck['seconds']:.2f}× | "
                      f"{core['seconds']:.2f} | {ours['seconds'] / core['seconds']:.2f}× | {ours['rss_mb']:.0f} | "
                      f"{duck['rss_mb']:.0f} | {'yes' if agree else 'NO'} | {target} |")
@@ -214,7 +216,76 @@ def _args(profile, data, start, end) -> dict:
     us = lambda t: int(datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()) * 10**6  # noqa: E731
     prof = load_profile(profile)
     return dict(profile=profile, data=data, start=start, end=end, start_us=us(start), end_us=us(end),
-                slack_us=int(gap_slack_s(_expected(prof)) * 1e6), confidence=prof.criteria.confidence)
+                slack_us=int(gap_slack_s(_expected(prof)) * 1e6), confidence=prof.criteria.confidence, engine="duckdb")
+
+
+def scaling_bench(sizes, work: Path, have: dict, lines: list):
+    """The DuckDB engine at 10 / 40 / 100 M samples (default memory limit, 1 GB): time and peak RSS."""
+    lines += ["", "Scaling (the DuckDB engine, memory limit 1 GB, one run each in a fresh interpreter):", "",
+              "| samples | hours of the 500-yacht fleet | analysis s | samples/s | peak RSS MiB | target |",
+              "|---|---|---|---|---|---|"]
+    for n in sizes:
+        hours = n / PER_HOUR
+        data = have[n][0] if n in have else work / f"fleet-{n}"
+        if n not in have:
+            gen = history(FLEET, f"{hours:.6f}", data)
+            print(f"(generated {n:,} in {gen:.0f} s)", flush=True)
+        r = child(OURS.format(**_args(FLEET, data, _minus(END, hours), END)))
+        total = r["result"]["_overall"][0]
+        target = "≤ 90 s, ≤ 1.5 GB" if n >= 100e6 else "—"
+        lines.append(f"| {total:,} | {hours:.1f} | {r['seconds']:.1f} | {total / r['seconds']:,.0f} | {r['rss_mb']:.0f} | {target} |")
+        print(lines[-1], flush=True)
+        if n not in have:
+            shutil.rmtree(data, ignore_errors=True)  # 100 M samples are ~1 GB of parquet
+
+
+def engines_bench(work: Path, data: Path, hours: float, lines: list):
+    """The same window on DuckDB, on a Spark standalone cluster (two workers) and from the S3 server,
+    every figure compared with DuckDB's on local disk."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import services
+
+    args = _args(FLEET, data, _minus(END, hours), END)
+    base = child(OURS.format(**args))
+    lines += ["", "The same window on each engine and store (figures compared with DuckDB on local disk):", "",
+              "| engine, store | analysis s | peak RSS MiB (this process) | numbers equal |", "|---|---|---|---|",
+              f"| DuckDB, local disk | {base['seconds']:.2f} | {base['rss_mb']:.0f} | — |"]
+    print(lines[-1], flush=True)
+    try:
+        with services.spark_cluster(_mkdir(work / "spark")) as (master, _state):
+            r = child(OURS.format(**{**args, "engine": master}))
+            lines.append(f"| Spark 4 standalone, 2 workers × 1 core, local disk | {r['seconds']:.2f} | {r['rss_mb']:.0f} "
+                         f"(driver; the JVMs apart) | {'yes' if r['result'] == base['result'] else 'NO'} |")
+    except (services.Unavailable, RuntimeError) as exc:
+        lines.append(f"| Spark | not measured: {str(exc)[:200]} | | |")
+    print(lines[-1], flush=True)
+    os.environ.update(AWS_ACCESS_KEY_ID=services.S3_KEY, AWS_SECRET_ACCESS_KEY=services.S3_SECRET)
+    try:
+        with services.seaweedfs(_mkdir(work / "seaweed")) as (endpoint, _proc):
+            os.environ.update(AWS_ENDPOINT_URL=endpoint, PHASEGATE_CACHE=str(work / "s3-up"))
+            from phasegate.objstore import Location
+            url = f"s3://{services.S3_BUCKET}/bench"
+            up = Location(url)
+            shutil.copytree(data, up.local)
+            t = time.perf_counter()
+            sent = up.push()
+            put_s = time.perf_counter() - t
+            os.environ["PHASEGATE_CACHE"] = str(work / "s3-down")  # the reader's cache starts empty
+            r = child(OURS.format(**{**args, "data": url}))
+            lines.append(f"| DuckDB, S3 server (SeaweedFS on loopback; mirror into an empty cache included) | "
+                         f"{r['seconds']:.2f} | {r['rss_mb']:.0f} | {'yes' if r['result'] == base['result'] else 'NO'} |")
+            lines.append(f"| (upload of the {sent} parquet files: {put_s:.2f} s) | | | |")
+            r2 = child(OURS.format(**{**args, "data": url}))
+            lines.append(f"| DuckDB, S3 server, cache already holding every object | {r2['seconds']:.2f} | {r2['rss_mb']:.0f} | "
+                         f"{'yes' if r2['result'] == base['result'] else 'NO'} |")
+    except (services.Unavailable, RuntimeError) as exc:
+        lines.append(f"| S3 | not measured: {str(exc)[:200]} | | |")
+    print("\n".join(lines[-3:]), flush=True)
+
+
+def _mkdir(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def _minus(end, hours):
@@ -401,6 +472,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000,10000000")
     ap.add_argument("--no-fleet-report", action="store_true")
+    ap.add_argument("--scale", default="10000000,40000000,100000000", help="sizes of the scaling table ('' to skip)")
+    ap.add_argument("--engines-size", default="1000000", help="the window the engines and stores are compared on")
     a = ap.parse_args()
     sizes = [int(float(x)) for x in a.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="phasegate-bench-"))
@@ -408,6 +481,11 @@ def main():
              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; `make bench`.", ""]
     try:
         datasets = analysis_bench(sizes, work, lines)
+        if a.scale:
+            scaling_bench([int(float(x)) for x in a.scale.split(",")], work, datasets, lines)
+        n = int(float(a.engines_size))
+        if n in datasets:
+            engines_bench(work, datasets[n][0], n / PER_HOUR, lines)
         yachts = yacht_fleet(work)
         agreement(YACHTS, yachts, 24, "the seed's Phase 2 fleet (50 staging yachts, two answering 5 % 500s; 504,000 samples)", lines)
         fleet_day = None

@@ -30,13 +30,43 @@ def iso(dt):
 class FakeRender(LoopbackServer):
     """GET /v1/services/<id>/deploys and /env-vars as Render answers them: lists of
     {"deploy": {...}, "cursor": ...} / {"envVar": {"key", "value"}, "cursor": ...}, paged by cursor,
-    401 without the right Bearer key."""
+    401 without the right Bearer key. Writes as Render takes them: PUT /env-vars/<key> {"value"}
+    sets one variable, POST /deploys starts a deploy of the current variables (its id answered;
+    `on_deploy(env)` is told). Every request is in `seen`, every write in `writes`."""
 
-    def __init__(self, deploys=(), env=None, delay_s=0.0):
+    def __init__(self, deploys=(), env=None, delay_s=0.0, on_deploy=None, fail_writes=()):
         self.deploys, self.env, self.delay_s, self.seen = list(deploys), dict(env or {}), delay_s, []
+        self.writes, self.on_deploy, self.fail_writes = [], on_deploy, set(fail_writes)
         outer = self
 
         class H(BaseHTTPRequestHandler):
+            def _write(self, method):
+                outer.seen.append((f"{method} {self.path}", self.headers.get("Authorization")))
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if self.headers.get("Authorization") != f"Bearer {KEY}":
+                    return self.answer(401, {"message": "unauthorized"})
+                parts = urlsplit(self.path).path.split("/")
+                outer.writes.append((method, urlsplit(self.path).path, body))
+                if method in outer.fail_writes:
+                    return self.answer(503, {"message": "try again later"})
+                if method == "PUT" and parts[:5] == ["", "v1", "services", SERVICE, "env-vars"] and len(parts) == 6:
+                    outer.env[parts[5]] = body["value"]
+                    return self.answer(200, {"key": parts[5], "value": body["value"]})
+                if method == "POST" and parts == ["", "v1", "services", SERVICE, "deploys"]:
+                    now = datetime.now(timezone.utc)
+                    d = deploy(f"dep-act{len(outer.writes)}", now, now, trigger="api")
+                    outer.deploys.insert(0, d)
+                    if outer.on_deploy:
+                        outer.on_deploy(dict(outer.env))
+                    return self.answer(201, d)
+                return self.answer(404, {"message": "not found"})
+
+            def do_PUT(self):
+                self._write("PUT")
+
+            def do_POST(self):
+                self._write("POST")
+
             def do_GET(self):
                 outer.seen.append((self.path, self.headers.get("Authorization")))
                 time.sleep(outer.delay_s)

@@ -84,6 +84,24 @@ INVALID = [
      "criteria.error_rate.threshold: must be an integer or a number, got True"),
     (GOOD_TARGET + GOOD_PROBE + "[criteria.error_rate]\nthreshold = -1\n",
      "criteria.error_rate.threshold: must not be negative, got -1"),
+    # Object storage, the engine, and the runbook's machine steps (issues 17 and 20).
+    (GOOD_TARGET + GOOD_PROBE + '[storage]\nsecret_key_env = "my secret"\n',
+     "storage.secret_key_env: must name an environment variable (the credential itself never goes in a profile)"),
+    (GOOD_TARGET + GOOD_PROBE + '[storage]\nendpoint = "s3.local:9000"\n',
+     "storage.endpoint: must be an http(s) URL, got 's3.local:9000'"),
+    (GOOD_TARGET + GOOD_PROBE + '[storage]\nbucket = "b"\n', "storage.bucket: unknown key"),
+    (GOOD_TARGET + GOOD_PROBE + '[engine]\nurl = "yarn"\n',
+     "engine.url: must be duckdb or spark://HOST:PORT (a Spark standalone master), got 'yarn'"),
+    (GOOD_TARGET + GOOD_PROBE + '[runbook.s1]\ntitle = "t"\nset_env = { "FLAG-ON" = "false" }\n',
+     "runbook.s1.set_env: 'FLAG-ON' is not an environment variable name"),
+    (GOOD_TARGET + GOOD_PROBE + '[runbook.s1]\ntitle = "t"\nset_env = { FLAG = false }\n',
+     "runbook.s1.set_env.FLAG: must be a string (as the platform stores it), got bool"),
+    (GOOD_TARGET + GOOD_PROBE + '[runbook.s1]\ntitle = "t"\nverify = { probe = "nope", expect_status = [503] }\n',
+     "runbook.s1.verify.probe: unknown probe 'nope'; known: health"),
+    (GOOD_TARGET + GOOD_PROBE + '[runbook.s1]\ntitle = "t"\nverify = { probe = "health", expect_status = [] }\n',
+     "runbook.s1.verify.expect_status: must be a list of HTTP statuses, got []"),
+    (GOOD_TARGET + GOOD_PROBE + '[runbook.s1]\ntitle = "t"\ndeploy = "yes"\n',
+     "runbook.s1.deploy: must be true or false, got str 'yes'"),
 ]
 
 

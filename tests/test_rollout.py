@@ -194,6 +194,14 @@ def _plan(tmp_path, body):
      "plan.toml → phase1-staging-canary (fault-lens-staging.toml): criteria.error_rate.threshold: must not be negative, got -1"),
     ('[[phase]]\nid = "phase9"\nprofile = "P"\nstart = "2026-01-01T00:00:00Z"\n',
      "unknown phase 'phase9' for"),
+    ('max_report_age = "soon"\n[[phase]]\nid = "phase1-staging-canary"\nprofile = "P"\nstart = "2026-01-01T00:00:00Z"\n',
+     "plan.toml: max_report_age: must be a duration like 30s, 15m or 24h, got 'soon'"),
+    ('[[phase]]\nid = "phase1-staging-canary"\nprofile = "P"\nstart = "2026-01-01T00:00:00Z"\n'
+     '[phase.promote]\nset_env = { FLAG = "on" }\nverify = { probe = "lst", expect_status = [200] }\n',
+     "plan.toml: phase[0].promote.verify.probe: unknown probe 'lst'; known: execute, health, list, suggestions"),
+    ('[[phase]]\nid = "phase1-staging-canary"\nprofile = "P"\nstart = "2026-01-01T00:00:00Z"\n'
+     '[phase.promote]\nrestart = true\n',
+     "plan.toml: phase[0].promote.restart: unknown key"),
 ])
 def test_bad_plans_name_the_key(tmp_path, body, message):
     path = _plan(tmp_path, body.replace('"P"', f'"{PROFILES / "fault-lens-staging.toml"}"'))

@@ -57,7 +57,8 @@ def group_alive(pgid: int) -> bool:
 
 def test_cron_lines_are_valid_and_keep_secrets_out():
     env, jobs = cron_file()
-    assert [j[0] for j in jobs] == [["*/5", "*", "*", "*", "*"], ["7", "*", "*", "*", "*"]]
+    assert [j[0] for j in jobs] == [["*/5", "*", "*", "*", "*"], ["7", "*", "*", "*", "*"], ["17", "*", "*", "*", "*"]]
+    assert "act --plan" in jobs[2][2] and "--execute" not in jobs[2][2]  # a dry run unless someone says otherwise
     for fields, user, cmd in jobs:
         assert all(FIELD.match(f) for f in fields), fields
         assert user == "phasegate" and "%" not in cmd  # cron turns a bare % into a newline
@@ -161,12 +162,13 @@ def _units(tmp_path):
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze: apt-get install -y systemd")
 def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
     units = _units(tmp_path)
-    assert [u.name for u in units] == ["phasegate-collect.service", "phasegate-report.service", "phasegate-report.timer"]
+    assert [u.name for u in units] == ["phasegate-act.service", "phasegate-act.timer", "phasegate-collect.service",
+                                       "phasegate-report.service", "phasegate-report.timer"]
     res = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0 and res.stderr == "", res.stderr
-    collect = units[0].read_text()
+    collect = units[2].read_text()
     assert "\nRestart=on-failure\n" in collect
-    assert "\nOnCalendar=hourly\n" in units[2].read_text()
+    assert "\nOnCalendar=hourly\n" in units[4].read_text()
     # The check can fail: a misspelt key is reported.
     bad = tmp_path / "bad.service"
     bad.write_text(collect.replace("Restart=on-failure", "Restartt=on-failure"))
@@ -238,6 +240,10 @@ def test_the_units_as_written_serve_a_two_phase_drill_without_edits(project, tmp
         assert "rollout complete" in err
         idle = subprocess.run(report, cwd=project, env=clean, capture_output=True, text=True, timeout=300)
         assert idle.returncode == 0 and idle.stdout.startswith("no phase of drill in progress to report")
+        act = argv("phasegate-act.service")
+        assert "--execute" not in act  # the recipe is a dry run as written
+        done = subprocess.run(act, cwd=project, env=clean, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "nothing calls for an action" in done.stdout, done.stdout + done.stderr
     finally:
         if collector.poll() is None:
             os.killpg(collector.pid, signal.SIGKILL)

@@ -9,14 +9,15 @@ try:
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-from .errors import (DataError, PhasegateError, ProfileError, ReportError, ScenarioError, StoreError,
-                     WindowError)
+from .errors import (ActionRefused, DataError, PhasegateError, ProfileError, ReportError, ScenarioError,
+                     StoreError, WindowError)
 from .profile import load_profile
 from .window import Window
 
 __all__ = [
     "__version__", "load_profile", "read_samples", "Window",
     "PhasegateError", "ProfileError", "WindowError", "DataError", "StoreError", "ScenarioError", "ReportError",
+    "ActionRefused",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -36,7 +36,7 @@ QS = (0.5, 0.95, 0.99)  # the percentiles of every table and the timeline
 DEFAULT_MEMORY_LIMIT = "1GB"
 # Rows that are not the endpoints' probes: real traffic, Prometheus counts and query values, the
 # platform's deploys and flags, and acceptance commands (judged only by the criteria that name them).
-_NOT_PROBES = ("traffic", "prometheus", "prometheus-histogram", "platform", "promql", "check")
+_NOT_PROBES = ("traffic", "prometheus", "prometheus-histogram", "platform", "promql", "check", "action")
 _ERR = "(" + ", ".join(f"'{o}'" for o in sorted(ERROR_OUTCOMES)) + ")"
 
 # Per-row facts every aggregate counts: defined once, for probes and real traffic alike.
@@ -77,6 +77,7 @@ class Analysis:
     traffic_timeline: pd.DataFrame | None = field(default=None, repr=False)  # per source and 5 min
     ecdf: dict = field(default_factory=dict, repr=False)  # probe -> (canary, baseline) latencies
     custom: dict = field(default_factory=dict)  # criterion id -> its metric per group, or its PromQL series
+    actions: list = field(default_factory=list)  # what `phasegate act` did in the window, in time order
     con: object = field(default=None, repr=False)  # the DuckDB connection: `samples` stays queryable
 
     @property
@@ -154,8 +155,20 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         tenants=tenant_stats(con, conf), platform=platform,
         timeline=timeline(con, bucket_s), coverage_hourly=hourly, occurrences=_occurrences(con),
         samples_live=int(n - sim), samples_simulated=int(sim), traffic_timeline=traffic_tl,
-        ecdf={} if base is None else base[1], con=con, custom=custom_metrics(con, profile),
+        ecdf={} if base is None else base[1], con=con, custom=custom_metrics(con, profile), actions=_actions(con),
     )
+
+
+def _actions(con) -> list:
+    """The actions `phasegate act` carried out (source "action"): when, what, by whom, the outcome."""
+    out = []
+    for ts, probe, outcome, status, did, flags, ev in con.execute("""SELECT ts, probe, outcome, status, deployment_id,
+            flags, evidence FROM samples WHERE source = 'action' ORDER BY ts, request_id""").fetchall():
+        e = json.loads(ev) if ev else {}
+        out.append({"ts": _ts(ts), "step": probe, "action": e.get("action"), "kind": e.get("kind"), "by": e.get("by"),
+                    "outcome": outcome, "status": None if status is None else int(status), "deployment_id": did,
+                    "set": json.loads(flags) if flags else None, "detail": e.get("detail"), "report": e.get("report")})
+    return out
 
 
 _COUNTS = {"samples": "sum(w)", "status_count": "sum(w)", "errors": "sum(w) FILTER (WHERE bad)",

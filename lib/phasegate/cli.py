@@ -272,6 +272,26 @@ def verify(report_dir, allowed_signers):
     sys.exit(0 if v.ok else 1)
 
 
+@cli.command()
+@click.option("--plan", type=PATH, required=True, help="Rollout plan TOML.")
+@click.option("--execute", is_flag=True, help="Carry the actions out through the platform (default: only print them).")
+@click.option("--by", help="Who is acting, recorded with each action [default: the user running it].")
+@click.option("--as-of", help="Decide as if it were this time.")
+@_guard
+def act(plan, execute, by, as_of):
+    """Runbook steps on a NO-GO, the next phase's promotion on an approved GO: printed (a dry run),
+    or with --execute carried out through the platform and recorded. Exit 0 done or nothing to
+    do, 1 a step failed, 2 refused."""
+    from .act import act as run_act
+    from .rollout import load_plan
+    from .window import parse_time
+
+    res = run_act(load_plan(plan), execute=execute, now=parse_time(as_of, name="--as-of") if as_of else None, by=by)
+    for line in res.text:
+        _say(line)
+    sys.exit(1 if res.failed else 0)
+
+
 @cli.command("import-logs")
 @click.option("--format", "fmt", type=click.Choice(["nginx", "json"]), default="nginx", show_default=True)
 @click.option("--file", "path", type=PATH, required=True, help="Log file, or - for standard input.")

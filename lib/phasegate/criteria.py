@@ -417,7 +417,8 @@ def evaluate(profile: Profile, a: Analysis) -> Decision:
         r.settle()
         if r.passed is False and c.runbook and c.runbook in profile.runbook:
             step = profile.runbook[c.runbook]
-            r.runbook = {"id": step.id, "title": step.title, "steps": list(step.steps)}
+            r.runbook = {"id": step.id, "title": step.title, "steps": list(step.steps),
+                         "actions": describe(step.machine)}
         results.append(r)
     verdict, reason = decide(results, a)
     return Decision(verdict, reason, results)
@@ -451,3 +452,14 @@ def decide(results: list[CriterionResult], a: Analysis) -> tuple[str, str]:
     if thin:
         return "INCONCLUSIVE", f"too little evidence to decide: {', '.join(thin)}"
     return "GO", f"all {len(results)} criteria hold over {iso(a.window.start)} .. {iso(a.observed_end)}"
+
+
+def describe(m) -> list[str]:
+    """Machine steps (a runbook scenario's or a phase's promotion) in words, in the order `act` runs them."""
+    out = [f"set {k}={v} on the platform" for k, v in m.set_env]
+    if m.deploy:
+        out.append("trigger a deploy")
+    if m.verify:
+        codes = "/".join(map(str, m.verify.expect_status))
+        out.append(f"verify: the {m.verify.probe} probe answers {codes} within {format_duration(m.verify.within_s)}")
+    return out

@@ -27,3 +27,7 @@ class ScenarioError(PhasegateError, ValueError):
 
 class ReportError(PhasegateError, RuntimeError):
     """The sign-off notebook or one of its exports failed."""
+
+
+class ActionRefused(PhasegateError, RuntimeError):
+    """`phasegate act` will not act: a stale report, a changed platform, a held lock, no approval."""

@@ -90,3 +90,20 @@ def notify(doc: dict, report_path, state_dir, mode: str = "change", env_name: st
                          "report": str(report_path)})
     was = f" (was {previous})" if previous and previous != doc["verdict"] else ""
     return NotifyResult(True, f"notify: sent {doc['verdict']}{was} to the webhook in ${env_name}")
+
+
+def send_text(text: str, env_name: str = DEFAULT_ENV, timeout_s: float = 10.0) -> str:
+    """POST {"text": ...} to the webhook if one is configured; what happened in one line ("" when
+    no webhook is set). Never raises: a notification never stops what it reports."""
+    url = os.environ.get(env_name, "")
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"notify: not sent: ${env_name} is not an http(s) URL"
+    body = json.dumps({"text": text}).encode()
+    ex = exchange(url, "POST", {"Content-Type": "application/json", "Content-Length": str(len(body)),
+                                "User-Agent": "phasegate"}, body, timeout_s, 65536)
+    if ex.outcome is not None or not (200 <= (ex.status or 0) < 300):
+        return f"notify: webhook in ${env_name} failed ({ex.error if ex.outcome is not None else f'HTTP {ex.status}'})"
+    return f"notify: sent to the webhook in ${env_name}"

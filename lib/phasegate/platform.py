@@ -67,6 +67,38 @@ def _get(src: PlatformSource, path: str, key: str, params: dict) -> tuple[list |
     return items, row
 
 
+def call(src: PlatformSource, method: str, path: str, key: str, body: dict | None = None) -> tuple[object, dict]:
+    """One write (PUT, POST) under the same total deadline: (the JSON answer or None, the row
+    describing the call). Never retried here: a deploy trigger is not idempotent."""
+    url = f"{src.api_url}{path}"
+    data = json.dumps(body or {}).encode()
+    ex = exchange(url, method, {"Authorization": Secret(f"Bearer {key}"), "Accept": "application/json",
+                                "Content-Type": "application/json", "Content-Length": str(len(data)),
+                                "User-Agent": "phasegate"}, data, src.timeout_s, 1024 * 1024)
+    row = {"url": redact_url(url), "method": method, "status": ex.status,
+           "latency_ms": sum(v for v in ex.phases.values() if v is not None)}
+    if ex.outcome is not None:
+        row.update(outcome=ex.outcome, error=_scrub(ex.error, key))
+        return None, row
+    if not 200 <= ex.status < 300:
+        row.update(outcome="http_error", error=f"HTTP {ex.status}: {_scrub(ex.body[:200].decode('utf-8', 'replace'), key)}")
+        return None, row
+    try:
+        answer = json.loads(ex.body) if ex.body.strip() else {}
+    except ValueError:
+        answer = {}
+    row.update(outcome="ok")
+    return answer, row
+
+
+def read_env(src: PlatformSource, key: str) -> tuple[dict | None, dict]:
+    """The service's environment variables now ({name: value}), or None and the failed call's row."""
+    env, row = _pages(src, f"/services/{src.service_id}/env-vars", key, "envVar", [])
+    if row.get("outcome") != "ok":
+        return None, row
+    return {e.get("key"): e.get("value") for e in env}, row
+
+
 def _scrub(text: str | None, key: str) -> str | None:
     return None if text is None else redact_text(text.replace(key, "<redacted>") if key else text)
 

@@ -197,7 +197,7 @@ def state_tables(doc: dict) -> str:
     fl = doc["flags"]
     flag_rows = [[c["ts"], escape(c["flag"]), escape(json.dumps(c["value"]))] for c in fl["changes"]]
     out += "<h4>Feature flags (first value and every change)</h4>" + _table(["time", "flag", "value"], flag_rows)
-    out += platform_tables(doc)
+    out += platform_tables(doc) + actions_table(doc)
     h = doc["health"]
     out += (f'<div class="pg"><p>Health: {h["answered"]:,} answered health samples, {h["unhealthy"]:,} unhealthy, '
             f'handlers loaded min {h["min_loaded"]}/{h["handlers_total"]}.</p></div>')
@@ -290,7 +290,8 @@ def runbook(doc: dict) -> str:
     parts = []
     for r in doc["runbook"]:
         steps = "".join(f"<li>{escape(s)}</li>" for s in r["steps"])
-        parts.append(f'<h4>{escape(r["title"])} (criterion {escape(r["criterion"])})</h4><ol>{steps}</ol>')
+        machine = ("<p>phasegate act can carry out: " + escape("; ".join(r["actions"])) + "</p>") if r.get("actions") else ""
+        parts.append(f'<h4>{escape(r["title"])} (criterion {escape(r["criterion"])})</h4><ol>{steps}</ol>{machine}')
     return '<div class="pg">' + "".join(parts) + "</div>"
 
 
@@ -388,4 +389,22 @@ def rollout_table(doc: dict) -> str:
     out = _table(["phase", "verdict", "window", "samples", "latest report"], rows)
     if fails:
         out += "<h4>Failed criteria</h4>" + _table(["phase", "criterion", "detail"], fails)
+    acts = [[escape(p["title"]), *_action_cells(a)] for p in doc["phases"] for a in p.get("actions", [])]
+    if acts:
+        out += "<h4>Actions taken (phasegate act)</h4>" + _table(["phase", "time", "action", "by", "outcome", "detail"], acts)
     return out
+
+
+def _action_cells(a: dict) -> list:
+    ok = a["outcome"] == "ok"
+    return [a["ts"], escape(a["action"] or a["step"]), escape(a["by"] or "–"),
+            f'<span class="{"pass" if ok else "fail"}">{escape(a["outcome"])}</span>', escape(a["detail"] or "")]
+
+
+def actions_table(doc: dict) -> str:
+    """What `phasegate act` did in the window (rollbacks, promotions), each step with its time."""
+    acts = doc.get("actions") or []
+    if not acts:
+        return ""
+    return "<h4>Actions taken (phasegate act)</h4>" + _table(["time", "action", "by", "outcome", "detail"],
+                                                            [_action_cells(a) for a in acts])

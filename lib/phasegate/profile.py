@@ -165,10 +165,33 @@ class Criterion:
 
 
 @dataclass(frozen=True)
+class Verify:
+    """After acting: the probe must answer one of these statuses within `within_s`."""
+
+    probe: str
+    expect_status: tuple[int, ...]
+    within_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class MachineSteps:
+    """What `phasegate act` does through the platform: set environment variables, trigger a
+    deploy, then verify with a probe. Empty: nothing to do by machine."""
+
+    set_env: tuple[tuple[str, str], ...] = ()
+    deploy: bool = False
+    verify: Verify | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.set_env or self.deploy or self.verify)
+
+
+@dataclass(frozen=True)
 class RunbookStep:
     id: str
     title: str
     steps: tuple[str, ...] = ()
+    machine: MachineSteps = MachineSteps()  # set_env / deploy / verify beside the prose steps
 
 
 @dataclass(frozen=True)
@@ -408,7 +431,7 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         top.fail("probes", f"probe name {dup!r} is used twice")
-    runbook = _runbook(src, top.take("runbook", (dict,), {}))
+    runbook = _runbook(src, top.take("runbook", (dict,), {}), {p.name for p in probes})
     checks = tuple(_check(src, t, f"checks[{i}]") for i, t in enumerate(top.take("checks", (list,), [])))
     for c in checks:
         if c.name in names:
@@ -619,13 +642,41 @@ def _assertion(src, table, where) -> Assertion:
     return Assertion(path=path, **kinds)
 
 
-def _runbook(src, table) -> dict:
+def _runbook(src, table, probe_names) -> dict:
     out = {}
     for sid, body in table.items():
         r = _Reader(src, body, f"runbook.{sid}")
-        out[sid] = RunbookStep(id=sid, title=r.take("title", (str,), required=True), steps=r.str_list("steps"))
+        out[sid] = RunbookStep(id=sid, title=r.take("title", (str,), required=True), steps=r.str_list("steps"),
+                               machine=machine_steps(r, f"runbook.{sid}", probe_names))
         r.done()
     return out
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def machine_steps(r: "_Reader", where: str, probe_names) -> MachineSteps:
+    """set_env = {NAME = "value"}, deploy = true, verify = {probe, expect_status, within} of a runbook
+    scenario or a plan phase's promotion."""
+    env = r.take("set_env", (dict,), {})
+    for k, v in env.items():
+        if not _ENV_NAME.fullmatch(k):
+            r.fail(f"{where}.set_env", f"{k!r} is not an environment variable name")
+        if not isinstance(v, str):
+            r.fail(f"{where}.set_env.{k}", f"must be a string (as the platform stores it), got {type(v).__name__}")
+    verify = None
+    table = r.take("verify", (dict,), None)
+    if table is not None:
+        v = _Reader(r.src, table, f"{where}.verify")
+        probe = v.take("probe", (str,), required=True)
+        if probe not in probe_names:
+            v.fail(f"{where}.verify.probe", f"unknown probe {probe!r}; known: {', '.join(sorted(probe_names))}")
+        codes = v.take("expect_status", (list,), required=True)
+        if not codes or not all(isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes):
+            v.fail(f"{where}.verify.expect_status", f"must be a list of HTTP statuses, got {codes!r}")
+        verify = Verify(probe=probe, expect_status=tuple(codes), within_s=v.duration("within", 600.0))
+        v.done()
+    return MachineSteps(set_env=tuple(sorted(env.items())), deploy=r.take("deploy", (bool,), False), verify=verify)
 
 
 def _criteria(src, table, probe_names: set, runbook_ids: set) -> Criteria:

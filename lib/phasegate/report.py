@@ -112,7 +112,8 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         "profile": str(Path(profile_path).resolve()) if profile_path else "",
         "data_dir": str(data_dir) if is_remote(data_dir) else str(Path(data_dir).resolve()),
         "phase": phase, "start": window.start.isoformat(), "end": window.end.isoformat(), "hours": "",
-        "out_dir": str(stage.resolve()), "bucket": bucket, "as_of": now.isoformat(),
+        "out_dir": str(stage.resolve()), "bucket": bucket, "as_of": now.isoformat() if as_of else "",  # empty: the notebook's own now, taken after the
+        # platform's flags are read (read at the report's start, they would fall after its end)
         "baseline_data": str(Path(baseline[0]).resolve()) if baseline[0] else "",
         "baseline_start": baseline[1] or "", "baseline_end": baseline[2] or "",
         "plan": str(Path(plan).resolve()) if plan else "",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import DataError, ProfileError, WindowError
 from .objstore import is_remote, local_dir
-from .profile import Profile, _merge, _read_toml, _Reader, build_profile
+from .profile import MachineSteps, Profile, _merge, _read_toml, _Reader, build_profile, machine_steps
 from .window import format_duration, iso, parse_time, utcnow
 
 AFTER_PREVIOUS = "after-previous-go"
@@ -39,6 +39,8 @@ class Phase:
     duration_s: float
     begin: str = ""  # what an operator does to start the phase, in words
     overrides: dict = field(default_factory=dict, compare=False)
+    promote: MachineSteps = MachineSteps()  # what `act` does to start it, after the previous phase's approved GO
+    promote_raw: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Plan:
     allow_simulated: bool = False  # a drill: simulated samples may complete a phase (every output says DRILL)
     require_signature: bool = False  # approvals must be signed by a key in allowed_signers
     allowed_signers: Path | None = None
+    max_report_age_s: float = 7200.0  # `act` refuses to act on an older report
+    auto_rollback: bool = False  # `act --execute` may roll back on a NO-GO without an acknowledgement
 
     def phase(self, phase_id: str) -> Phase:
         for ph in self.phases:
@@ -85,6 +89,8 @@ def load_plan(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
     allow_simulated = top.take("allow_simulated", (bool,), False)
     require_signature = top.take("require_signature", (bool,), False)
     signers = top.take("allowed_signers", (str,), None)
+    max_age = top.duration("max_report_age", 7200.0)
+    auto_rollback = top.take("auto_rollback", (bool,), False)
     top.done()
     if require_signature and signers is None:
         top.fail("allowed_signers", "is required with require_signature = true (an OpenSSH allowed-signers file)")
@@ -114,19 +120,25 @@ def load_plan(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
         phases.append(Phase(
             id=pid, title=r.take("title", (str,), pid), profile_file=prof,
             data=_data(base, r.take("data", (str,), f"data/{pid}")), start=start,
-            duration_s=duration or 0.0, begin=r.take("begin", (str,), ""), overrides=overrides))
+            duration_s=duration or 0.0, begin=r.take("begin", (str,), ""), overrides=overrides,
+            promote_raw=r.take("promote", (dict,), {})))
         r.done()
     ids = [p.id for p in phases]
     dup = next((x for x in ids if ids.count(x) > 1), None)
     if dup:
         raise ProfileError(f"{src}: phase: id {dup!r} is used twice")
-    extra = dict(allow_simulated=allow_simulated, require_signature=require_signature, allowed_signers=allowed_signers)
+    extra = dict(allow_simulated=allow_simulated, require_signature=require_signature, allowed_signers=allowed_signers,
+                 max_report_age_s=max_age, auto_rollback=auto_rollback)
     plan = Plan(path=path, name=name, reports=reports, phases=tuple(phases), **extra)
     resolved = []
-    for ph in phases:
+    for i, ph in enumerate(phases):
         profile = plan.profile(ph.id)  # validates the profile and the overrides, naming the phase
+        where = f"phase[{i}].promote"
+        pr = _Reader(src, ph.promote_raw, where)
+        promote = machine_steps(pr, where, {p.name for p in profile.probes})
+        pr.done()
         resolved.append(Phase(ph.id, ph.title, ph.profile_file, ph.data, ph.start, profile.criteria.duration_s,
-                              ph.begin, ph.overrides))
+                              ph.begin, ph.overrides, promote))
     return Plan(path=path, name=name, reports=reports, phases=tuple(resolved), **extra)
 
 
@@ -448,7 +460,7 @@ def summary(plan, as_of=None, out_dir=None, root=None) -> dict:
                        samples=d["overall"]["samples"], errors=d["overall"]["errors"],
                        failed=[{"id": c["id"], "kind": c["kind"], "detail": c["detail"]}
                                for c in d["criteria"] if c["passed"] is False and c["id"] != "window_complete"],
-                       runbook=[r["title"] for r in d.get("runbook", [])],
+                       runbook=[r["title"] for r in d.get("runbook", [])], actions=d.get("actions", []),
                        tenants=(d.get("tenants") or {}).get("count"))
         phases.append(row)
     doc = {"plan": {"name": plan.name, "path": str(plan.path)}, "as_of": iso(now), "generated_at": iso(utcnow()),

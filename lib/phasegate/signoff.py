@@ -69,10 +69,11 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
         data.mkdir(parents=True, exist_ok=True)
     elif not data.is_dir():
         raise DataError(f"data dir does not exist: {data_dir}")
-    notes = []
+    notes, platform_seen = [], None
     if pull and profile.platform is not None:
         # Before `now` is taken, so the flags read now fall inside a window that ends now.
-        notes += _pull_platform(profile, data)
+        lines, platform_seen = _pull_platform(profile, data)
+        notes += lines
     now = parse_time(as_of, name="as_of") if as_of not in (None, "") else utcnow()
     window = Window.resolve(start, end, hours, profile.criteria.duration_s, now)
     baseline = None
@@ -111,6 +112,9 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
     decision = evaluate(profile, analysis)
     doc = build_doc(profile, profile_file, loc.url if loc else data, phase, analysis, decision, bucket)
     doc["inputs"]["notes"] = notes
+    # The platform's flags when this report was made (also outside a closed window): what
+    # `phasegate act` checks are unchanged before it acts.
+    doc["inputs"]["platform_seen"] = platform_seen
     doc["provenance"]["engine"] = redact_url(engine or profile.engine)  # where the figures were computed
     doc["provenance"]["command"] = command or f"{Path(sys.argv[0]).name} (notebook run directly, not by phasegate report)"
     if plan not in (None, ""):
@@ -130,17 +134,19 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
     return Signoff(profile, analysis, decision, doc, path)
 
 
-def _pull_platform(profile: Profile, data: Path) -> list[str]:
-    """Deploys and flags from the hosting platform, now. No key or a failed call is a line in the
-    report's data section, never a failed report."""
+def _pull_platform(profile: Profile, data: Path) -> tuple[list[str], dict | None]:
+    """Deploys and flags from the hosting platform, now: (lines for the report's data section, the
+    flags as read with their time, or None). No key or a failed call is a line, never a failed report."""
     from .platform import pull_platform
 
     src = profile.platform
     if not os.environ.get(src.api_key_env):
-        return [f"platform: ${src.api_key_env} is not set: {src.kind} deploys and flags were not read"]
-    res = pull_platform(src, data, profile.target.name)
+        return [f"platform: ${src.api_key_env} is not set: {src.kind} deploys and flags were not read"], None
+    at = utcnow()
+    res = pull_platform(src, data, profile.target.name, now=at)
+    seen = {"at": iso(at), "flags": res.flags} if res.flags else None
     return [f"platform: {res.deploys} {src.kind} deploys read" + (f"; flags {res.flags_text}" if res.flags else "")] + \
-        [f"platform: {n}" for n in res.notes]
+        [f"platform: {n}" for n in res.notes], seen
 
 
 def build_doc(profile: Profile, profile_file: Path, data: Path | str, phase: str, a: Analysis, d: Decision,
@@ -189,6 +195,7 @@ def build_doc(profile: Profile, profile_file: Path, data: Path | str, phase: str
         "prometheus": a.prometheus,
         "tenants": a.tenants,
         "platform": a.platform,
+        "actions": a.actions,
         "simulated_samples": simulated,
         "inputs": {"data_dir": str(data), **a.inputs},
         "parameters": {"bucket": bucket, "confidence": profile.criteria.confidence,

@@ -1,0 +1,311 @@
+"""`phasegate act --plan P`: carry out what the latest report of the phase in progress calls for,
+through the platform, with a human in the loop.
+
+On a NO-GO it proposes the failed criteria's runbook machine steps (set_env, deploy, verify);
+on an approved GO of the previous phase, the next phase's promotion steps. By default it prints
+them and changes nothing (not even a read of the platform). `--execute` carries them out, one
+call at a time under the adapter's deadline, never retrying a call, stopping at the first step
+that fails; each step is stored as a sample (source "action") in the phase's dataset, so the
+next report and the rollout summary show it, and goes to the webhook.
+
+It refuses, in one line and before any change, when the report is older than the plan's
+`max_report_age`, when the profile changed since the report, when the platform's flags are no
+longer what the report saw, when another `act` holds the plan's lock, when a promotion's GO is
+not approved, and when a rollback's NO-GO is neither acknowledged nor covered by `auto_rollback`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .criteria import describe
+from .errors import ActionRefused as Refused
+from .platform import ON, call, read_env
+from .profile import MachineSteps, Profile
+from .rollout import Plan, phase_reports, rejection, status
+from .window import format_duration, iso, parse_time, utcnow
+
+LOCK = ".act.lock"
+
+
+@dataclass
+class Proposal:
+    kind: str  # "rollback", "promote" or "" (nothing to do)
+    phase: str = ""  # the phase whose dataset records the actions
+    report: Path | None = None
+    doc: dict | None = None
+    steps: MachineSteps = MachineSteps()
+    why: str = ""
+    profile: Profile | None = None
+    approved_at: str | None = None  # a promotion's GO: when it was approved
+
+    def age_s(self, now: datetime) -> float:
+        """How old the decision is: the report's age, or for a promotion the approval's (a GO
+        approved hours after it was made is fresh from the approval on)."""
+        made = parse_time(self.doc["generated_at"], name="generated_at")
+        if self.approved_at:
+            made = max(made, parse_time(self.approved_at, name="approved at"))
+        return (now - made).total_seconds()
+
+    def lines(self) -> list[str]:
+        return describe(self.steps)
+
+
+@dataclass
+class ActResult:
+    text: list = field(default_factory=list)
+    failed: bool = False
+
+
+def propose(plan: Plan, now: datetime) -> Proposal:
+    """What the rollout's state calls for, from the reports alone (no platform call)."""
+    st = status(plan, now, evaluate=False)
+    prev = None
+    for s in st.phases:
+        if s.state == "done":
+            prev = s
+            continue
+        if s.state != "current":
+            break
+        ph = s.phase
+        reps = phase_reports(plan.reports, ph.id)
+        if reps:
+            doc, path = reps[0]
+            if doc.get("verdict") == "NO-GO":
+                profile = plan.profile(ph.id)
+                ids = [r["id"] for r in doc.get("runbook", [])]
+                steps = _merge([profile.runbook[i].machine for i in ids if i in profile.runbook])
+                failed = ", ".join(r["criterion"] for r in doc.get("runbook", [])) or "hard criteria"
+                return Proposal("rollback", ph.id, path, doc, steps, f"{ph.title} is NO-GO ({failed})", profile)
+            if doc.get("verdict") == "GO" and doc.get("window", {}).get("complete"):
+                why = rejection(plan, ph, doc, path, s.start)[0]
+                if why:
+                    raise Refused(f"the GO report {path.parent} does not count yet ({why}): "
+                                  f"phasegate approve {path.parent} --by NAME")
+        if prev is not None and prev.report_path is not None and s.start is None and ph.promote:
+            return Proposal("promote", ph.id, prev.report_path, prev.report, ph.promote,
+                            f"{prev.phase.title} has an approved GO: start {ph.title}", plan.profile(ph.id),
+                            approved_at=(prev.approval or {}).get("at"))
+        return Proposal("", ph.id, why=f"{ph.title}: {s.reason or 'in progress'}; nothing calls for an action")
+    return Proposal("", why="every phase is done or waiting; nothing calls for an action")
+
+
+def _merge(parts: list[MachineSteps]) -> MachineSteps:
+    env = dict(kv for m in parts for kv in m.set_env)
+    verify = next((m.verify for m in parts if m.verify), None)
+    return MachineSteps(tuple(sorted(env.items())), any(m.deploy for m in parts), verify)
+
+
+def act(plan: Plan, execute: bool = False, now: datetime | None = None, by: str | None = None) -> ActResult:
+    now = now or utcnow()
+    with _lock(plan):
+        p = propose(plan, now)
+        res = ActResult()
+        if not p.kind:
+            res.text.append(p.why)
+            return res
+        age = p.age_s(now)
+        if age > plan.max_report_age_s:
+            since = "approved" if p.approved_at else "made"
+            raise Refused(f"the report {p.report.parent} was {since} {format_duration(age)} ago (max_report_age "
+                          f"{format_duration(plan.max_report_age_s)}): report again before acting")
+        if p.kind == "rollback":
+            _check_profile(p)
+            done = [a for a in p.doc.get("actions") or [] if a.get("kind") == "rollback" and a["outcome"] == "ok"
+                    and a["step"] == ("act.deploy" if p.steps.deploy else "act.set_env")]
+            if done:
+                res.text.append(f"{p.why}; its rollback was carried out at {done[-1]['ts']} by {done[-1]['by']} "
+                                f"(the report shows it): nothing more to do by machine")
+                return res
+        if not p.steps:
+            res.text.append(f"{p.why}; its runbook has no machine steps: follow its steps by hand")
+            return res
+        head = f"{'EXECUTING' if execute else 'DRY RUN (nothing sent; --execute carries it out)'}: {p.kind} — {p.why}"
+        res.text += [head] + [f"  {i}. {line}" for i, line in enumerate(p.lines(), 1)]
+        if not execute:
+            return res
+        if p.kind == "rollback" and not plan.auto_rollback and not _acknowledged(p):
+            raise Refused(f"the NO-GO report {p.report.parent} is not acknowledged and the plan does not set "
+                          f"auto_rollback = true: phasegate approve {p.report.parent} --acknowledge --by NAME")
+        _run(plan, p, by or _who(), res)
+        return res
+
+
+def _check_profile(p: Proposal) -> None:
+    saw = p.doc.get("provenance", {}).get("profile_sha256")
+    if saw and saw != p.profile.sha256:
+        raise Refused(f"the profile of {p.phase} changed since the report {p.report.parent} "
+                      f"(SHA-256 {saw[:12]}… then, {p.profile.sha256[:12]}… now): report again before acting")
+
+
+def _acknowledged(p: Proposal) -> bool:
+    from .approval import APPROVAL, verify
+
+    if not (p.report.parent / APPROVAL).exists():
+        return False
+    return verify(p.report.parent).ok
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+@contextmanager
+def _lock(plan: Plan):
+    plan.reports.mkdir(parents=True, exist_ok=True)
+    path = plan.reports / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise Refused(f"another phasegate act holds the lock on {plan.path} ({holder}): not acting twice") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {iso(utcnow())}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+# -- carrying it out ----------------------------------------------------------------------
+
+
+def _run(plan: Plan, p: Proposal, by: str, res: ActResult) -> None:
+    from . import notify
+
+    src = p.profile.platform
+    if src is None:
+        raise Refused(f"{p.phase}'s profile has no enabled [platform] section: nothing can act on the service")
+    key = os.environ.get(src.api_key_env, "")
+    if not key:
+        raise Refused(f"${src.api_key_env} is not set: the platform API needs its key")
+    rec = _Recorder(plan, p, by, key)
+    env, row = read_env(src, key)
+    if env is None:
+        raise Refused(f"cannot read the platform's environment before acting: {row.get('error')}")
+    _check_state(p, src, env)
+    for i, (what, step) in enumerate(_calls(p, src, key), 1):
+        row = step()
+        rec.add(what, row)
+        line = f"  {i}. {what}: {'done' if row['outcome'] == 'ok' else 'FAILED'}" + (
+            f" ({row['detail']})" if row.get("detail") else "")
+        res.text.append(line)
+        sent = notify.send_text(f"phasegate act {p.kind} on {p.phase}: {what}: {row['outcome']}"
+                                + (f" ({row['detail']})" if row.get("detail") else ""))
+        if sent:
+            res.text.append(f"     {sent}")
+        if row["outcome"] != "ok":
+            res.failed = True
+            res.text.append(f"stopped at step {i} ({what}); nothing after it was sent. Not retried: check the "
+                            f"platform, then report again")
+            break
+    rec.close()
+    res.text.append(f"recorded {rec.n} action(s) in {p.phase}'s dataset ({rec.where})")
+
+
+def _check_state(p: Proposal, src, env: dict) -> None:
+    """The flags the platform has now must be the ones the report saw last; else someone acted meanwhile."""
+    saw = ((p.doc.get("inputs") or {}).get("platform_seen") or {}).get("flags")
+    if not saw:
+        raise Refused(f"the report {p.report.parent} saw no platform flags (was [platform] read?): "
+                      f"cannot tell whether the state changed since; report again with the platform enabled")
+    for name, was in sorted(saw.items()):
+        now = (str(env[name]).strip().lower() in ON) if name in env else None
+        if now != was:
+            raise Refused(f"the platform changed since the report: {name} was {_word(was)}, is {_word(now)} now; "
+                          f"someone acted meanwhile: report again before acting")
+
+
+def _word(v) -> str:
+    return "unset" if v is None else ("on" if v else "off")
+
+
+def _calls(p: Proposal, src, key):
+    for name, value in p.steps.set_env:
+        yield f"set {name}={value}", lambda n=name, v=value: _api(src, key, "PUT", f"/services/{src.service_id}/env-vars/{n}",
+                                                                    {"value": v}, flags={n: v})
+    if p.steps.deploy:
+        yield "trigger a deploy", lambda: _api(src, key, "POST", f"/services/{src.service_id}/deploys",
+                                               {"clearCache": "do_not_clear"}, deploy=True)
+    if p.steps.verify:
+        yield (f"verify {p.steps.verify.probe} answers {'/'.join(map(str, p.steps.verify.expect_status))}",
+               lambda: _verify(p.profile, p.steps.verify))
+
+
+def _api(src, key, method, path, body, flags=None, deploy=False) -> dict:
+    answer, row = call(src, method, path, key, body)
+    row["probe"] = "act.deploy" if deploy else "act.set_env"
+    if flags:
+        row["flags"] = json.dumps(flags)
+    if deploy and isinstance(answer, dict):
+        row["deployment_id"] = str(answer.get("id") or (answer.get("deploy") or {}).get("id") or "") or None
+        row["detail"] = f"deploy {row['deployment_id']}" if row["deployment_id"] else "no deploy id in the answer"
+    if row["outcome"] != "ok":
+        row["detail"] = row.get("error")
+    return row
+
+
+def _verify(profile: Profile, v) -> dict:
+    """The probe (every tenant of it) until all answer an expected status, or `within` passes."""
+    from .collector import probe_jobs
+    from .probe import run_probe
+
+    jobs = [(pr, t) for pr, t in probe_jobs(profile) if pr.name == v.probe]
+    secrets = profile.secret_values()
+    deadline, tries, last = time.monotonic() + v.within_s, 0, []
+    while True:
+        tries += 1
+        last = [run_probe(profile.target, pr, tenant=t, secrets=secrets) for pr, t in jobs]
+        if all(r.get("status") in v.expect_status for r in last):
+            got = sorted({r["status"] for r in last})
+            return {"probe": "act.verify", "outcome": "ok", "status": got[0], "method": "GET",
+                    "detail": f"{v.probe} answered {'/'.join(map(str, got))} after {tries} tr{'y' if tries == 1 else 'ies'}"}
+        if time.monotonic() + 2.0 > deadline:
+            seen = sorted({str(r.get("status") or r.get("outcome")) for r in last})
+            return {"probe": "act.verify", "outcome": "verify_failed", "status": last[0].get("status") if last else None,
+                    "method": "GET", "detail": f"{v.probe} still answered {', '.join(seen)} after "
+                                               f"{format_duration(v.within_s)} ({tries} tries)"}
+        time.sleep(2.0)
+
+
+class _Recorder:
+    """Action rows into the phase's dataset (s3:// too), written as each step ends."""
+
+    def __init__(self, plan: Plan, p: Proposal, by: str, key: str):
+        from .objstore import Location
+        from .store import SampleWriter
+
+        self.p, self.by, self.key, self.n = p, by, key, 0
+        self.loc = Location(plan.phase(p.phase).data, p.profile.storage)
+        self.where = self.loc.url
+        self.run_id = f"act-{utcnow().strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.writer = SampleWriter(self.loc.local, self.run_id, upload=self.loc.push if self.loc.remote else None)
+
+    def add(self, what: str, row: dict) -> None:
+        self.n += 1
+        evidence = {"action": what, "kind": self.p.kind, "by": self.by, "why": self.p.why,
+                    "report": str(self.p.report.parent), "detail": row.get("detail")}
+        out = {k: v for k, v in row.items() if k != "detail"}
+        text = json.dumps(evidence).replace(self.key, "<redacted>") if self.key else json.dumps(evidence)
+        out.update(ts=time.time(), source="action", target=self.p.profile.target.name, error_code=self.p.kind,
+                   request_id=f"{self.run_id}:{self.n}", evidence=text, tenant=None, simulated=False,
+                   assertion_failures=[])
+        if out.get("error"):
+            out["error"] = out["error"].replace(self.key, "<redacted>")
+        self.writer.append(out)
+
+    def close(self) -> None:
+        self.writer.close(wait_s=5.0)
