@@ -9,11 +9,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from phasegate import present, rollout
 from phasegate.history import history
 from phasegate.profile import load_profile
 from phasegate.simulator import Fault, load_schedule
 
 from conftest import SIM_PROFILE, phasegate, stopping, write_profile
+from test_notify import Receiver
 from test_platform import KEY, SERVICE, FakeRender
 
 V1, SUGG, SIGNED = "FAULT_LENS_V1_ENABLED", "FAULT_LENS_SUGGESTIONS_ENABLED", "FAULT_LENS_SIGNED_ACTIONS_ENABLED"
@@ -66,7 +68,12 @@ def _one_line_refusal(res, text):
     return lines[0]
 
 
-def test_a_5xx_no_go_is_rolled_back_through_the_platform_and_shows_in_the_next_report(tmp_path, sim, fake):
+@pytest.fixture
+def receiver():
+    yield from stopping(Receiver)
+
+
+def test_a_5xx_no_go_is_rolled_back_through_the_platform_and_shows_in_the_next_report(tmp_path, sim, fake, receiver):
     srv = sim()
     deployed = []
 
@@ -105,13 +112,20 @@ def test_a_5xx_no_go_is_rolled_back_through_the_platform_and_shows_in_the_next_r
     f.env[V1] = "true"
     assert f.writes == []
 
-    done = phasegate("act", "--plan", plan, "--execute", "--by", "oncall-anna", env=ENV, timeout=120)
+    hook = receiver()
+    done = phasegate("act", "--plan", plan, "--execute", "--by", "oncall-anna", timeout=120,
+                     env={**ENV, "PHASEGATE_WEBHOOK_URL": hook.url})
     assert done.returncode == 0, done.stdout + done.stderr
     assert [(m, p, b) for m, p, b in f.writes] == [
         ("PUT", f"/v1/services/{SERVICE}/env-vars/{V1}", {"value": "false"}),
         ("POST", f"/v1/services/{SERVICE}/deploys", {"clearCache": "do_not_clear"})]
     assert len(deployed) == 1 and deployed[0][V1] == "false"
     assert "verify list answers 503: done (list answered 503" in done.stdout
+    # One notification per action, in order.
+    assert [m["json"]["text"] for m in hook.got] == [
+        f"phasegate act rollback on {P1}: set {V1}=false: ok",
+        f"phasegate act rollback on {P1}: trigger a deploy: ok (deploy dep-act2)",
+        f"phasegate act rollback on {P1}: verify list answers 503: ok (list answered 503 after 1 try)"]
 
     again = phasegate("report", "--plan", plan, "--phase", P1, "--formats", "json,html", env=ENV, timeout=300)
     assert again.returncode == 10, again.stderr
@@ -125,6 +139,10 @@ def test_a_5xx_no_go_is_rolled_back_through_the_platform_and_shows_in_the_next_r
     html = (newest.parent / "report.html").read_text() if (newest.parent / "report.html").exists() else \
         next(newest.parent.glob("*.html")).read_text()
     assert "Actions taken (phasegate act)" in html and "dep-act2" in html
+    # ... and the rollout summary's timeline.
+    summary = rollout.summary(plan)
+    assert [a["action"] for a in summary["phases"][0]["actions"]] == [a["action"] for a in acts]
+    assert "Actions taken (phasegate act)" in present.rollout_table(summary)
     # The report shows the rollback done: a second act does not do it again.
     twice = phasegate("act", "--plan", plan, "--execute", env=ENV, timeout=120)
     assert twice.returncode == 0 and "its rollback was carried out at" in twice.stdout, twice.stdout + twice.stderr
