@@ -4,7 +4,6 @@ phase, and every refusal in one line."""
 
 import fcntl
 import json
-import os
 from datetime import datetime, timedelta, timezone
 
 import pytest

@@ -30,8 +30,9 @@ from pathlib import Path
 from .criteria import describe
 from .errors import ActionRefused as Refused
 from .platform import ON, call, read_env
-from .profile import MachineSteps, Profile
+from .profile import Profile
 from .rollout import Plan, phase_reports, rejection, status
+from .rules import MachineSteps
 from .window import format_duration, iso, parse_time, utcnow
 
 LOCK = ".act.lock"

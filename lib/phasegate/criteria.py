@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .analysis import Analysis
-from .profile import Criterion, Profile
+from .profile import Profile
+from .rules import Criterion
 from .stats import n_for_quantile, n_for_rate, rate_upper
 from .window import format_duration, iso
 

@@ -16,7 +16,6 @@ an extension fetched at run time, which a machine limited to the package registr
 
 from __future__ import annotations
 
-import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from pathlib import Path
 
 from .errors import StoreError
 
-log = logging.getLogger(__name__)
 
 SCHEME = "s3://"
 _MARK = ".uploaded"

@@ -56,7 +56,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     `latest` reports the phase in progress from its start to now."""
     wanted = _formats(formats)
     if engine:
-        check_engine(engine, lambda problem: _bad_engine(problem))
+        check_engine(engine, _bad_engine)
     # Validate everything cheap before starting a kernel: bad input is exit 2 in milliseconds.
     now = parse_time(as_of, name="as_of") if as_of else utcnow().replace(microsecond=0)
     if plan:
@@ -112,8 +112,9 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         "profile": str(Path(profile_path).resolve()) if profile_path else "",
         "data_dir": str(data_dir) if is_remote(data_dir) else str(Path(data_dir).resolve()),
         "phase": phase, "start": window.start.isoformat(), "end": window.end.isoformat(), "hours": "",
-        "out_dir": str(stage.resolve()), "bucket": bucket, "as_of": now.isoformat() if as_of else "",  # empty: the notebook's own now, taken after the
-        # platform's flags are read (read at the report's start, they would fall after its end)
+        # No --as-of: the notebook takes its own now, after it has read the platform's flags (read
+        # after a now taken here, they would fall past the window's end).
+        "out_dir": str(stage.resolve()), "bucket": bucket, "as_of": now.isoformat() if as_of else "",
         "baseline_data": str(Path(baseline[0]).resolve()) if baseline[0] else "",
         "baseline_start": baseline[1] or "", "baseline_end": baseline[2] or "",
         "plan": str(Path(plan).resolve()) if plan else "",

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from .config import _Reader
 from .errors import DataError, ProfileError, WindowError
 from .objstore import is_remote, local_dir
-from .profile import MachineSteps, Profile, _merge, _read_toml, _Reader, build_profile, machine_steps
+from .profile import Profile, _merge, _read_toml, build_profile
+from .rules import MachineSteps, machine_steps
 from .window import format_duration, iso, parse_time, utcnow
 
 AFTER_PREVIOUS = "after-previous-go"
