@@ -85,12 +85,13 @@ class _Result:
         for col in pdf.columns:
             if pd.api.types.is_datetime64_any_dtype(pdf[col]) and pdf[col].dt.tz is None:
                 pdf[col] = pdf[col].dt.tz_localize("UTC")
-            elif pdf[col].dtype == object and len(pdf[col]) and isinstance(pdf[col].dropna().iloc[0] if pdf[col].notna().any() else None, decimal.Decimal):
-                pdf[col] = pdf[col].astype(float)
+            elif pdf[col].dtype == object and pdf[col].map(lambda v: isinstance(v, decimal.Decimal)).any():
+                pdf[col] = pdf[col].astype(float)  # Spark's decimal sums, as DuckDB's doubles
         return pdf
 
     def fetchnumpy(self) -> dict:
-        return {c: self.df()[c].to_numpy() for c in self._df.columns}
+        pdf = self.df()
+        return {c: pdf[c].to_numpy() for c in pdf.columns}
 
 
 class SparkConnection:
