@@ -88,6 +88,15 @@ def test_collect_into_s3_then_report_gives_the_local_verdict_and_counts(s3, sim,
     assert s3doc["verdict"] == localdoc["verdict"]
     assert s3doc["verdict"] == "NO-GO"  # the five 500s: the bucket's samples were really read
     assert next(c for c in s3doc["criteria"] if c["id"] == "no_5xx")["measured"] == 5
+    # The bucket as a baseline too (here the same samples: no shift, same counts).
+    base = phasegate("report", "--profile", profile, "--data", local, "--phase", "phase1-staging-canary",
+                     "--start", start.isoformat(), "--end", end.isoformat(), "--as-of", as_of, "--out", tmp_path / "b",
+                     "--formats", "json", "--baseline-data", data, env=_env(endpoint, tmp_path / "base-cache"),
+                     timeout=300)
+    assert base.returncode == 10, base.stderr
+    bdoc = json.loads(next((tmp_path / "b").rglob("signoff.json")).read_text())
+    assert bdoc["baseline"]["probes"]["health"]["n_base"] == localdoc["probes"]["health"]["samples"] > 0
+    assert f"--baseline-data {data} " in bdoc["rerun"]
     assert s3doc["provenance"]["samples"] == localdoc["provenance"]["samples"]
     assert s3doc["provenance"]["samples"]["live"] > 0
     assert s3doc["overall"] == localdoc["overall"] and s3doc["probes"] == localdoc["probes"]

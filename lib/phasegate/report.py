@@ -115,7 +115,8 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         # No --as-of: the notebook takes its own now, after it has read the platform's flags (read
         # after a now taken here, they would fall past the window's end).
         "out_dir": str(stage.resolve()), "bucket": bucket, "as_of": now.isoformat() if as_of else "",
-        "baseline_data": str(Path(baseline[0]).resolve()) if baseline[0] else "",
+        "baseline_data": "" if not baseline[0] else str(baseline[0]) if is_remote(baseline[0])
+        else str(Path(baseline[0]).resolve()),
         "baseline_start": baseline[1] or "", "baseline_end": baseline[2] or "",
         "plan": str(Path(plan).resolve()) if plan else "",
         # Recorded in the provenance as typed; masked first, since parameters land in the notebook.
@@ -123,7 +124,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         "engine": engine or "",
     }
     try:
-        if baseline[0] and not Path(baseline[0]).is_dir():
+        if baseline[0] and not is_remote(baseline[0]) and not Path(baseline[0]).is_dir():
             raise DataError(f"baseline data dir does not exist: {baseline[0]}")
         for key, value in params.items():  # papermill writes parameters into the notebook
             if redact_text(value) != value:

@@ -16,7 +16,7 @@ from . import __version__
 from .analysis import Analysis, analyze
 from .criteria import Decision, evaluate
 from .errors import DataError
-from .objstore import Location, is_remote
+from .objstore import Location, is_remote, local_dir
 from .profile import Profile, load_profile
 from .redact import redact_url
 from .store import sha256
@@ -78,12 +78,13 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
     window = Window.resolve(start, end, hours, profile.criteria.duration_s, now)
     baseline = None
     if baseline_data not in (None, ""):
-        bdir = find_path(baseline_data)
-        if not bdir.is_dir():
-            raise DataError(f"baseline data dir does not exist: {baseline_data}")
         # Default: the canary's own window; a start alone lasts as long as the canary's window.
         bwin = window if baseline_start in (None, "") else Window.resolve(
             baseline_start, baseline_end, None, window.duration_s)
+        bdir = local_dir(baseline_data, profile.storage, bwin.start, bwin.end) if is_remote(baseline_data) \
+            else find_path(baseline_data)
+        if not bdir.is_dir():
+            raise DataError(f"baseline data dir does not exist: {baseline_data}")
         baseline = (bdir, bwin)
     observed = Window(window.start, window.observed_end(now))
     if pull and profile.prometheus is not None and observed.end > observed.start:
@@ -125,7 +126,8 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
     # A drill: a plan that allows simulated samples, rehearsing on them. Said on every output.
     doc["mode"] = "live" if not sim else ("drill" if plan not in (None, "") and plan.allow_simulated else "simulated")
     if baseline is not None:
-        doc["rerun"] += f" --baseline-data {baseline[0]} --baseline-start {iso(baseline[1].start)} " \
+        given = baseline_data if is_remote(baseline_data) else baseline[0]  # the bucket, not its local mirror
+        doc["rerun"] += f" --baseline-data {given} --baseline-start {iso(baseline[1].start)} " \
                         f"--baseline-end {iso(baseline[1].end)}"
     path = None
     if out_dir not in (None, ""):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import decimal
 import os
+import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -28,8 +29,25 @@ _RENAMED = {"EPOCH_US": "UNIX_MICROS", "MAKE_TIMESTAMPTZ": "TIMESTAMP_MICROS", "
             "LIST_CONTAINS": "ARRAY_CONTAINS"}
 
 
-def is_spark(engine) -> bool:
-    return isinstance(engine, str) and engine.startswith("spark://")
+# Spark's own logging: errors only, on stderr, one line each (its default prints a banner and
+# WARN lines into every report's output).
+_LOG4J2 = """rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = phasegate: spark: %p %c{1}: %m%n
+"""
+
+
+def _log_config() -> str:
+    path = Path(tempfile.gettempdir()) / f"phasegate-spark-log4j2-{os.getuid()}.properties"
+    if not path.exists() or path.read_text() != _LOG4J2:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(_LOG4J2)
+        os.replace(tmp, path)
+    return path.as_uri()
 
 
 def compile_sql(sql: str, params=None) -> str:
@@ -112,11 +130,14 @@ class SparkConnection:
                    .config("spark.sql.shuffle.partitions", os.environ.get("PHASEGATE_SPARK_PARTITIONS", "8"))
                    .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                    .config("spark.ui.enabled", "false")
+                   .config("spark.ui.showConsoleProgress", "false")  # a progress bar in a report's output
                    # Executors connect back to the driver: loopback unless told the address they can reach.
                    .config("spark.driver.host", os.environ.get("PHASEGATE_SPARK_DRIVER_HOST", "127.0.0.1"))
                    .config("spark.driver.bindAddress", os.environ.get("PHASEGATE_SPARK_DRIVER_HOST", "127.0.0.1"))
                    .config("spark.executor.memory", os.environ.get("PHASEGATE_SPARK_EXECUTOR_MEMORY", "1g"))
-                   .config("spark.sql.ansi.enabled", "false"))
+                   .config("spark.sql.ansi.enabled", "false")
+                   .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={_log_config()}")
+                   .config("spark.executor.extraJavaOptions", f"-Dlog4j2.configurationFile={_log_config()}"))
         try:
             self.spark = builder.getOrCreate()
         except Exception as exc:  # noqa: BLE001 - py4j and the JVM raise many kinds; one line names the cause
