@@ -211,12 +211,12 @@ def agreement(profile, data, hours, label: str, lines: list):
 
 def _args(profile, data, start, end) -> dict:
     from datetime import datetime, timezone
-    from phasegate.analysis import _expected, gap_slack_s
+    from phasegate.analysis import gap_slack_s
     from phasegate.profile import load_profile
     us = lambda t: int(datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()) * 10**6  # noqa: E731
     prof = load_profile(profile)
     return dict(profile=profile, data=data, start=start, end=end, start_us=us(start), end_us=us(end),
-                slack_us=int(gap_slack_s(_expected(prof)) * 1e6), confidence=prof.criteria.confidence, engine="duckdb")
+                slack_us=int(gap_slack_s(prof) * 1e6), confidence=prof.criteria.confidence, engine="duckdb")
 
 
 def scaling_bench(sizes, work: Path, have: dict, lines: list):

@@ -262,3 +262,19 @@ def test_a_stopped_shard_is_a_named_coverage_gap(tmp_path):
     assert shards["3/4"]["longest_gap_s"] == pytest.approx(3600, abs=60)
     assert doc["verdict"] == "INCONCLUSIVE" and "collector shard(s) 3/4 stopped" in doc["reason"]
     assert p.target.tenants  # the fleet the shards split
+
+
+def test_a_fleet_probed_in_bursts_is_not_a_collector_down(tmp_path):
+    # Every yacht's probes fire together once a minute (as `simulate history` writes them, and as
+    # a live collector whose jobs start within the same 5 s keeps them): the minute between two
+    # bursts is the schedule, not a collector that stopped. An outage still counts, to the second.
+    healthy = fleet_run(fleet_history(tmp_path, []), hours=2.0).doc["coverage"]
+    assert healthy["collector_down_s"] == 0.0 and healthy["longest_gap_cause"] == "none"
+    out = tmp_path / "outage"
+    out.mkdir()
+    data = fleet_history(out, [Fault("outage", start_s=3600.0, end_s=3600.0 + 600)])
+    cov = fleet_run(data, hours=2.0).doc["coverage"]
+    assert cov["longest_gap_cause"] == "collector down (no attempts)"
+    slack = 2 * 60.0  # two of the longest interval of any one yacht's probe
+    assert cov["collector_down_s"] == pytest.approx(cov["longest_gap_s"] - slack, abs=0.001)
+    assert 600 <= cov["longest_gap_s"] <= 600 + 60

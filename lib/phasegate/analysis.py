@@ -457,10 +457,13 @@ def _expected(profile: Profile) -> dict:
     return out  # samples per second per probe
 
 
-def gap_slack_s(rate: dict) -> float:
+def gap_slack_s(profile: Profile) -> float:
     """The gap between samples (s) that counts as the collector down: no attempts at all. Two of
-    the longest intervals between a probe's samples (`_expected` rates) tolerate jitter."""
-    return 2.0 / min(rate.values()) if rate else 0
+    the longest interval of any one job (a probe, for one tenant): a fleet's jobs may all fire
+    together, so the time between two bursts is the schedule, not a stop; jitter is tolerated."""
+    from .collector import probe_jobs
+
+    return 2.0 * max((probe.interval_s or profile.target.interval_s for probe, _t in probe_jobs(profile)), default=0.0)
 
 
 def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dict) -> dict:
@@ -473,7 +476,7 @@ def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dic
     n = sum(actual.values())
     total_e = sum(expected.values())
     ratio = min(1.0, n / total_e) if total_e else None
-    slack_us = int(gap_slack_s(rate) * 1e6)
+    slack_us = int(gap_slack_s(profile) * 1e6)
     s_us, e_us = int(pd.Timestamp(start).value // 1000), int(pd.Timestamp(end).value // 1000)
     # One pass in time order: the gaps between consecutive samples (the longest, the first of equal
     # ones; the time without any attempt beyond the slack), and where each stretch of failed
