@@ -193,27 +193,27 @@ def _run(plan: Plan, p: Proposal, by: str, res: ActResult) -> None:
     key = os.environ.get(src.api_key_env, "")
     if not key:
         raise Refused(f"${src.api_key_env} is not set: the platform API needs its key")
-    rec = _Recorder(plan, p, by, key)
     env, row = read_env(src, key)
     if env is None:
         raise Refused(f"cannot read the platform's environment before acting: {row.get('error')}")
     _check_state(p, src, env)
-    for i, (what, step) in enumerate(_calls(p, src, key), 1):
-        row = step()
-        rec.add(what, row)
-        line = f"  {i}. {what}: {'done' if row['outcome'] == 'ok' else 'FAILED'}" + (
-            f" ({row['detail']})" if row.get("detail") else "")
-        res.text.append(line)
-        sent = notify.send_text(f"phasegate act {p.kind} on {p.phase}: {what}: {row['outcome']}"
-                                + (f" ({row['detail']})" if row.get("detail") else ""))
-        if sent:
-            res.text.append(f"     {sent}")
-        if row["outcome"] != "ok":
-            res.failed = True
-            res.text.append(f"stopped at step {i} ({what}); nothing after it was sent. Not retried: check the "
-                            f"platform, then report again")
-            break
-    rec.close()
+    rec = _Recorder(plan, p, by, key)  # only now: a refusal leaves nothing in the dataset
+    try:
+        for i, (what, step) in enumerate(_calls(p, src, key), 1):
+            row = step()
+            rec.add(what, row)
+            detail = f" ({row['detail']})" if row.get("detail") else ""
+            res.text.append(f"  {i}. {what}: {'done' if row['outcome'] == 'ok' else 'FAILED'}{detail}")
+            sent = notify.send_text(f"phasegate act {p.kind} on {p.phase}: {what}: {row['outcome']}{detail}")
+            if sent:
+                res.text.append(f"     {sent}")
+            if row["outcome"] != "ok":
+                res.failed = True
+                res.text.append(f"stopped at step {i} ({what}); nothing after it was sent. Not retried: check the "
+                                f"platform, then report again")
+                break
+    finally:
+        rec.close()  # what was done is stored, whatever stopped the sequence
     res.text.append(f"recorded {rec.n} action(s) in {p.phase}'s dataset ({rec.where})")
 
 
