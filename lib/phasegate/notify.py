@@ -71,19 +71,15 @@ def notify(doc: dict, report_path, state_dir, mode: str = "change", env_name: st
     url = os.environ.get(env_name, "")
     if not url:
         return NotifyResult(False, f"notify: not sent: ${env_name} is not set", configured=False)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not _is_http(url):
         return NotifyResult(False, f"notify: not sent: ${env_name} is not an http(s) URL", failed=True)
     folder = Path(state_dir)
     state = _state(folder)
     previous = state.get("verdict")
     if mode == "change" and previous == doc["verdict"]:
         return NotifyResult(False, f"notify: not sent: verdict unchanged ({previous}) since {state.get('as_of')}")
-    body = json.dumps(message(doc, report_path, previous)).encode()
-    ex = exchange(url, "POST", {"Content-Type": "application/json", "Content-Length": str(len(body)),
-                                "User-Agent": "phasegate"}, body, timeout_s, 65536)
-    if ex.outcome is not None or not (200 <= (ex.status or 0) < 300):
-        why = ex.error if ex.outcome is not None else f"HTTP {ex.status}"
+    why = _post(url, message(doc, report_path, previous), timeout_s)
+    if why:
         return NotifyResult(False, f"notify: webhook in ${env_name} failed ({why}); the {doc['verdict']} "
                                    f"will be sent again on the next run", failed=True)
     _save_state(folder, {"verdict": doc["verdict"], "as_of": doc["as_of"], "sent_at": iso(utcnow()),
@@ -98,12 +94,22 @@ def send_text(text: str, env_name: str = DEFAULT_ENV, timeout_s: float = 10.0) -
     url = os.environ.get(env_name, "")
     if not url:
         return ""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not _is_http(url):
         return f"notify: not sent: ${env_name} is not an http(s) URL"
-    body = json.dumps({"text": text}).encode()
+    why = _post(url, {"text": text}, timeout_s)
+    return f"notify: webhook in ${env_name} failed ({why})" if why else f"notify: sent to the webhook in ${env_name}"
+
+
+def _is_http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _post(url: str, payload: dict, timeout_s: float) -> str | None:
+    """POST `payload` as JSON under a total deadline: None when delivered (2xx), else why not."""
+    body = json.dumps(payload).encode()
     ex = exchange(url, "POST", {"Content-Type": "application/json", "Content-Length": str(len(body)),
                                 "User-Agent": "phasegate"}, body, timeout_s, 65536)
-    if ex.outcome is not None or not (200 <= (ex.status or 0) < 300):
-        return f"notify: webhook in ${env_name} failed ({ex.error if ex.outcome is not None else f'HTTP {ex.status}'})"
-    return f"notify: sent to the webhook in ${env_name}"
+    if ex.outcome is not None:
+        return ex.error
+    return None if 200 <= (ex.status or 0) < 300 else f"HTTP {ex.status}"

@@ -43,21 +43,33 @@ class PlatformResult:
         return ", ".join(f"{k}={'unset' if v is None else str(v).lower()}" for k, v in self.flags.items())
 
 
-def _get(src: PlatformSource, path: str, key: str, params: dict) -> tuple[list | None, dict]:
-    """One GET against the API under a total deadline: (items, the row describing the call)."""
-    url = f"{src.api_url}{path}?{urlencode(params)}"
-    ex = exchange(url, "GET", {"Authorization": Secret(f"Bearer {key}"), "Accept": "application/json",
-                               "User-Agent": "phasegate"}, None, src.timeout_s, 8 * 1024 * 1024)
-    row = {"url": redact_url(url), "method": "GET", "status": ex.status,
+def _request(src: PlatformSource, method: str, url: str, key: str, body: dict | None, ok, max_bytes: int):
+    """One API call under the adapter's total deadline: (the answer's bytes, or None when the call
+    failed or its status is not in `ok`; the row describing the call, its outcome set on failure)."""
+    headers = {"Authorization": Secret(f"Bearer {key}"), "Accept": "application/json", "User-Agent": "phasegate"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers.update({"Content-Type": "application/json", "Content-Length": str(len(data))})
+    ex = exchange(url, method, headers, data, src.timeout_s, max_bytes)
+    row = {"url": redact_url(url), "method": method, "status": ex.status,
            "latency_ms": sum(v for v in ex.phases.values() if v is not None)}
     if ex.outcome is not None:
         row.update(outcome=ex.outcome, error=_scrub(ex.error, key))
         return None, row
-    if ex.status != 200:
+    if ex.status not in ok:
         row.update(outcome="http_error", error=f"HTTP {ex.status}: {_scrub(ex.body[:200].decode('utf-8', 'replace'), key)}")
         return None, row
+    return ex.body, row
+
+
+def _get(src: PlatformSource, path: str, key: str, params: dict) -> tuple[list | None, dict]:
+    """One GET against the API under a total deadline: (items, the row describing the call)."""
+    raw, row = _request(src, "GET", f"{src.api_url}{path}?{urlencode(params)}", key, None, (200,), 8 * 1024 * 1024)
+    if raw is None:
+        return None, row
     try:
-        items = json.loads(ex.body)
+        items = json.loads(raw)
         if not isinstance(items, list):
             raise ValueError("not a list")
     except ValueError:
@@ -70,21 +82,11 @@ def _get(src: PlatformSource, path: str, key: str, params: dict) -> tuple[list |
 def call(src: PlatformSource, method: str, path: str, key: str, body: dict | None = None) -> tuple[object, dict]:
     """One write (PUT, POST) under the same total deadline: (the JSON answer or None, the row
     describing the call). Never retried here: a deploy trigger is not idempotent."""
-    url = f"{src.api_url}{path}"
-    data = json.dumps(body or {}).encode()
-    ex = exchange(url, method, {"Authorization": Secret(f"Bearer {key}"), "Accept": "application/json",
-                                "Content-Type": "application/json", "Content-Length": str(len(data)),
-                                "User-Agent": "phasegate"}, data, src.timeout_s, 1024 * 1024)
-    row = {"url": redact_url(url), "method": method, "status": ex.status,
-           "latency_ms": sum(v for v in ex.phases.values() if v is not None)}
-    if ex.outcome is not None:
-        row.update(outcome=ex.outcome, error=_scrub(ex.error, key))
-        return None, row
-    if not 200 <= ex.status < 300:
-        row.update(outcome="http_error", error=f"HTTP {ex.status}: {_scrub(ex.body[:200].decode('utf-8', 'replace'), key)}")
+    raw, row = _request(src, method, f"{src.api_url}{path}", key, body or {}, range(200, 300), 1024 * 1024)
+    if raw is None:
         return None, row
     try:
-        answer = json.loads(ex.body) if ex.body.strip() else {}
+        answer = json.loads(raw) if raw.strip() else {}
     except ValueError:
         answer = {}
     row.update(outcome="ok")

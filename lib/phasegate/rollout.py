@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import _Reader
 from .errors import DataError, ProfileError, WindowError
-from .objstore import is_remote, local_dir
+from .objstore import Storage, is_remote, local_dir
 from .profile import Profile, _merge, _read_toml, build_profile
 from .rules import MachineSteps, machine_steps
 from .window import format_duration, iso, parse_time, utcnow
@@ -42,6 +42,7 @@ class Phase:
     begin: str = ""  # what an operator does to start the phase, in words
     overrides: dict = field(default_factory=dict, compare=False)
     promote: MachineSteps = MachineSteps()  # what `act` does to start it, after the previous phase's approved GO
+    storage: Storage = Storage()  # how its profile reaches an s3:// dataset
     promote_raw: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -140,7 +141,7 @@ def load_plan(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
         promote = machine_steps(pr, where, {p.name for p in profile.probes})
         pr.done()
         resolved.append(Phase(ph.id, ph.title, ph.profile_file, ph.data, ph.start, profile.criteria.duration_s,
-                              ph.begin, ph.overrides, promote))
+                              ph.begin, ph.overrides, promote, storage=profile.storage))
     return Plan(path=path, name=name, reports=reports, phases=tuple(resolved), **extra)
 
 
@@ -304,7 +305,7 @@ def status(plan: Plan, now: datetime | None = None, evaluate: bool = True) -> Ro
         if action is not None:  # a phase before this one is not done yet
             states.append(PhaseState(ph, "waiting", report=doc, report_path=rpath))
             continue
-        start = ph.start if ph.start is not None else _first_sample_after(ph.data, prev_end, now, plan.profile(ph.id).storage)
+        start = ph.start if ph.start is not None else _first_sample_after(ph.data, prev_end, now, ph.storage)
         rejected, unapproved = [], None
         for rdoc, rp in reps:
             why, approval = rejection(plan, ph, rdoc, rp, start)
