@@ -164,9 +164,11 @@ def test_status_import_logs_and_bad_credentials_with_s3_data(s3, sim, tmp_path):
     assert stored.num_rows == 20 and stored["outcome"].to_pylist().count("http_error") == 3
 
     srv = sim()
-    profile = fast_profile(tmp_path, f"http://127.0.0.1:{srv.port}")
+    # A generous timeout: on a loaded machine a 0.8 s one can time a healthy answer out, and the
+    # phase would be NO-GO so far instead of PENDING.
+    profile = fast_profile(tmp_path, f"http://127.0.0.1:{srv.port}", interval="2s", timeout="1.9s")
     start = datetime.now(timezone.utc) - timedelta(seconds=1)
-    assert phasegate("collect", "--profile", profile, "--data", f"s3://{BUCKET}/plan/p1", "--for", "3s",
+    assert phasegate("collect", "--profile", profile, "--data", f"s3://{BUCKET}/plan/p1", "--for", "4s",
                      "--quiet", env=env).returncode == 0
     plan = write_profile(tmp_path, f'''name = "s3 drill"
 allow_simulated = true
