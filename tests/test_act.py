@@ -11,7 +11,7 @@ import pytest
 from phasegate import present, rollout
 from phasegate.history import history
 from phasegate.profile import load_profile
-from phasegate.simulator import Fault, load_schedule
+from phasegate.simulator import load_schedule
 
 from conftest import SIM_PROFILE, phasegate, stopping, write_profile
 from test_notify import Receiver
@@ -42,6 +42,7 @@ timeout = "5s"
 [runbook.scenario_1]
 set_env = {{ {V1} = "false" }}
 deploy = true
+deploy_hook_env = ""
 verify = {{ probe = "list", expect_status = [503], within = "30s" }}
 ''', name)
 
@@ -76,12 +77,8 @@ def test_a_5xx_no_go_is_rolled_back_through_the_platform_and_shows_in_the_next_r
     srv = sim()
     deployed = []
 
-    def on_deploy(env):  # the service restarts with the variables it now has
-        deployed.append(env)
-        if env.get(V1) == "false":
-            srv.model.faults.append(Fault("flags_off"))
-
-    f = fake(env={V1: "true", SUGG: "true", SIGNED: "true"}, on_deploy=on_deploy)
+    # The fake drives the simulator: once the deploy is live the service runs with its variables.
+    f = fake(env={V1: "true", SUGG: "true", SIGNED: "true"}, on_deploy=deployed.append, models=[srv.model])
     profile = _profile(tmp_path, f"http://127.0.0.1:{srv.port}", f.api)
     now = datetime.now(timezone.utc).replace(microsecond=0)
     start = now - timedelta(hours=1)
@@ -94,7 +91,8 @@ def test_a_5xx_no_go_is_rolled_back_through_the_platform_and_shows_in_the_next_r
 
     dry = phasegate("act", "--plan", plan, env=ENV)
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[1:] == [f"  1. set {V1}=false on the platform", "  2. trigger a deploy",
+    assert dry.stdout.splitlines()[1:] == [f"  1. set {V1}=false on the platform",
+                                           "  2. trigger a deploy and follow it until live (within 15 m)",
                                            "  3. verify: the list probe answers 503 within 30 s"], dry.stdout
     assert "DRY RUN" in dry.stdout and len(f.seen) == reads and f.writes == []  # nothing sent, not even a read
 
@@ -119,33 +117,40 @@ def test_a_5xx_no_go_is_rolled_back_through_the_platform_and_shows_in_the_next_r
         ("PUT", f"/v1/services/{SERVICE}/env-vars/{V1}", {"value": "false"}),
         ("POST", f"/v1/services/{SERVICE}/deploys", {"clearCache": "do_not_clear"})]
     assert len(deployed) == 1 and deployed[0][V1] == "false"
+    dep = f.deploys[0]["id"]
+    assert f.deploys[0]["status"] == "live" and f.deploys[1]["status"] == "deactivated"  # Render's lifecycle
+    assert f"trigger a deploy: done (deploy {dep} live after" in done.stdout
     assert "verify list answers 503: done (list answered 503" in done.stdout
-    # One notification per action, in order.
-    assert [m["json"]["text"] for m in hook.got] == [
-        f"phasegate act rollback on {P1}: set {V1}=false: ok",
-        f"phasegate act rollback on {P1}: trigger a deploy: ok (deploy dep-act2)",
-        f"phasegate act rollback on {P1}: verify list answers 503: ok (list answered 503 after 1 try)"]
+    # One notification per step, in order; the deploy was followed to live before the verify.
+    texts = [m["json"]["text"] for m in hook.got]
+    assert texts[0] == f"phasegate act rollback on {P1}: set {V1}=false: ok"
+    assert texts[1].startswith(f"phasegate act rollback on {P1}: trigger a deploy: ok (deploy {dep} live after")
+    assert texts[2] == f"phasegate act rollback on {P1}: verify list answers 503: ok (list answered 503 after 1 try)"
+    assert len(texts) == 3
 
     again = phasegate("report", "--plan", plan, "--phase", P1, "--formats", "json,html", env=ENV, timeout=300)
     assert again.returncode == 10, again.stderr
     newest = max((tmp_path / "reports" / P1).glob("*/signoff.json"), key=lambda p: p.stat().st_mtime)
     acts = json.loads(newest.read_text())["actions"]
-    assert [(a["action"], a["outcome"], a["by"]) for a in acts] == [
-        (f"set {V1}=false", "ok", "oncall-anna"), ("trigger a deploy", "ok", "oncall-anna"),
-        ("verify list answers 503", "ok", "oncall-anna")]
-    assert all(a["ts"] for a in acts) and acts[0]["ts"] <= acts[1]["ts"] <= acts[2]["ts"]
-    assert acts[1]["deployment_id"] == "dep-act2" and acts[0]["set"] == {V1: "false"}
+    steps = [(a["action"], a["outcome"], a["by"]) for a in acts]
+    assert steps[0] == (f"set {V1}=false", "ok", "oncall-anna") and steps[1] == (f"deploy {dep} triggered", "ok", "oncall-anna")
+    assert steps[-2:] == [("trigger a deploy", "ok", "oncall-anna"), ("verify list answers 503", "ok", "oncall-anna")]
+    # Every status the deploy passed through on its way to live, in order, between trigger and live.
+    passed = [a["action"] for a in acts[2:-2]]
+    assert passed and all(p.startswith(f"deploy {dep} ") for p in passed), passed
+    assert all(a["ts"] for a in acts) and [a["ts"] for a in acts] == sorted(a["ts"] for a in acts)
+    assert acts[1]["deployment_id"] == dep and acts[0]["set"] == {V1: "false"}
     html = (newest.parent / "report.html").read_text() if (newest.parent / "report.html").exists() else \
         next(newest.parent.glob("*.html")).read_text()
-    assert "Actions taken (phasegate act)" in html and "dep-act2" in html
+    assert "Actions taken (phasegate act)" in html and dep in html
     # ... and the rollout summary's timeline.
     summary = rollout.summary(plan)
     assert [a["action"] for a in summary["phases"][0]["actions"]] == [a["action"] for a in acts]
     assert "Actions taken (phasegate act)" in present.rollout_table(summary)
-    # The report shows the rollback done: a second act does not do it again.
+    # The phase's dataset shows the rollback done: a second act does not do it again.
     twice = phasegate("act", "--plan", plan, "--execute", env=ENV, timeout=120)
-    assert twice.returncode == 0 and "its rollback was carried out at" in twice.stdout, twice.stdout + twice.stderr
-    assert len(f.writes) == 2
+    assert twice.returncode == 0 and "was rolled back at" in twice.stdout, twice.stdout + twice.stderr
+    assert "nothing more to do by machine" in twice.stdout and len(f.writes) == 2
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
@@ -172,8 +177,10 @@ duration = "2h"
     rep = phasegate("report", "--plan", plan, "--phase", P1, "--formats", "json", env=ENV, timeout=300)
     assert rep.returncode == 0, rep.stderr  # GO (a drill on simulated samples)
     folder = next((tmp_path / "reports" / P1).glob("*/signoff.json")).parent
-    line = _one_line_refusal(phasegate("act", "--plan", plan, "--execute", env=ENV), "does not count yet")
-    assert f"phasegate approve {folder}" in line and f.writes == []
+    # Waiting for the approval is a normal state for the unattended job: exit 0, saying what it waits for.
+    wait = phasegate("act", "--plan", plan, "--execute", env=ENV)
+    assert wait.returncode == 0 and "waiting: the GO report" in wait.stdout and "does not count yet" in wait.stdout
+    assert f"phasegate approve {folder}" in wait.stdout and f.writes == []
     assert phasegate("approve", folder, "--by", "reviewer-ben", env=ENV).returncode == 0
 
     dry = phasegate("act", "--plan", plan, env=ENV)

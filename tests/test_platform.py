@@ -3,8 +3,6 @@
 import json
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -12,10 +10,11 @@ from phasegate import signoff
 from phasegate.errors import ProfileError
 from phasegate.history import history
 from phasegate.platform import pull_platform
+from phasegate.platformsim import PlatformSim
 from phasegate.profile import load_profile
 from phasegate.store import read_samples
 
-from conftest import SIM_PROFILE, LoopbackServer, phasegate, stopping, write_profile
+from conftest import SIM_PROFILE, phasegate, stopping, write_profile
 
 KEY = "rnd_TESTKEYsecretvalue0123456789"
 SERVICE = "srv-d5fr5hre5dus73d3gdn0"
@@ -27,82 +26,11 @@ def iso(dt):
     return dt.isoformat().replace("+00:00", "Z")
 
 
-class FakeRender(LoopbackServer):
-    """GET /v1/services/<id>/deploys and /env-vars as Render answers them: lists of
-    {"deploy": {...}, "cursor": ...} / {"envVar": {"key", "value"}, "cursor": ...}, paged by cursor,
-    401 without the right Bearer key. Writes as Render takes them: PUT /env-vars/<key> {"value"}
-    sets one variable, POST /deploys starts a deploy of the current variables (its id answered;
-    `on_deploy(env)` is told). Every request is in `seen`, every write in `writes`."""
-
-    def __init__(self, deploys=(), env=None, delay_s=0.0, on_deploy=None, fail_writes=()):
-        self.deploys, self.env, self.delay_s, self.seen = list(deploys), dict(env or {}), delay_s, []
-        self.writes, self.on_deploy, self.fail_writes = [], on_deploy, set(fail_writes)
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def _write(self, method):
-                outer.seen.append((f"{method} {self.path}", self.headers.get("Authorization")))
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                if self.headers.get("Authorization") != f"Bearer {KEY}":
-                    return self.answer(401, {"message": "unauthorized"})
-                parts = urlsplit(self.path).path.split("/")
-                outer.writes.append((method, urlsplit(self.path).path, body))
-                if method in outer.fail_writes:
-                    return self.answer(503, {"message": "try again later"})
-                if method == "PUT" and parts[:5] == ["", "v1", "services", SERVICE, "env-vars"] and len(parts) == 6:
-                    outer.env[parts[5]] = body["value"]
-                    return self.answer(200, {"key": parts[5], "value": body["value"]})
-                if method == "POST" and parts == ["", "v1", "services", SERVICE, "deploys"]:
-                    now = datetime.now(timezone.utc)
-                    d = deploy(f"dep-act{len(outer.writes)}", now, now, trigger="api")
-                    outer.deploys.insert(0, d)
-                    if outer.on_deploy:
-                        outer.on_deploy(dict(outer.env))
-                    return self.answer(201, d)
-                return self.answer(404, {"message": "not found"})
-
-            def do_PUT(self):
-                self._write("PUT")
-
-            def do_POST(self):
-                self._write("POST")
-
-            def do_GET(self):
-                outer.seen.append((self.path, self.headers.get("Authorization")))
-                time.sleep(outer.delay_s)
-                parts = urlsplit(self.path)
-                q = parse_qs(parts.query)
-                if self.headers.get("Authorization") != f"Bearer {KEY}":
-                    return self.answer(401, {"message": "unauthorized"})
-                if parts.path == f"/v1/services/{SERVICE}/deploys":
-                    items = [{"deploy": d, "cursor": f"c{i}"} for i, d in enumerate(outer.deploys)]
-                elif parts.path == f"/v1/services/{SERVICE}/env-vars":
-                    items = [{"envVar": {"key": k, "value": v}, "cursor": f"c{i}"} for i, (k, v) in enumerate(outer.env.items())]
-                else:
-                    return self.answer(404, {"message": "not found"})
-                start = int(q["cursor"][0][1:]) + 1 if "cursor" in q else 0
-                limit = int(q.get("limit", ["20"])[0])
-                self.answer(200, items[start:start + limit])
-
-            def answer(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *a):
-                pass
-
-        super().__init__(H)
-
-    def handle_error(self, request, client_address):
-        pass  # a client that gave up at its deadline is the point of one test, not a fake's bug
-
-    @property
-    def api(self):
-        return self.base + "/v1"
+def FakeRender(deploys=(), env=None, delay_s=0.0, on_deploy=None, fail_writes=(), deploy_s=0.3, models=()):
+    """`phasegate simulate platform`'s server, in process: Render's shapes, 401 without the key,
+    deploys that go live over `deploy_s`. Every request is in `seen`, every write in `writes`."""
+    return PlatformSim(key=KEY, service_id=SERVICE, env=env, deploys=deploys, delay_s=delay_s,
+                       on_deploy=on_deploy, fail_writes=fail_writes, deploy_s=deploy_s, models=models)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -33,10 +34,13 @@ def gen(root: Path, profile: str, data: str, start: datetime, hours: float, faul
 
 def drill(root: Path, extra: str = "") -> Path:
     """The shipped plan as a drill (`allow_simulated = true`): the simulator's histories may
-    complete its phases. Same profiles, so the same resolved hashes."""
+    complete its phases. Same profiles, so the same resolved hashes. Its phases are promoted by
+    hand here (their [phase.promote] tables dropped): a phase starts at its first probe after the
+    previous GO (tests/test_rollout_drill.py runs act's promotions)."""
     path = root / "drill-plan.toml"
     if not path.exists() or extra:
         text = PLAN.read_text().replace('profile = "', f'profile = "{PROFILES}/')
+        text = re.sub(r"\n  \[phase\.promote\]\n(  [^\n]*\n)+", "\n", text)
         path.write_text(f"allow_simulated = true\n{extra}\n" + text)
     return path
 
@@ -98,6 +102,19 @@ def test_phase1_go_and_phase2_not_started_says_proceed(tmp_path):
     assert f"reports/{P1}/20260129T144501Z/signoff.json" in res.stdout
     assert res.stdout.splitlines()[-1].startswith("NEXT: proceed to Phase 2: Staging Full Rollout: enable the same three "
                                                  "flags for all staging yachts")
+
+
+def test_a_phase_with_promotion_steps_starts_with_its_promotion(tmp_path):
+    # The shipped plan promotes Phase 2 through act: probes after Phase 1's GO watch the old state.
+    plan = tmp_path / "plan.toml"
+    plan.write_text("allow_simulated = true\n" + PLAN.read_text().replace('profile = "', f'profile = "{PROFILES}/'))
+    signed_go(tmp_path)
+    gen(tmp_path, "fault-lens-staging-fleet.toml", P2, P2_START, 3)
+    res = status(tmp_path, P2_START + timedelta(hours=3), plan=plan)
+    line = next(l for l in res.stdout.splitlines() if l.startswith("  2. "))
+    assert "not started: awaiting its promotion by phasegate act" in line, res.stdout
+    assert res.stdout.splitlines()[-1].startswith(f"NEXT: proceed to Phase 2: Staging Full Rollout: phasegate act --plan "
+                                                 f"{plan} --execute (its promotion: set FAULT_LENS_")
 
 
 def test_phase1_go_and_phase2_running(tmp_path):
@@ -182,9 +199,15 @@ def _plan(tmp_path, body):
 @pytest.mark.parametrize("body,message", [
     ("", "plan.toml: phase: is required"),
     ('[[phase]]\nid = "phase1-staging-canary"\nprofile = "x.toml"\n',
-     "plan.toml: phase[0].start: the first phase needs a start time (after-previous-go has no previous phase)"),
+     "plan.toml: phase[0].start: the first phase needs a start time or 'first-sample' (after-previous-go has no previous phase)"),
     ('[[phase]]\nid = "phase1-staging-canary"\nprofile = "P"\nstart = "yesterday"\n',
-     "plan.toml: phase[0].start: must be an ISO 8601 time or 'after-previous-go', got 'yesterday'"),
+     "plan.toml: phase[0].start: must be an ISO 8601 time, 'first-sample' or 'after-previous-go', got 'yesterday'"),
+    ('[[phase]]\nid = "phase1-staging-canary"\nprofile = "P"\nstart = "2026-01-01T00:00:00Z"\n'
+     '[[phase]]\nid = "phase2-staging-full"\nprofile = "P"\nstart = "first-sample"\n',
+     "plan.toml: phase[1].start: 'first-sample' is for the first phase; later ones start after-previous-go"),
+    ('[[phase]]\nid = "phase1-staging-canary"\nprofile = "P"\nstart = "2026-01-01T00:00:00Z"\n'
+     '[phase.promote]\ndeploy_hook_env = "HOOK"\n',
+     "plan.toml: phase[0].promote.deploy_hook_env: needs deploy = true"),
     ('[[phase]]\nid = "phase1-staging-canary"\nprofile = "P"\nstart = "2026-01-01T00:00:00Z"\nduration = "a day"\n',
      "plan.toml: phase[0].duration: must be a duration like 30s, 15m or 24h, got 'a day'"),
     ('[[phase]]\nid = "phase1-staging-canary"\nprofile = "P"\nstart = "2026-01-01T00:00:00Z"\nowner = "me"\n',
@@ -246,7 +269,8 @@ def test_a_go_report_without_approval_does_not_complete_the_phase(tmp_path):
     assert "NEXT: proceed to Phase 2" not in res.stdout
     rel = out.relative_to(tmp_path)  # as the plan names it: relative to the working directory
     assert f"not counted: {rel}: not approved yet" in res.stdout
-    assert res.stdout.splitlines()[-1] == f"NEXT: review the report and approve it: phasegate approve {rel} --by NAME [--key SSH_KEY]"
+    assert res.stdout.splitlines()[-1] == (f"NEXT: review the report and approve it: phasegate approve {rel} "
+                                           f"--plan {drill(tmp_path)} --by NAME [--key SSH_KEY]")
 
 
 def test_simulated_samples_complete_no_phase_of_a_real_plan(tmp_path):

@@ -244,14 +244,17 @@ def summary(plan, out_root, formats, as_of):
 @click.option("--by", required=True, help="Who approves (a name or e-mail; the signer's principal with --key).")
 @click.option("--comment", default="", help="Why, or on what condition.")
 @click.option("--key", type=PATH, help="SSH private key to sign the approval with (ssh-keygen -Y sign, namespace phasegate).")
-@click.option("--acknowledge", is_flag=True, help="Record that a NO-GO/REVIEW/PENDING/INCONCLUSIVE report was read "
-              "(never completes a phase).")
+@click.option("--acknowledge", is_flag=True, help="Record that a report was read (a NO-GO before act rolls it back): "
+              "never completes a phase.")
+@click.option("--plan", type=PATH, help="The rollout plan whose rules apply (require_signature, allowed_signers) "
+              "[default: the plan the report was made with].")
+@click.option("--replace", is_flag=True, help="Replace an earlier approval of this report (it is kept in approvals/).")
 @_guard
-def approve(report_dir, by, comment, key, acknowledge):
+def approve(report_dir, by, comment, key, acknowledge, plan, replace):
     """Approve a GO report: REPORT_DIR/approval.json with who, when and every file's SHA-256."""
     from .approval import approve as do_approve
 
-    a = do_approve(report_dir, by, comment, key, acknowledge)
+    a = do_approve(report_dir, by, comment, key, acknowledge, plan=plan, replace=replace)
     how = f"signed with {a['signature']['key']}" if a["signature"] else "unsigned"
     _say(f"{a['kind']} of {a['report']['verdict']} report {report_dir} by {a['by']} at {a['at']} ({how}); "
          f"{len(a['files'])} files covered")
@@ -276,17 +279,20 @@ def verify(report_dir, allowed_signers):
 @click.option("--plan", type=PATH, required=True, help="Rollout plan TOML.")
 @click.option("--execute", is_flag=True, help="Carry the actions out through the platform (default: only print them).")
 @click.option("--by", help="Who is acting, recorded with each action [default: the user running it].")
+@click.option("--restart", is_flag=True, help="Restart the phase in progress (after a rollback, once its cause is "
+              "fixed): its promotion steps again; a new window starts once they are verified.")
 @click.option("--as-of", help="Decide as if it were this time.")
 @_guard
-def act(plan, execute, by, as_of):
+def act(plan, execute, by, restart, as_of):
     """Runbook steps on a NO-GO, the next phase's promotion on an approved GO: printed (a dry run),
-    or with --execute carried out through the platform and recorded. Exit 0 done or nothing to
-    do, 1 a step failed, 2 refused."""
+    or with --execute carried out through the platform and recorded. Exit 0 done, nothing to do,
+    or waiting (a GO awaiting approval); 1 a step failed; 2 refused (a person must look)."""
     from .act import act as run_act
     from .rollout import load_plan
     from .window import parse_time
 
-    res = run_act(load_plan(plan), execute=execute, now=parse_time(as_of, name="--as-of") if as_of else None, by=by)
+    res = run_act(load_plan(plan), execute=execute, now=parse_time(as_of, name="--as-of") if as_of else None, by=by,
+                  restart=restart)
     for line in res.text:
         _say(line)
     sys.exit(1 if res.failed else 0)
@@ -408,6 +414,50 @@ def serve(port, scenario, schedule, span, request_log, seed, tls_cert, tls_key, 
     except KeyboardInterrupt:
         srv.shutdown()
         srv.server_close()
+
+
+@simulate.command("platform")
+@click.option("--port", type=click.IntRange(0, 65535), default=8766, show_default=True, help="The Render API's port (0: a free one).")
+@click.option("--service-port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="The simulated service it deploys, served by the same process (0: a free one).")
+@click.option("--scenario", default="healthy", show_default=True, type=click.Choice(SCENARIO_NAMES),
+              help="The service's scenario to start with.")
+@click.option("--service-id", default="srv-d5fr5hre5dus73d3gdn0", show_default=True, help="The service's id.")
+@click.option("--also-service", "also", multiple=True, help="Another service id running the same simulator (repeatable).")
+@click.option("--deploy-time", default="5s", show_default=True, help="How long a deploy takes to go live.")
+@click.option("--key-env", default="RENDER_API_KEY", show_default=True,
+              help="Environment variable holding the API key the fake accepts.")
+@click.option("--hook-key-env", default="RENDER_DEPLOY_HOOK_KEY", show_default=True,
+              help="Environment variable holding the deploy hook's key (unset: a random one, not shown).")
+@click.option("--request-log", type=PATH, help="The service's request log (one JSON line per request).")
+@_guard
+def platform_cmd(port, service_port, scenario, service_id, also, deploy_time, key_env, hook_key_env, request_log):
+    """A Render-compatible API on 127.0.0.1 and the service it deploys, for drills: deploys go
+    live over --deploy-time and switch the service's flags; /_sim/fault injects service faults."""
+    from .errors import ScenarioError
+    from .platformsim import start_platform
+    from .window import parse_duration
+
+    key = os.environ.get(key_env, "")
+    if not key:
+        raise ScenarioError(f"${key_env} is not set: the fake platform needs the key its clients will send")
+    try:
+        plat, sim = start_platform(port, key, service_port, scenario, parse_duration(deploy_time), request_log,
+                                   service_id=service_id, services=also, hook_key=os.environ.get(hook_key_env, ""))
+    except OSError as exc:
+        raise ScenarioError(f"cannot serve on 127.0.0.1: {exc.strerror or exc}") from None
+    click.echo(f"render fake on {plat.api} (service {service_id}{', ' + ', '.join(also) if also else ''}); "
+               f"service simulator on http://127.0.0.1:{sim.port}", err=True)
+    click.echo(f"  inject a fault: curl -X POST {plat.base}/_sim/fault -d '{{\"kind\": \"server_error\", \"for\": \"2m\"}}'; "
+               f"clear them: curl -X POST {plat.base}/_sim/clear", err=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        for srv in (plat, sim):
+            srv.shutdown()
+            srv.server_close()
 
 
 @simulate.command("history")

@@ -279,16 +279,23 @@ def _tenant_error_rate(c: Criterion, a: Analysis, p: Profile) -> CriterionResult
 
 def _no_anomalies(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     fails = a.anomalies["assertion_failures"]
-    changes = a.deployments["changes"]
-    unexpected = (a.platform or {}).get("deploys", [])
+    deploys = (a.platform or {}).get("deploys", [])
+    unexpected = [d for d in deploys if not d.get("by_act")]
+    own = {d["id"] for d in deploys if d.get("by_act")} | {x["deployment_id"] for x in a.actions
+                                                            if x.get("step") == "act.deploy" and x.get("deployment_id")}
+    # A change the probes saw to a deploy phasegate act made is expected too.
+    seq = a.deployments["sequence"]
+    changes = sum(1 for s in seq[1:] if s["id"] not in own)
     parts = []
     if changes:
-        parts.append(f"{changes} deployment change(s): " + " → ".join(s["id"] for s in a.deployments["sequence"]))
+        parts.append(f"{changes} deployment change(s): " + " → ".join(s["id"] for s in seq))
     for dep in unexpected[:4]:
         parts.append(f"unexpected deployment {dep['id']}: started {dep['started'] or 'before the window'}, "
                      f"finished {dep['finished'] or 'not yet'}" + (f" ({dep['status']})" if dep["status"] else "")
                      + (f", trigger {dep['trigger']}" if dep["trigger"] else ""))
     parts += [f"{g['probe']}: {g['message']} ×{g['count']}" for g in fails[:8]]
+    for dep in [d for d in deploys if d.get("by_act")][:4]:
+        parts.append(f"expected deployment {dep['id']}: {dep['by_act']['text']}, started {dep['started'] or 'before the window'}")
     measured = changes + len(unexpected) + sum(g["count"] for g in fails)
     detail = "; ".join(parts) if parts else "no unexpected deployment, no drift from the baseline"
     return CriterionResult(c.id, c.kind, measured <= (c.threshold or 0), measured, c.threshold or 0, detail,
@@ -459,7 +466,8 @@ def describe(m) -> list[str]:
     """Machine steps (a runbook scenario's or a phase's promotion) in words, in the order `act` runs them."""
     out = [f"set {k}={v} on the platform" for k, v in m.set_env]
     if m.deploy:
-        out.append("trigger a deploy")
+        how = f" through the deploy hook (${m.deploy_hook_env})" if m.deploy_hook_env else ""
+        out.append(f"trigger a deploy{how} and follow it until live (within {format_duration(m.deploy_within_s)})")
     if m.verify:
         codes = "/".join(map(str, m.verify.expect_status))
         out.append(f"verify: the {m.verify.probe} probe answers {codes} within {format_duration(m.verify.within_s)}")

@@ -126,6 +126,7 @@ class PlatformSource:
     timeout_s: float = 10.0
     enabled: bool = True
     interval_s: float = 300.0  # how often a running collector reads it
+    retry_s: float = 60.0  # how long a read may keep retrying a 429/5xx (Retry-After honoured within it)
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,8 @@ def _platform(src, table, flag_names) -> PlatformSource:
         r.fail("platform.api_key_env", "must name an environment variable (the key itself never goes in a profile)")
     p = PlatformSource(service_id=service, kind=kind, api_url=url.rstrip("/"), api_key_env=key_env,
                        flags=r.str_list("flags", flag_names), timeout_s=r.duration("timeout", 10.0),
-                       enabled=r.take("enabled", (bool,), True), interval_s=r.duration("interval", 300.0))
+                       enabled=r.take("enabled", (bool,), True), interval_s=r.duration("interval", 300.0),
+                       retry_s=r.duration("retry", 60.0))
     if p.timeout_s >= p.interval_s:
         r.fail("platform.timeout", f"must be below platform.interval ({p.timeout_s:g}s >= {p.interval_s:g}s)")
     r.done()

@@ -106,7 +106,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
             return ReportResult("INCONCLUSIVE", Path(), {}, {}, f"INCONCLUSIVE: no evidence yet for {phase} since "
                                 f"{iso(window.start)}: {data_dir} does not exist; is the collector running?")
         raise DataError(f"data dir does not exist: {data_dir}")
-    folder = Path(out_root) / phase / _stamp(window.end)
+    folder = _target(Path(out_root) / phase, _stamp(window.end))
     stage = _stage(folder)
     params = {
         "profile": str(Path(profile_path).resolve()) if profile_path else "",
@@ -142,6 +142,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         shutil.rmtree(stage, ignore_errors=True)
         raise
     files = _swap_in(stage, folder, "signoff")
+    folder = files["json"].parent  # a revision, when an approval arrived meanwhile
     from .notify import DEFAULT_ENV, notify as send
 
     sent = send(doc, files.get("pdf") or files.get("html") or files["json"], folder.parent, notify,
@@ -191,12 +192,38 @@ def _stamp(dt) -> str:
     return iso(dt).replace("-", "").replace(":", "")
 
 
+def _revision(name: str, stamp: str) -> int:
+    """1 for <stamp>, N for <stamp>.rN, 0 for anything else."""
+    if name == stamp:
+        return 1
+    rest = name[len(stamp):]
+    return int(rest[2:]) if rest.startswith(".r") and rest[2:].isdigit() else 0
+
+
+def _target(parent: Path, stamp: str) -> Path:
+    """The folder a report of this window goes to: its latest revision, rewritten in place (an
+    hourly interim report), unless that holds an approval or acknowledgement: a person's record
+    is never replaced, so the re-render becomes the next revision beside it (<stamp>.r2, ...)."""
+    from .approval import holds_record
+
+    revs = sorted((_revision(p.name, stamp), p) for p in parent.glob(f"{stamp}*") if p.is_dir()) \
+        if parent.is_dir() else []
+    revs = [(n, p) for n, p in revs if n]
+    if not revs:
+        return parent / stamp
+    n, last = revs[-1]
+    return parent / f"{stamp}.r{n + 1}" if holds_record(last) else last
+
+
 def _stage(folder: Path) -> Path:
     """A fresh folder beside `folder` to render into. Swapped in whole when done, so a failed run
     never leaves a previous report half-replaced (an hourly interim report rewrites one folder)."""
     stage = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
+    try:
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+    except OSError as exc:
+        raise ReportError(f"cannot write the report under {folder.parent}: {exc.strerror or exc}") from None
     return stage
 
 
@@ -214,7 +241,12 @@ def _render(notebook: Path, stage: Path, stem: str, params: dict, wanted: list) 
 
 
 def _swap_in(stage: Path, folder: Path, stem: str) -> dict:
-    """Replace folder by stage; the files it now holds, by format."""
+    """Replace folder by stage; the files it now holds, by format. A folder that came to hold an
+    approval while this run rendered is not replaced: the run becomes the next revision."""
+    from .approval import holds_record
+
+    if holds_record(folder):
+        folder = _target(folder.parent, folder.name.split(".r")[0])
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():

@@ -21,129 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from .config import _Reader
-from .errors import DataError, ProfileError, WindowError
-from .objstore import Storage, is_remote, local_dir
-from .profile import Profile, _merge, _read_toml, build_profile
-from .rules import MachineSteps, machine_steps
+from . import ledger
+from .criteria import describe
+from .errors import DataError
+from .plan import AFTER_PREVIOUS, EPOCH, Phase, Plan, load_plan  # noqa: F401 - the plan's names, as callers know them
 from .window import format_duration, iso, parse_time, utcnow
-
-AFTER_PREVIOUS = "after-previous-go"
-
-
-@dataclass(frozen=True)
-class Phase:
-    id: str
-    title: str
-    profile_file: Path
-    data: Path | str  # a directory, or an s3:// URL
-    start: datetime | None  # None: after the previous phase's GO
-    duration_s: float
-    begin: str = ""  # what an operator does to start the phase, in words
-    overrides: dict = field(default_factory=dict, compare=False)
-    promote: MachineSteps = MachineSteps()  # what `act` does to start it, after the previous phase's approved GO
-    storage: Storage = Storage()  # how its profile reaches an s3:// dataset
-    promote_raw: dict = field(default_factory=dict, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Plan:
-    path: Path
-    name: str
-    reports: Path
-    phases: tuple[Phase, ...]
-    allow_simulated: bool = False  # a drill: simulated samples may complete a phase (every output says DRILL)
-    require_signature: bool = False  # approvals must be signed by a key in allowed_signers
-    allowed_signers: Path | None = None
-    max_report_age_s: float = 7200.0  # `act` refuses to act on an older report
-    auto_rollback: bool = False  # `act --execute` may roll back on a NO-GO without an acknowledgement
-
-    def phase(self, phase_id: str) -> Phase:
-        for ph in self.phases:
-            if ph.id == phase_id:
-                return ph
-        raise ProfileError(f"{self.path}: no phase {phase_id!r}; phases: {', '.join(p.id for p in self.phases)}")
-
-    def profile(self, phase_id: str) -> Profile:
-        """The phase's profile with the plan's criteria overrides and required duration applied."""
-        ph = self.phase(phase_id)
-        raw = _merge(_read_toml(ph.profile_file), {"criteria": ph.overrides})
-        profile = build_profile(raw, f"{self.path} → {ph.id} ({ph.profile_file.name})")
-        profile.check_phase(ph.id)
-        return profile
-
-
-def load_plan(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Plan:
-    """Read and validate a plan; every phase's profile is loaded now, so a typo fails here.
-    `root`: the directory its data and report dirs are relative to (default: the working directory)."""
-    path = Path(path)
-    base = Path(root) if root not in (None, "") else Path()
-    if not path.is_file():
-        raise ProfileError(f"rollout plan not found: {path}")
-    raw = _read_toml(path)
-    if "target" in raw and "phase" not in raw:
-        raise ProfileError(f"{path}: a profile, not a rollout plan (a plan lists [[phase]] tables with their profiles)")
-    src = str(path)
-    top = _Reader(src, raw, "")
-    name = top.take("name", (str,), path.stem)
-    # Data and report dirs are relative to the working directory (the project), profiles to the plan.
-    reports = base / top.take("reports", (str,), "reports")
-    tables = top.take("phase", (list,), required=True)
-    allow_simulated = top.take("allow_simulated", (bool,), False)
-    require_signature = top.take("require_signature", (bool,), False)
-    signers = top.take("allowed_signers", (str,), None)
-    max_age = top.duration("max_report_age", 7200.0)
-    auto_rollback = top.take("auto_rollback", (bool,), False)
-    top.done()
-    if require_signature and signers is None:
-        top.fail("allowed_signers", "is required with require_signature = true (an OpenSSH allowed-signers file)")
-    allowed_signers = None if signers is None else path.parent / signers
-    if not tables:
-        top.fail("phase", "needs at least one [[phase]]")
-    phases = []
-    for i, t in enumerate(tables):
-        where = f"phase[{i}]"
-        r = _Reader(src, t, where)
-        pid = r.take("id", (str,), required=True)
-        prof = path.parent / r.take("profile", (str,), required=True)
-        start_text = r.take("start", (str,), AFTER_PREVIOUS)
-        if start_text == AFTER_PREVIOUS:
-            if i == 0:
-                r.fail(f"{where}.start", f"the first phase needs a start time ({AFTER_PREVIOUS} has no previous phase)")
-            start = None
-        else:
-            try:
-                start = parse_time(start_text, name=f"{where}.start")
-            except WindowError:
-                r.fail(f"{where}.start", f"must be an ISO 8601 time or {AFTER_PREVIOUS!r}, got {start_text!r}")
-        duration = r.duration("duration", None)
-        overrides = dict(r.take("criteria", (dict,), {}))
-        if duration is not None:
-            overrides["duration"] = f"{duration:g}s"
-        phases.append(Phase(
-            id=pid, title=r.take("title", (str,), pid), profile_file=prof,
-            data=_data(base, r.take("data", (str,), f"data/{pid}")), start=start,
-            duration_s=duration or 0.0, begin=r.take("begin", (str,), ""), overrides=overrides,
-            promote_raw=r.take("promote", (dict,), {})))
-        r.done()
-    ids = [p.id for p in phases]
-    dup = next((x for x in ids if ids.count(x) > 1), None)
-    if dup:
-        raise ProfileError(f"{src}: phase: id {dup!r} is used twice")
-    extra = dict(allow_simulated=allow_simulated, require_signature=require_signature, allowed_signers=allowed_signers,
-                 max_report_age_s=max_age, auto_rollback=auto_rollback)
-    plan = Plan(path=path, name=name, reports=reports, phases=tuple(phases), **extra)
-    resolved = []
-    for i, ph in enumerate(phases):
-        profile = plan.profile(ph.id)  # validates the profile and the overrides, naming the phase
-        where = f"phase[{i}].promote"
-        pr = _Reader(src, ph.promote_raw, where)
-        promote = machine_steps(pr, where, {p.name for p in profile.probes})
-        pr.done()
-        resolved.append(Phase(ph.id, ph.title, ph.profile_file, ph.data, ph.start, profile.criteria.duration_s,
-                              ph.begin, ph.overrides, promote, storage=profile.storage))
-    return Plan(path=path, name=name, reports=reports, phases=tuple(resolved), **extra)
-
 
 # -- where the rollout stands ------------------------------------------------------------
 
@@ -170,6 +52,7 @@ def latest_report(reports: Path, phase_id: str) -> tuple[dict, Path] | None:
 
 
 UNAPPROVED = "not approved yet"
+UNSIGNED = "the approval is unsigned and the plan requires a signature"
 
 
 def rejection(plan: Plan, ph: Phase, doc: dict, path: Path, start: datetime | None) -> tuple[str, dict | None]:
@@ -178,7 +61,11 @@ def rejection(plan: Plan, ph: Phase, doc: dict, path: Path, start: datetime | No
 
     ver = None
     if (path.parent / APPROVAL).exists():  # first: a report changed after its approval says so, whatever it says
-        ver = verify(path.parent, plan.allowed_signers if plan.require_signature else None)
+        ver = verify(path.parent)
+        if ver.ok and plan.require_signature:
+            if not ver.signed:
+                return UNSIGNED, None
+            ver = verify(path.parent, plan.allowed_signers)
         if not ver.ok:
             return f"refused: {ver.problem}", None
     v = doc.get("verdict")
@@ -204,8 +91,6 @@ def rejection(plan: Plan, ph: Phase, doc: dict, path: Path, start: datetime | No
         return UNAPPROVED, None
     if ver.approval["kind"] != "approval":
         return f"acknowledged by {ver.approval['by']}, not approved", None
-    if plan.require_signature and not ver.signer_checked:
-        return "the approval is unsigned and the plan requires a signature", None
     return "", ver.approval
 
 
@@ -221,6 +106,7 @@ class PhaseState:
     doc: dict | None = None
     elapsed_s: float = 0.0
     approval: dict | None = None  # of the report that completed the phase
+    unpromoted: bool = False  # it has promotion steps that phasegate act has not carried out
     rejected: list = field(default_factory=list)  # (report path, why it does not count)
 
 
@@ -243,9 +129,10 @@ class RolloutStatus:
                         + (" [DRILL]" if s.report.get("mode") == "drill" else ""))
             elif s.state == "current" and s.verdict:
                 left = ph.duration_s - s.elapsed_s
-                body = (f"{s.verdict} so far, {format_duration(s.elapsed_s)} of {format_duration(ph.duration_s)}"
-                        + (f", {format_duration(left)} left" if left > 0 else ", window complete")
-                        + f" (since {iso(s.start)}): {s.reason}")
+                body = (f"{s.verdict} so far, {format_duration(s.elapsed_s)} of {format_duration(ph.duration_s)}, "
+                        f"{format_duration(left)} left" if left > 0 else
+                        f"{s.verdict}, window complete ({format_duration(ph.duration_s)})") + \
+                    (f" (since {iso(s.start)})" if s.start else "") + f": {s.reason}"
             elif s.state == "current":
                 body = s.reason
             else:
@@ -270,21 +157,39 @@ def approved_text(approval: dict) -> str:
     return f"approved by {approval['by']} at {approval['at']} ({signed})"
 
 
-def _data(base: Path, text: str):
-    """A phase's dataset: a directory relative to the plan's root, or an s3:// URL as written."""
-    return text if is_remote(text) else base / text
+def phase_start(ph: Phase, prev_end: datetime | None, now: datetime):
+    """Where a phase's window starts, from its dataset: (start or None, the act runs recorded since
+    its anchor, why it has not started when that needs saying). The anchor is the plan's start
+    time, or the previous phase's approved window end. A promotion (or restart) that `act`
+    completed moves the start to the first probe after it: the window begins on the new deploy,
+    live and verified, so phasegate's own deploy is never inside it."""
+    anchor = ph.start if ph.start is not None else prev_end if prev_end is not None else EPOCH  # first-sample
+
+    runs = ledger.runs(ph.data, ph.storage, anchor, now) if anchor < now else []
+    moved = ledger.last_complete(runs, ("promote", "restart"))
+    if moved is not None:
+        start = ledger.first_probe_after(ph.data, ph.storage, moved.ended, now)
+        return start, runs, "" if start else (f"promoted at {iso(moved.ended)} by {moved.by}; no probe sample since: "
+                                                  f"start the collector")
+    tried = [r for r in runs if r.kind in ("promote", "restart")]
+    if ph.promote and prev_end is not None and not tried:
+        # A phase with promotion steps starts with its promotion: probes before it watch the
+        # previous state, not the phase.
+        return None, runs, ""
+    if tried and ph.promote:
+        last = tried[-1]
+        failed = next((f"{step}: {detail or outcome}" for _, step, outcome, detail in last.steps if outcome != "ok"),
+                      "it did not finish")
+        return None, runs, f"its {last.kind} by {last.by} at {iso(last.started)} failed ({failed})"
+    if ph.start is not None:
+        return ph.start, runs, ""
+    return ledger.first_probe_after(ph.data, ph.storage, anchor, now), runs, ""
 
 
-def _first_sample_after(data, after: datetime, now: datetime, storage=None) -> datetime | None:
-    from .store import read_samples
-
-    if after >= now:
-        return None
-    data = local_dir(data, storage, after, now)
-    if not data.is_dir():
-        return None
-    ts = read_samples(data, after, now, columns=["ts"])["ts"]
-    return None if ts.empty else ts.min().to_pydatetime()
+def approve_cmd(plan: Plan, folder) -> str:
+    """The exact approve command for a report of this plan: with --key when it requires signatures."""
+    key = " --key SSH_KEY" if plan.require_signature else " [--key SSH_KEY]"
+    return f"phasegate approve {folder} --plan {plan.path} --by NAME{key}"
 
 
 def _report_cmd(plan: Plan, ph: Phase) -> str:
@@ -305,8 +210,12 @@ def status(plan: Plan, now: datetime | None = None, evaluate: bool = True) -> Ro
         if action is not None:  # a phase before this one is not done yet
             states.append(PhaseState(ph, "waiting", report=doc, report_path=rpath))
             continue
-        start = ph.start if ph.start is not None else _first_sample_after(ph.data, prev_end, now, ph.storage)
-        rejected, unapproved = [], None
+        start, runs, why_none = phase_start(ph, prev_end, now)
+        # A phase with promotion steps that act has not carried out yet (a person may promote by
+        # hand; its window then starts at the first probe, as without steps).
+        unpromoted = bool(ph.promote) and prev_end is not None and \
+            ledger.last_complete(runs, ("promote", "restart")) is None
+        rejected, unapproved, replace = [], None, False
         for rdoc, rp in reps:
             why, approval = rejection(plan, ph, rdoc, rp, start)
             if not why:
@@ -315,25 +224,42 @@ def status(plan: Plan, now: datetime | None = None, evaluate: bool = True) -> Ro
                 prev_end = parse_time(rdoc["window"]["end"])
                 break
             rejected.append((rp, why))
-            if why == UNAPPROVED and unapproved is None:
-                unapproved = rp.parent
+            if why in (UNAPPROVED, UNSIGNED) and unapproved is None:
+                unapproved, replace = rp.parent, why == UNSIGNED
         else:
             rdoc = None
         if rdoc is not None:
             continue
         nxt = plan.phases[i + 1] if i + 1 < len(plan.phases) else None
-        s = PhaseState(ph, "current", start=start, report=doc, report_path=rpath, rejected=rejected)
+        s = PhaseState(ph, "current", start=start, report=doc, report_path=rpath, rejected=rejected,
+                       unpromoted=unpromoted)
         states.append(s)
         if unapproved is not None:
             s.reason = f"a GO report for the phase's complete window awaits approval: {unapproved}"
-            action = f"review the report and approve it: phasegate approve {unapproved} --by NAME [--key SSH_KEY]"
-            s.verdict, verdict = "GO", "GO"
+            action = (f"sign its approval again (the plan requires a signature): {approve_cmd(plan, unapproved)} --replace"
+                      if replace else f"review the report and approve it: {approve_cmd(plan, unapproved)}")
+            s.verdict, verdict, s.elapsed_s = "GO", "GO", ph.duration_s
             continue
         begin = ph.begin or "start the phase"
         collect = f"phasegate collect --profile {ph.profile_file} --data {ph.data}"
+        promote = f"phasegate act --plan {plan.path} --execute (its promotion: {'; '.join(describe(ph.promote))})"
         if start is None:
-            s.reason = f"not started: no samples in {ph.data} since the previous phase's GO ({iso(prev_end)})"
-            action = f"proceed to {ph.title}: {begin}; then start the collector: {collect}"
+            since = f"since the previous phase's GO ({iso(prev_end)})" if prev_end else "yet"
+            s.reason = why_none or (f"not started: awaiting its promotion by phasegate act (a phase with promotion steps "
+                                    f"starts once they are verified)" if unpromoted else
+                                    f"not started: no samples in {ph.data} {since}")
+            action = (f"proceed to {ph.title}: " + (promote if ph.promote else begin)
+                      + f"; then start the collector: {collect}") if not why_none else \
+                f"{why_none}; once the cause is fixed: phasegate act --plan {plan.path} --execute"
+            continue
+
+        rolled = ledger.last_complete([r for r in runs if r.started >= start], ("rollback",))
+        if rolled is not None:
+            s.verdict, verdict = "NO-GO", "NO-GO"
+            s.reason = (f"rolled back at {iso(rolled.ended)} by {rolled.by} (phasegate act: "
+                        f"{len(rolled.steps)} steps done); the window since {iso(start)} cannot pass any more")
+            action = (f"find and fix the cause, then restart the phase (its promotion again; a new window starts once "
+                      f"it is verified): phasegate act --plan {plan.path} --restart --execute --by NAME")
             continue
         if start > now:
             s.reason = f"starts {iso(start)}"
@@ -355,6 +281,7 @@ def status(plan: Plan, now: datetime | None = None, evaluate: bool = True) -> Ro
         verdict = d["verdict"]
         end = start + timedelta(seconds=ph.duration_s)
         action = _next_action(plan, ph, nxt, d, end, now)
+
     if action is None:
         action = "rollout complete: every phase has an approved GO report"
     return RolloutStatus(plan, now, states, action, verdict)
@@ -379,7 +306,7 @@ def _next_action(plan: Plan, ph: Phase, nxt: Phase | None, d: dict, end: datetim
         return f"not enough evidence to decide ({d['reason']}); fix collection and extend the window, then: {report}"
     # GO computed now over the complete window, but no approved report yet.
     after = f"; then proceed to {nxt.title}: {nxt.begin or 'start it'}" if nxt else "; that completes the rollout"
-    return f"render the GO report ({report}) and approve it (phasegate approve REPORT_DIR --by NAME){after}"
+    return f"render the GO report ({report}) and approve it ({approve_cmd(plan, 'REPORT_DIR')}){after}"
 
 
 def collecting_phase(plan: Plan, now: datetime | None = None) -> Phase | None:

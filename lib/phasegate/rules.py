@@ -96,6 +96,9 @@ class MachineSteps:
     set_env: tuple[tuple[str, str], ...] = ()
     deploy: bool = False
     verify: Verify | None = None
+    deploy_hook_env: str | None = None  # trigger through the service's deploy hook, its URL in this variable
+    deploy_within_s: float = 900.0  # how long the deploy may take to go live
+    override_group: bool = False  # set_env may shadow a variable kept in an environment group
 
     def __bool__(self) -> bool:
         return bool(self.set_env or self.deploy or self.verify)
@@ -156,7 +159,15 @@ def machine_steps(r: "_Reader", where: str, probe_names) -> MachineSteps:
             v.fail(f"{where}.verify.expect_status", f"must be a list of HTTP statuses, got {codes!r}")
         verify = Verify(probe=probe, expect_status=tuple(codes), within_s=v.duration("within", 600.0))
         v.done()
-    return MachineSteps(set_env=tuple(sorted(env.items())), deploy=r.take("deploy", (bool,), False), verify=verify)
+    deploy = r.take("deploy", (bool,), False)
+    hook = r.take("deploy_hook_env", (str,), None) or None  # "": through the API (overrides an extended profile's hook)
+    if hook is not None and not _ENV_NAME.fullmatch(hook):
+        r.fail(f"{where}.deploy_hook_env", "must name an environment variable (the hook URL is a secret: never in a profile)")
+    if hook is not None and not deploy:
+        r.fail(f"{where}.deploy_hook_env", "needs deploy = true")
+    return MachineSteps(set_env=tuple(sorted(env.items())), deploy=deploy, verify=verify, deploy_hook_env=hook,
+                        deploy_within_s=r.duration("deploy_within", 900.0),
+                        override_group=r.take("override_group", (bool,), False))
 
 
 def _criteria(src, table, probe_names: set, runbook_ids: set) -> Criteria:

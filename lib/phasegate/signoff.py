@@ -54,7 +54,7 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
     `command`: the command line that asked for this report, recorded in its provenance.
     `engine`: duckdb or spark://HOST:PORT (default: the profile's [engine] url)."""
     if plan not in (None, ""):
-        from .rollout import Plan, load_plan
+        from .plan import Plan, load_plan
         plan = plan if isinstance(plan, Plan) else load_plan(find_path(plan))
         profile, profile_file = plan.profile(phase), plan.phase(phase).profile_file
     else:
@@ -146,7 +146,8 @@ def _pull_platform(profile: Profile, data: Path) -> tuple[list[str], dict | None
         return [f"platform: ${src.api_key_env} is not set: {src.kind} deploys and flags were not read"], None
     at = utcnow()
     res = pull_platform(src, data, profile.target.name, now=at)
-    seen = {"at": iso(at), "flags": res.flags} if res.flags else None
+    seen = {"at": iso(at), "flags": res.flags, "service_id": src.service_id, "env_groups": res.groups} \
+        if res.flags else None
     return [f"platform: {res.deploys} {src.kind} deploys read" + (f"; flags {res.flags_text}" if res.flags else "")] + \
         [f"platform: {n}" for n in res.notes], seen
 

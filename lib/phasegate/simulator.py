@@ -100,6 +100,14 @@ class Model:
         self.faults = faults
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
+        # What the platform's live deploy runs with (`phasegate simulate platform` sets both when a
+        # deploy goes live): its flag variables ({name: "true"/"false"}) and its deploy id.
+        self.env: dict = {}
+        self.deployment: str | None = None
+
+    def flag_on(self, name: str) -> bool:
+        value = self.env.get(name)
+        return value is None or str(value).strip().lower() in ("true", "1", "yes", "on", "enabled")
 
     def _hit(self, f: Fault, t: float, endpoint: str, tenant: str | None) -> bool:
         if not f.active(t, endpoint, tenant):
@@ -118,7 +126,7 @@ class Model:
             latency = median / 1000.0 * math.exp(self.rng.gauss(0, sigma))
             jitter = self.rng.random()
         kinds = {f.kind: f for f in hits}
-        deploy = FIRST_DEPLOY
+        deploy = self.deployment or FIRST_DEPLOY
         for f in self.faults:  # the latest deploy fault that has started wins
             if f.kind == "deploy" and f.active(t, endpoint, tenant) and not f.probes:
                 deploy = f.params.get("deployment", NEXT_DEPLOY)
@@ -134,7 +142,10 @@ class Model:
         if "slow_execute" in kinds and endpoint == "execute":
             lo, hi = kinds["slow_execute"].params.get("latency_s", (12.0, 15.0))
             latency = lo + (hi - lo) * jitter
-        flags_on = "flags_off" not in kinds
+        off = "flags_off" in kinds
+        flags = {name: not off and self.flag_on(name) for name in FLAGS}
+        # The master flag gates every endpoint; suggestions has its own flag too.
+        flags_on = flags[FLAGS[0]] and (endpoint != "suggestions" or flags[FLAGS[1]])
         if "server_error" in kinds:
             return self._json(500, {"error": {"code": "INTERNAL_ERROR", "message": "unhandled exception"}},
                               out_headers, latency, names)
@@ -142,7 +153,7 @@ class Model:
             loaded = 3 if "handler_loss" in kinds else 4
             body = {"status": "healthy" if loaded == 4 else "degraded", "handlers_loaded": loaded,
                     "handlers_total": 4, "deployment_id": deploy,
-                    "feature_flags": {name: flags_on for name in FLAGS}}
+                    "feature_flags": flags}
         elif endpoint == "other":
             return self._json(404, {"error": {"code": "NOT_FOUND"}}, out_headers, latency, names)
         elif not flags_on:

@@ -110,6 +110,9 @@ def _hist_p99(h: pd.DataFrame, q: float = 0.99) -> dict:
     return out
 
 
+_ACT_WORDS = {"promote": "promotion", "restart": "restart", "rollback": "rollback"}
+
+
 def _platform(con) -> dict | None:
     """The hosting platform's deploys and flags inside the window. Every deploy that started or
     finished in it is unexpected (a phase runs on one deployment); a rollback trigger is a rollback."""
@@ -128,6 +131,14 @@ def _platform(con) -> dict | None:
             d["started"] = _ts(ts)
         else:
             d["finished"], d["status"] = _ts(ts), state
+    # Deploys phasegate act triggered itself (its action rows name them): expected, never anomalies.
+    own = {did: (kind, ev) for did, kind, ev in con.execute("""SELECT deployment_id, error_code, evidence FROM samples
+        WHERE source = 'action' AND probe = 'act.deploy' AND deployment_id IS NOT NULL""").fetchall()}
+    for did, (kind, ev) in own.items():
+        if did in deploys:
+            by = (json.loads(ev) if ev else {}).get("by")
+            deploys[did]["by_act"] = {"kind": kind, "by": by,
+                                      "text": f"{_ACT_WORDS.get(kind, kind)} by phasegate act (by {by})"}
     listed = sorted(deploys.values(), key=lambda d: d["started"] or d["finished"])
     con.execute("CREATE TEMP TABLE pf_env AS SELECT * FROM pf WHERE outcome = 'ok' AND probe = 'render.env'")
     reads = con.execute("SELECT count(*) FROM pf_env").fetchall()[0][0]
