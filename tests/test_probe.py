@@ -98,3 +98,19 @@ def _schedule(tmp_path, body):
     path = tmp_path / "faults.toml"
     path.write_text("[[fault]]\n" + body + "\n")
     return path
+
+
+def test_check_names_the_health_probes_connection_failure(tmp_path):
+    from conftest import phasegate
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = phasegate("check", "--profile", fast_profile(tmp_path, f"http://127.0.0.1:{port}"))
+    assert res.returncode == 1
+    lines = res.stdout.splitlines()
+    health = lines[lines.index("1. Service Health") + 1]
+    assert health == "   ❌ UNHEALTHY (CONNECTION_ERROR (connection refused))", res.stdout
+    assert "NO HEALTH PROBE" not in res.stdout
+    assert "   ❔ NOT OBSERVED (health failed: the flags it reads are unknown)" in lines
+    assert "OVERALL: ❌ CANARY UNHEALTHY" in res.stdout

@@ -368,3 +368,14 @@ def test_explore_notebook_runs_on_a_faulty_day(tmp_path):
     assert any("around 2026-01-28T19:45" in t.replace(" ", "T", 1) or "around 2026-01-28 19:45" in t for t in texts)
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def test_an_unwritable_out_dir_is_one_line(tmp_path):
+    data = tmp_path / "data"
+    end = datetime.now(timezone.utc).replace(microsecond=0)
+    history(load_profile(SIM_PROFILE), [], end.timestamp() - 3600, end.timestamp(), data, seed=1)
+    (tmp_path / "file").write_text("not a folder")
+    res = phasegate("report", "--profile", SIM_PROFILE, "--data", data, "--phase", "phase1-staging-canary",
+                    "--end", end.isoformat(), "--hours", "1", "--out", tmp_path / "file" / "reports", "--formats", "json")
+    assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, res.stderr
+    assert "cannot write the report under" in res.stderr and "Not a directory" in res.stderr

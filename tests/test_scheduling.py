@@ -57,8 +57,10 @@ def group_alive(pgid: int) -> bool:
 
 def test_cron_lines_are_valid_and_keep_secrets_out():
     env, jobs = cron_file()
-    assert [j[0] for j in jobs] == [["*/5", "*", "*", "*", "*"], ["7", "*", "*", "*", "*"], ["17", "*", "*", "*", "*"]]
-    assert "act --plan" in jobs[2][2] and "--execute" not in jobs[2][2]  # a dry run unless someone says otherwise
+    assert [j[0] for j in jobs] == [["*/5", "*", "*", "*", "*"], ["7", "*", "*", "*", "*"]]
+    # act runs in the report's job, after it: it reads the report just made; a dry run as written.
+    report, act = jobs[1][2].index("phasegate report --plan"), jobs[1][2].index("phasegate act --plan")
+    assert report < act and "--execute" not in jobs[1][2]
     for fields, user, cmd in jobs:
         assert all(FIELD.match(f) for f in fields), fields
         assert user == "phasegate" and "%" not in cmd  # cron turns a bare % into a newline
@@ -148,6 +150,8 @@ start = "{start.isoformat()}"
     log = (project / "logs" / "report.log").read_text()
     assert "VERDICT: PENDING  (phase1-staging-canary" in log and log.rstrip().endswith("exit 12")
     assert list((project / "reports" / "phase1-staging-canary").glob("*/signoff.pdf"))
+    acted = (project / "logs" / "act.log").read_text()  # then act, on the report just made: nothing to do
+    assert "nothing calls for an action" in acted and acted.rstrip().endswith("exit 0"), acted
 
 
 def _units(tmp_path):
@@ -162,13 +166,16 @@ def _units(tmp_path):
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze: apt-get install -y systemd")
 def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
     units = _units(tmp_path)
-    assert [u.name for u in units] == ["phasegate-act.service", "phasegate-act.timer", "phasegate-collect.service",
+    assert [u.name for u in units] == ["phasegate-act.service", "phasegate-collect.service",
                                        "phasegate-report.service", "phasegate-report.timer"]
     res = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0 and res.stderr == "", res.stderr
-    collect = units[2].read_text()
-    assert "\nRestart=on-failure\n" in collect
-    assert "\nOnCalendar=hourly\n" in units[4].read_text()
+    collect = units[1].read_text()
+    assert "\nRestart=on-failure\n" in collect and "\nRestartPreventExitStatus=2\n" in collect  # bad config: no loop
+    assert "\nOnCalendar=hourly\n" in units[3].read_text()
+    # Report, then act: ordered by the units (act wants nothing of its own timer).
+    assert "\nWants=phasegate-act.service\n" in units[2].read_text()
+    assert "\nAfter=phasegate-report.service\n" in units[0].read_text()
     # The check can fail: a misspelt key is reported.
     bad = tmp_path / "bad.service"
     bad.write_text(collect.replace("Restart=on-failure", "Restartt=on-failure"))

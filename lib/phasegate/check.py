@@ -38,7 +38,10 @@ def run_check(profile: Profile, data_dir=None) -> CheckResult:
             for row in rows:
                 writer.append(row)
             writer.close()
-    return summarize(rows)
+    # Health probes by what the profile extracts, so one that failed (timeout, TLS, refused) and
+    # extracted nothing still reads as the unhealthy health probe it is.
+    health = {p.name for p in profile.probes if {"handlers_total", "handlers_loaded", "health_status"} & set(p.extract)}
+    return summarize(rows, health, {p.name for p in profile.probes if p.flags})
 
 
 def _status_text(row) -> str:
@@ -52,10 +55,11 @@ def _status_text(row) -> str:
     return text
 
 
-def summarize(rows: list[dict]) -> CheckResult:
+def summarize(rows: list[dict], health_probes=frozenset(), flag_probes=frozenset()) -> CheckResult:
     now = datetime.now(timezone.utc).isoformat()
     lines = [RULE, "CANARY HEALTH CHECK", f"Timestamp: {now}", RULE, ""]
-    health = [r for r in rows if r.get("handlers_total") is not None or r.get("health_status") is not None]
+    health = [r for r in rows if r.get("probe") in health_probes or r.get("handlers_total") is not None
+              or r.get("health_status") is not None]
     health_ok = all(r["outcome"] == "ok" and r.get("handlers_loaded") == r.get("handlers_total") for r in health)
     lines.append("1. Service Health")
     if not health:
@@ -79,8 +83,10 @@ def summarize(rows: list[dict]) -> CheckResult:
         if disabled:
             lines.append(f"   - 503 FEATURE_DISABLED from: {', '.join(sorted({r['probe'] for r in disabled}))}")
     else:
-        lines.append("   ❔ NOT OBSERVED (no probe extracts flags)")
-        flags_ok = True
+        blind = sorted({r["probe"] for r in rows if r.get("probe") in flag_probes and r["outcome"] != "ok"})
+        lines.append(f"   ❔ NOT OBSERVED ({', '.join(blind)} failed: the flags it reads are unknown)" if blind
+                     else "   ❔ NOT OBSERVED (no probe extracts flags)")
+        flags_ok = not blind
     lines += ["", "3. Endpoint Availability"]
     for r in rows:
         if r in health:

@@ -127,6 +127,8 @@ class RolloutStatus:
             if s.state == "done":
                 body = (f"GO, {approved_text(s.approval)} {s.report['window']['start']} → {s.report['window']['end']}"
                         + (" [DRILL]" if s.report.get("mode") == "drill" else ""))
+            elif s.state == "current" and s.verdict and s.doc is None:  # decided from the records, not evaluated
+                body = f"{s.verdict}: {s.reason}"
             elif s.state == "current" and s.verdict:
                 left = ph.duration_s - s.elapsed_s
                 body = (f"{s.verdict} so far, {format_duration(s.elapsed_s)} of {format_duration(ph.duration_s)}, "
