@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -92,6 +93,12 @@ class Analysis:
         return self.con.sql("SELECT * FROM s")
 
 
+def sql_literal(value) -> str:
+    """A value as a SQL string literal: the one quoting helper (a quote in $TMPDIR, or a second
+    statement in $PHASEGATE_MEMORY_LIMIT, stays text). DuckDB binds no parameters in SET."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def connect(memory_limit: str | None = None, temp_dir: str | None = None):
     """One DuckDB connection with bounded memory: past the limit, operators spill to `temp_dir`."""
     import duckdb
@@ -99,11 +106,13 @@ def connect(memory_limit: str | None = None, temp_dir: str | None = None):
     con = duckdb.connect()
     limit = memory_limit or os.environ.get("PHASEGATE_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT)
     spill = temp_dir or os.environ.get("PHASEGATE_SPILL_DIR") or os.path.join(tempfile.gettempdir(), "phasegate-spill")
+    if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B|%)?\s*", str(limit), re.I):
+        raise DataError(f"memory limit {limit!r} is not a size like 1GB or 512MB")
     try:
-        con.execute(f"SET memory_limit = '{limit}'")
+        con.execute(f"SET memory_limit = {sql_literal(limit)}")
     except duckdb.Error as exc:
         raise DataError(f"memory limit {limit!r} is not a size like 1GB or 512MB ({exc})") from None
-    con.execute(f"SET temp_directory = '{spill}'")
+    con.execute(f"SET temp_directory = {sql_literal(spill)}")
     con.execute("SET TimeZone = 'UTC'")
     try:
         con.execute("SET enable_progress_bar = false")  # it would print into the notebook

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from .collector import new_run_id, probe_jobs
 from .probe import run_probe
 from .profile import Profile
-from .redact import printable
+from .redact import one_line, printable
 from .objstore import writing
 from .store import SampleWriter
 
@@ -46,12 +46,12 @@ def run_check(profile: Profile, data_dir=None) -> CheckResult:
 
 def _status_text(row) -> str:
     if row["status"] is None:
-        return f"{row['outcome'].upper()} ({row.get('error') or 'no response'})"
+        return f"{row['outcome'].upper()} ({one_line(row.get('error') or 'no response')})"
     text = f"{row['status']}"
     if row["outcome"] == "ok" or row["status"] == 200:
         text += " OK"
     if row.get("error_code"):
-        text += f" {row['error_code']}"
+        text += f" {one_line(row['error_code'])}"
     return text
 
 
@@ -79,7 +79,7 @@ def summarize(rows: list[dict], health_probes=frozenset(), flag_probes=frozenset
     if flags or disabled:
         lines.append("   ✅ FLAGS ON" if flags_ok else "   ❌ FLAGS OFF")
         for name, value in flags.items():
-            lines.append(f"   - {name}: {json.dumps(value)}")
+            lines.append(f"   - {one_line(name)}: {one_line(json.dumps(value))}")
         if disabled:
             lines.append(f"   - 503 FEATURE_DISABLED from: {', '.join(sorted({r['probe'] for r in disabled}))}")
     else:
@@ -96,7 +96,7 @@ def summarize(rows: list[dict], health_probes=frozenset(), flag_probes=frozenset
         label = "/" + label.rsplit("/", 1)[-1] if "/" in label else "/" + label
         tenant = f" [{r['tenant']}]" if r.get("tenant") else ""
         extra = f" ({r['item_count']} actions)" if r.get("item_count") is not None else ""
-        fails = f" — {'; '.join(r['assertion_failures'])}" if r.get("assertion_failures") else ""
+        fails = f" — {one_line('; '.join(r['assertion_failures']))}" if r.get("assertion_failures") else ""
         lines.append(f"   {label}{tenant}: {mark} {_status_text(r)}{extra}{fails}")
     healthy = health_ok and flags_ok and all(r["outcome"] == "ok" for r in rows)
     lines += ["", RULE, f"OVERALL: {'✅ CANARY HEALTHY' if healthy else '❌ CANARY UNHEALTHY'}", RULE]

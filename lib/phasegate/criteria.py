@@ -352,7 +352,9 @@ def _judge_group(c: Criterion, st: dict, conf: float, rate_mode: str) -> tuple[b
 def _metric(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     """A criterion written as data: every group must hold; the failing ones are named."""
     got = a.custom.get(c.id, {})
-    groups = got.get("groups", {})
+    # A group no sample fell in is no evidence (without `per` the query still answers one empty
+    # row): a filter that matches nothing — a typo — is undecided, never a pass on 0 of 0.
+    groups = {g: st for g, st in got.get("groups", {}).items() if st["n"] > 0}
     unit = _UNITS.get(c.metric, "")
     sel = ", ".join(f"{k}={'|'.join(map(str, v))}" for k, v in c.where) or "all probe samples"
     if not groups:

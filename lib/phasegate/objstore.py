@@ -16,7 +16,9 @@ an extension fetched at run time, which a machine limited to the package registr
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from .errors import StoreError
 
+log = logging.getLogger(__name__)
 
 SCHEME = "s3://"
 _MARK = ".uploaded"
@@ -81,6 +84,8 @@ class Location:
             self._fs = _connect(self.storage, self.url)
         return self._fs
 
+    skipped: tuple = ()  # object keys the last pull refused (outside the mirror's samples/date=*/)
+
     def _key(self, rel: str) -> str:
         return "/".join(x for x in (self.bucket, self.prefix, rel) if x)
 
@@ -118,12 +123,15 @@ class Location:
             infos = fs.get_file_info(FileSelector(self._key("samples"), recursive=True, allow_not_found=True))
         except (OSError, pa.ArrowException) as exc:
             raise StoreError(f"cannot list {self.url}: {_short(exc)}") from None
-        base = self._key("") + "/"
+        base, skipped = self._key("") + "/", []
         for info in sorted(infos, key=lambda i: i.path):
             rel = info.path[len(base):]
             if info.type != FileType.File or not rel.endswith(".parquet") or not _in_window(rel, start, end):
                 continue
-            dest = self.local / rel
+            dest = _inside(self.local, rel)
+            if dest is None:
+                skipped.append(rel)
+                continue
             if dest.exists() and dest.stat().st_size == info.size:
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +146,9 @@ class Location:
                 raise StoreError(f"download of {rel} from {self.url} failed: {_short(exc)}") from None
             dest.with_name(f".{dest.name}{_MARK}").touch()  # it is in the bucket: never sent back
             got += 1
+        for rel in skipped:  # said, never followed: whoever can write the bucket cannot write here
+            log.warning("not mirrored: the object key %r of %s leads outside samples/date=*/", rel, self.url)
+        self.skipped = tuple(skipped)
         return got
 
 
@@ -204,3 +215,14 @@ def _connect(storage: Storage, url: str):
 
 def _short(exc: Exception) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    """The local path of an object key under the mirror: only samples/date=YYYY-MM-DD/NAME.parquet,
+    with no '..', '.', empty or absolute segment, and resolving inside `root`; None for anything else."""
+    parts = rel.split("/")
+    if len(parts) != 3 or parts[0] != "samples" or not re.fullmatch(r"date=\d{4}-\d{2}-\d{2}", parts[1]) \
+            or parts[2] in ("", ".", "..") or "\\" in rel or parts[2].startswith("."):
+        return None
+    dest = (root / rel).resolve()
+    return dest if dest.is_relative_to(root.resolve()) else None

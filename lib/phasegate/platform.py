@@ -30,7 +30,7 @@ from urllib.parse import urlencode, urlsplit
 from .errors import DataError
 from .probe import exchange
 from .profile import PlatformSource
-from .redact import Secret, redact_text, redact_url
+from .redact import Secret, redact_text, redact_url, scrub_row
 from .window import parse_time, utcnow
 
 ON = ("true", "1", "yes", "on", "enabled")
@@ -371,6 +371,7 @@ def pull_platform(src: PlatformSource, data_dir, target: str, now: datetime | No
     for i, r in enumerate(sorted(rows, key=lambda r: r["ts"])):
         r["seq"] = i + 1
         r["ts"] = r["ts"].timestamp()
+        scrub_row(r, [key])  # a deploy id or trigger that echoes the key is stored masked
     res.rows = write_tables(data_dir, [rows_to_table(rows)], f"platform-{int(now.timestamp() * 1000)}") if rows else 0
     return res
 

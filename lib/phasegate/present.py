@@ -305,7 +305,7 @@ def _response_text(r: dict) -> str:
     body = r.get("body") or ""
     try:
         body = json.dumps(json.loads(body), indent=1, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     lines = body.splitlines()
     if len(lines) > 30:  # the appendix shows the start; signoff.json holds the whole (capped) body
@@ -404,7 +404,9 @@ def _action_cells(a: dict) -> list:
 def actions_table(doc: dict) -> str:
     """What `phasegate act` did in the window (rollbacks, promotions), each step with its time."""
     acts = doc.get("actions") or []
+    began = doc.get("started_by")
+    head = f"<p>This window began after the {escape(began['text'])}.</p>" if began else ""
     if not acts:
-        return ""
-    return "<h4>Actions taken (phasegate act)</h4>" + _table(["time", "action", "by", "outcome", "detail"],
-                                                            [_action_cells(a) for a in acts])
+        return "<h4>Actions taken (phasegate act)</h4>" + head if head else ""
+    return "<h4>Actions taken (phasegate act)</h4>" + head + _table(["time", "action", "by", "outcome", "detail"],
+                                                                   [_action_cells(a) for a in acts])

@@ -10,6 +10,7 @@ slow-drip body defeats) and so that latency splits into phases like blackbox_exp
 from __future__ import annotations
 
 import http.client
+import io
 import itertools
 import json
 import os
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from .profile import Assertion, Probe, Target
-from .redact import capped, redact_headers, redact_text, redact_url
+from .redact import capped, redact_headers, redact_text, redact_url, scrub_row
 
 OUTCOMES = ("ok", "http_error", "timeout", "connection_error", "tls_error", "dns_error",
             "protocol_error", "invalid_body", "body_too_large", "assertion_failed",
@@ -65,6 +66,75 @@ class _Deadline:
         return ms
 
 
+class _Wire:
+    """The probe's connection as http.client sees it: every send and every receive — the status
+    line and each header byte included — consults the one deadline, so a server dripping its
+    headers a byte at a time is cut off when the deadline passes. TLS runs through an SSLObject
+    over this same wire, so the handshake's reads are bounded by it too."""
+
+    def __init__(self, sock: socket.socket, dl: _Deadline, ctx: ssl.SSLContext | None = None, host: str | None = None):
+        self.sock, self.dl, self.tls = sock, dl, None
+        if ctx is not None:
+            self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self.tls = ctx.wrap_bio(self._in, self._out, server_hostname=host)
+            self._tls_io(self.tls.do_handshake)
+
+    def _send(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            self.sock.settimeout(self.dl.remaining())
+            view = view[self.sock.send(view):]
+
+    def _tls_io(self, op, *args):
+        while True:
+            try:
+                result = op(*args)
+                self._send(self._out.read())
+                return result
+            except ssl.SSLWantReadError:
+                self._send(self._out.read())
+                self.sock.settimeout(self.dl.remaining())
+                data = self.sock.recv(_CHUNK)
+                self._in.write(data) if data else self._in.write_eof()
+
+    def sendall(self, data) -> None:
+        if self.tls is None:
+            return self._send(data)
+        view = memoryview(data)
+        while view:
+            view = view[self._tls_io(self.tls.write, view):]
+
+    def recv_into(self, buf) -> int:
+        if self.tls is None:
+            self.sock.settimeout(self.dl.remaining())
+            return self.sock.recv_into(buf)
+        try:
+            data = self._tls_io(self.tls.read, len(buf))
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return 0  # closed, with or without close_notify: the end of the body, as ssl sockets say it
+        buf[:len(data)] = data
+        return len(data)
+
+    def makefile(self, *_args, **_kw):
+        return io.BufferedReader(_WireReader(self), _CHUNK)
+
+    def close(self) -> None:
+        # http.client closes its connection while the response body may still be read (a socket
+        # counts its open files before closing): the exchange closes the socket when it is done.
+        pass
+
+
+class _WireReader(io.RawIOBase):
+    def __init__(self, wire: _Wire):
+        self.wire = wire
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        return self.wire.recv_into(buf)
+
+
 _TLS_LOCK = threading.Lock()
 _TLS_CONTEXTS: dict[bool, ssl.SSLContext] = {}
 
@@ -98,17 +168,14 @@ def exchange(url: str, method: str, headers: dict, body: bytes | None, timeout_s
         sock.settimeout(dl.remaining())
         sock.connect(addr)
         ex.phases["connect_ms"] = dl.lap()
+        wire = _Wire(sock, dl, _tls_context(verify_tls) if https else None, host)
         if https:
-            ctx = _tls_context(verify_tls)
-            sock.settimeout(dl.remaining())
-            sock = ctx.wrap_socket(sock, server_hostname=host)
             ex.phases["tls_ms"] = dl.lap()
         conn = http.client.HTTPConnection(host, port)
-        conn.sock = sock
+        conn.sock = wire
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        sock.settimeout(dl.remaining())
         conn.request(method, target, body=body, headers=headers)
         resp = conn.getresponse()
         ex.phases["processing_ms"] = dl.lap()
@@ -116,7 +183,6 @@ def exchange(url: str, method: str, headers: dict, body: bytes | None, timeout_s
         ex.headers = {k.lower(): v for k, v in resp.getheaders()}
         chunks, size = [], 0
         while True:
-            sock.settimeout(dl.remaining())
             chunk = resp.read1(_CHUNK)
             if not chunk:
                 break
@@ -215,6 +281,8 @@ def evaluate(probe: Probe, status: int, headers: dict, body: bytes) -> dict:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             parse_error = f"body is not JSON: {exc}"
+        except RecursionError:  # 200,000 '[': no parser recursion, a classified body
+            parse_error = "body is not JSON we read: nested deeper than the parser's depth limit"
     for col, spec in probe.extract.items():
         val = _extract(spec, doc, headers)
         out[col] = None if val is None else (capped(str(val)) if col in ("deployment_id", "health_status") else _as_int(val))
@@ -306,6 +374,7 @@ def run_probe(target: Target, probe: Probe, *, tenant: str | None = None, secret
         row.update(outcome=ex.outcome, error=ex.error, error_code=None)
     if row.get("error"):
         row["error"] = capped(redact_text(row["error"], secrets))
+    scrub_row(row, secrets)
     if keep_evidence or row["outcome"] != "ok":
         row["evidence"] = evidence_json(ex.status, ex.headers, ex.body, target.evidence_headers, secrets)
     return row

@@ -18,14 +18,14 @@ import math
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from .errors import DataError
+from .probe import exchange
 from .profile import PromSource
+from .redact import Secret, redact_text
 from .window import Window, iso
 
 _LABEL = re.compile(r"^prom-(\d+)-(\d+)\.parquet$")
@@ -48,18 +48,21 @@ def step_for(window: Window, scrape_s: float = 1.0) -> float:
 def query_range(src: PromSource, query: str, window: Window, step_s: float) -> list:
     params = urllib.parse.urlencode({"query": query, "start": window.start.timestamp(),
                                      "end": window.end.timestamp(), "step": f"{step_s:g}s"})
-    req = urllib.request.Request(f"{src.url}/api/v1/query_range?{params}")
+    headers = {"Accept": "application/json", "User-Agent": "phasegate", "Connection": "close"}
     token = os.environ.get(src.token_env) if src.token_env else None
     if token:
-        req.add_header("Authorization", f"Bearer {token}")
+        headers["Authorization"] = Secret(f"Bearer {token}")
+    # The probe's bounded exchange: the whole answer, headers included, within src.timeout_s.
+    ex = exchange(f"{src.url}/api/v1/query_range?{params}", "GET", headers, None, src.timeout_s, 256 * 1024 * 1024)
+    if ex.outcome is not None:
+        raise DataError(f"Prometheus at {src.url} unreachable: {redact_text(ex.error or ex.outcome, [token or ''])}")
+    if ex.status != 200:
+        raise DataError(f"Prometheus at {src.url} answered HTTP {ex.status} for query_range")
     try:
-        with urllib.request.urlopen(req, timeout=src.timeout_s) as resp:
-            doc = json.load(resp)
-    except urllib.error.HTTPError as exc:
-        raise DataError(f"Prometheus at {src.url} answered HTTP {exc.code} for query_range") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise DataError(f"Prometheus at {src.url} unreachable: {getattr(exc, 'reason', exc)}") from None
-    except ValueError:
+        doc = json.loads(ex.body)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+    except (ValueError, RecursionError):
         raise DataError(f"Prometheus at {src.url} returned a body that is not JSON") from None
     if doc.get("status") != "success":
         raise DataError(f"Prometheus query failed: {doc.get('error', 'unknown error')}")

@@ -36,6 +36,13 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
 
 
+def one_line(text) -> str:
+    """A service's value shown inside one line of output: every control character escaped,
+    newlines too, so an error code cannot print a forged line of its own."""
+    text = str(text)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Secret(str):
     """A string that prints as redacted; use `.reveal()` where the value is really needed."""
 
@@ -101,3 +108,23 @@ def redact_text(text: str, secrets: list[str] | tuple = ()) -> str:
     text = _QUERY_PAIR.sub(lambda m: f"{m.group(1)}={MASK}" if is_secret_name(m.group(1)) else m.group(0), text)
     text = _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:{MASK}@", text)
     return text
+
+
+# Columns a sample's producer sets itself; every other string in a row may have come from the
+# service (a status, a code, a header, a flag) and is scrubbed before it is stored.
+_OWN_COLUMNS = frozenset({"ts", "run_id", "seq", "request_id", "source", "target", "tenant", "probe", "method",
+                          "url", "outcome", "simulated", "shard", "evidence"})
+
+
+def scrub_row(row: dict, secrets=()) -> dict:
+    """The one place where values that came from a service are scrubbed of secrets, whatever
+    column they land in (error_code, deployment_id, health_status, flags, assertion messages,
+    error): a service that reflects the bearer token into X-Deployment-Id stores [REDACTED]."""
+    for name, value in row.items():
+        if name in _OWN_COLUMNS:
+            continue
+        if isinstance(value, str):
+            row[name] = redact_text(value, secrets)
+        elif isinstance(value, list):
+            row[name] = [redact_text(v, secrets) if isinstance(v, str) else v for v in value]
+    return row

@@ -261,7 +261,7 @@ def _execute(notebook: Path, out: Path, params: dict) -> None:
     from papermill.exceptions import PapermillExecutionError
 
     try:
-        with tempfile.TemporaryDirectory(prefix="phasegate-kernel-") as sockets:
+        with tempfile.TemporaryDirectory(prefix="phasegate-kernel-", dir=_socket_parent()) as sockets:
             pm.execute_notebook(str(notebook), str(out), parameters=params, kernel_name="python3",
                                 progress_bar=False, log_output=False, cwd=str(notebook.parent),
                                 execution_timeout=CELL_TIMEOUT_S, start_timeout=120,
@@ -275,6 +275,18 @@ def _execute(notebook: Path, out: Path, params: dict) -> None:
             raise cls(exc.evalue) from None
         raise ReportError(f"the sign-off notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                           f"(see {out})") from None
+
+
+def _socket_parent() -> str:
+    """Where the kernel's Unix sockets go: the temporary directory, unless its path is too long
+    for a socket address (108 bytes with the names added), then /tmp."""
+    tmp = tempfile.gettempdir()
+    if len(os.fsencode(tmp)) <= 60:
+        return tmp
+    if os.access("/tmp", os.W_OK | os.X_OK):
+        return "/tmp"
+    raise ReportError(f"the temporary directory {tmp} is too long a path for the kernel's sockets, and /tmp is not "
+                      "writable: set TMPDIR to a shorter one")
 
 
 def _ipc_kernel_manager(socket_dir: str):

@@ -121,10 +121,13 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
     if plan not in (None, ""):
         doc["plan"] = {"path": str(plan.path), "sha256": sha256(plan.path), "name": plan.name,
                        "allow_simulated": plan.allow_simulated}
+        doc["started_by"] = _started_by(data, window)
         doc["rerun"] = doc["rerun"].replace(f"--profile {profile_file}", f"--plan {plan.path}", 1)
     sim = doc["provenance"]["samples"]["simulated"]
-    # A drill: a plan that allows simulated samples, rehearsing on them. Said on every output.
-    doc["mode"] = "live" if not sim else ("drill" if plan not in (None, "") and plan.allow_simulated else "simulated")
+    # A drill: a plan that allows simulated samples (it rehearses, on them or on a simulated
+    # service probed live). Said on every output.
+    drill = plan not in (None, "") and plan.allow_simulated
+    doc["mode"] = "drill" if drill else ("simulated" if sim else "live")
     if baseline is not None:
         given = baseline_data if is_remote(baseline_data) else baseline[0]  # the bucket, not its local mirror
         doc["rerun"] += f" --baseline-data {given} --baseline-start {iso(baseline[1].start)} " \
@@ -134,6 +137,23 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
         path = Path(out_dir) / "signoff.json"
         write_json(doc, path)
     return Signoff(profile, analysis, decision, doc, path)
+
+
+def _started_by(data: Path, window: Window) -> dict | None:
+    """The promotion (or restart) by phasegate act that this window began after, if one did: its
+    deploy is phasegate's own, before the window, and the report says so."""
+    from datetime import timedelta
+
+    from .ledger import last_complete, runs
+
+    run = last_complete(runs(data, None, window.start - timedelta(days=7), window.start + timedelta(seconds=1)),
+                        ("promote", "restart"))
+    if run is None:
+        return None
+    words = "promotion" if run.kind == "promote" else "restart"
+    return {"kind": run.kind, "by": run.by, "verified_at": iso(run.ended), "deploys": run.deploys,
+            "text": f"{words} by phasegate act (by {run.by}), verified {iso(run.ended)}"
+                    + (f": deploy {', '.join(run.deploys)}" if run.deploys else "")}
 
 
 def _pull_platform(profile: Profile, data: Path) -> tuple[list[str], dict | None]:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .analysis import _NOT_PROBES, DERIVED, _ts, flags, group_stats, round_ms
+from .analysis import _NOT_PROBES, DERIVED, _ts, flags, group_stats, round_ms, sql_literal
 from .profile import Profile
 from .ranks import linear_percentile, order_statistics, percentile_ranks
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_upper_rank
@@ -195,8 +195,7 @@ def custom_metrics(con, profile: Profile) -> dict:
 
 
 def _sql_in(column: str, values) -> str:
-    return f"{column} IN (" + ", ".join(str(v) if isinstance(v, int) else "'" + str(v).replace("'", "''") + "'"
-                                        for v in values) + ")"
+    return f"{column} IN (" + ", ".join(str(int(v)) if isinstance(v, int) else sql_literal(v) for v in values) + ")"
 
 
 def _metric_groups(con, c, confidence: float) -> dict:

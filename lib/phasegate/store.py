@@ -440,16 +440,37 @@ def list_files(data_dir, start: datetime | None = None, end: datetime | None = N
     return keep
 
 
+def _schema_problem(schema: pa.Schema) -> str | None:
+    """Why a file's columns cannot be read as samples (a column of the wrong type), or None.
+    Columns it lacks are fine (older files): the reader fills them with nulls."""
+    for field in schema:
+        if field.name not in COLUMNS:
+            continue
+        want, got = SCHEMA.field(field.name).type, field.type
+        if pa.types.is_dictionary(got):
+            got = got.value_type
+        if got == want or (pa.types.is_large_string(got) and want == pa.string()):
+            continue
+        return f"column {field.name} is {got}, not {want}"
+    return None
+
+
 def _readable(files, deep: bool = False) -> tuple[list[str], list[dict]]:
-    """(files whose footer reads, [excluded file and why]); `deep` reads every page too, for the
-    rare file that is bad past its footer (found when an engine's scan fails)."""
+    """(files whose footer reads and whose columns have the samples' types, [excluded file and
+    why]); `deep` reads every page too, for the rare file that is bad past its footer (found when
+    an engine's scan fails). A file of another schema is excluded and listed like a corrupt one."""
     good, excluded = [], []
     for f in files:
         try:
-            pq.read_table(f) if deep else pq.read_metadata(f)
-            good.append(f)
+            schema = pq.read_table(f).schema if deep else pq.read_schema(f)
         except (pa.ArrowException, OSError) as exc:
             excluded.append({"file": f, "reason": f"unreadable parquet: {_short(exc)}"})
+            continue
+        problem = _schema_problem(schema)
+        if problem:
+            excluded.append({"file": f, "reason": f"not a samples file: {problem}"})
+        else:
+            good.append(f)
     return good, excluded
 
 
@@ -547,13 +568,7 @@ def read_samples(data_dir, start: datetime, end: datetime, probes=None, columns=
         schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in strs else f
                             for f in SCHEMA])
         fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=strs))
-    excluded, good = [], []
-    for f in list_files(root, start, end):
-        try:
-            pq.read_metadata(f)
-            good.append(f)
-        except (pa.ArrowException, OSError) as exc:
-            excluded.append({"file": f, "reason": f"unreadable parquet: {_short(exc)}"})
+    good, excluded = _readable(list_files(root, start, end))
     # Only the time bounds: prune row groups by their statistics and cut just the batches that
     # straddle a bound (a row filter over every row costs more than the read itself).
     only_time = not (probes or outcomes or sources or nonnull)

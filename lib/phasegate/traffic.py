@@ -116,7 +116,7 @@ def import_logs(stream, data_dir, fmt: str = "nginx", target: str = "traffic", f
                 continue
             try:
                 row = parse_nginx(line, target) if fmt == "nginx" else parse_json(line, target, fmap)
-            except (ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
+            except (ValueError, KeyError, TypeError, OverflowError, OSError, RecursionError) as exc:
                 result.malformed += 1
                 if len(result.examples) < 5:
                     why = str(exc) if not isinstance(exc, KeyError) else f"missing field {exc}"
