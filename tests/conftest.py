@@ -11,6 +11,12 @@ import pytest
 
 from phasegate.simulator import start_server
 
+# Every test speaks to 127.0.0.1 directly: a proxy in the caller's environment (phasegate honours
+# HTTPS_PROXY/HTTP_PROXY like requests) must not reroute them; the proxy tests set their own.
+for _name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+    os.environ.pop(_name, None)
+    os.environ.pop(_name.lower(), None)
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "profiles"
 SIM_PROFILE = PROFILES / "simulator.toml"
@@ -49,6 +55,15 @@ class LoopbackServer(ThreadingHTTPServer):
 def sim():
     """Factory: sim(scenario=..., schedule=..., request_log=...) -> running server, stopped after."""
     yield from stopping(lambda scenario="healthy", **kw: start_server(0, scenario, hang_s=kw.pop("hang_s", 10.0), **kw))
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for servers that take a port number, not 0)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def url(srv) -> str:
@@ -100,3 +115,19 @@ def sim_proc():
     for proc in procs:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# The longest tests first: xdist hands tests out in collection order, and a 4-minute test that
+# starts last runs alone at the end while the other worker idles (the suite's wall time is the
+# longer worker's). Longest known first, then the other slow ones, then the rest, each in order.
+_LONGEST = ("test_rollout_drill.py", "test_spark.py", "test_scheduling.py", "test_s3.py", "test_reliability.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def weight(item):
+        name = item.path.name
+        if name in _LONGEST:
+            return _LONGEST.index(name)
+        return len(_LONGEST) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=weight)  # stable: the order within each group is kept

@@ -375,14 +375,12 @@ def test_deeply_nested_json_is_an_invalid_body_everywhere(tmp_path):
         data = tmp_path / "data"
         col = phasegate("collect", "--profile", prof, "--data", data, "--for", "3s", timeout=60)
         # The platform API answering the same: a stored failed read, not a crash.
-        plat = write_profile(tmp_path, f'''extends = "{SIM_PROFILE}"
-[platform]
-enabled = true
-api_url = "{srv.base}/v1"
-service_id = "srv-1"
-api_key_env = "TEST_RENDER_KEY"
-timeout = "3s"
-''', "plat.toml")
+        from test_platform import profile_for
+
+        class Api:
+            api = f"{srv.base}/v1"
+
+        plat = profile_for(tmp_path, Api(), timeout="3s")
         pulled = phasegate("pull-platform", "--profile", plat, "--data", tmp_path / "pdata",
                            env={"TEST_RENDER_KEY": "rnd_0123456789abcdef"}, timeout=60)
     finally:

@@ -50,7 +50,7 @@ INVALID = [
     (GOOD_TARGET + GOOD_PROBE + "[criteria.no_5xxx]\nkind = \"hard\"\n",
      "criteria.no_5xxx: unknown criterion: a new one needs metric = ... (or promql = ...); built in are "
      "window_complete, no_5xx, no_feature_disabled, no_rollback, service_healthy, execute_p99, error_rate, "
-     "no_anomalies, no_regression, tenant_error_rate"),
+     "no_anomalies, no_regression, tenant_error_rate, cert_expiry"),
     # Criteria written as data: each rule, with its exact message.
     (GOOD_TARGET + GOOD_PROBE + '[criteria.c1]\nmetric = "p42_ms"\nmax = 1\n',
      "criteria.c1.metric: unknown metric 'p42_ms'; one of samples, errors, error_rate, availability, http_5xx, "

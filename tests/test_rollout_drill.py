@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,21 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROFILES, ROOT
+from conftest import PROFILES, ROOT, free_port as _free_port
 from test_rollout import _key
 
 PHASES = ("phase1-staging-canary", "phase2-staging-full", "phase3-production-canary", "phase4-production-full")
 KEY, HOOK_KEY = "rnd_DRILLkey0123456789abcdef", "hookDRILL0123456789"
-DURATION, WINDOW_S = "20s", 20
+DURATION, WINDOW_S = "15s", 15
 # What the report unit counts as success (PENDING, INCONCLUSIVE while evidence gathers).
 REPORT_OK = tuple(int(c) for c in next(l for l in (ROOT / "deploy/systemd/phasegate-report.service").read_text().splitlines()
                                        if l.startswith("SuccessExitStatus=")).split("=")[1].split())
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _unit_argv(name: str) -> list:
@@ -97,25 +91,26 @@ class Drill:
         """Hourly runs until the phase's window is complete and GO (the first once it may be)."""
         time.sleep(WINDOW_S)  # the phase has just started: its window cannot be complete before
         for _ in range(40):
-            rep, _acted = self.hourly()
+            rep, acted = self.hourly()
             if rep.returncode == 0 and rep.stdout.startswith("VERDICT: GO"):
-                return rep
+                return rep, acted
             assert rep.returncode != 13 or "[PASS] hard window_complete" not in rep.stdout, rep.stdout  # not GO: stop
             time.sleep(2)
         raise AssertionError(f"no GO: {rep.stdout}")
 
-    def sign_off(self, phase: str, key: Path):
-        """GO → rendered again (in place) → signed approval → rendered again (a revision beside it)."""
-        rep = self.until_go()
+    def sign_off(self, phase: str, key: Path, again: bool = False):
+        """GO (rendered again in place first, with `again`) → signed approval → rendered again: a
+        revision beside the approved folder, which is left alone."""
+        rep, acted = self.until_go()
         folder = self.folder(rep)
         assert folder.parent.name == phase
-        again = self.run("report", "--plan", self.plan, "--phase", phase)
-        assert self.folder(again) == folder  # not approved yet: the same folder, rewritten
-        waiting = self.run(argv=_unit_argv("phasegate-act.service"))
-        assert "waiting: the GO report" in waiting.stdout and "--key SSH_KEY" in waiting.stdout
+        assert "waiting: the GO report" in acted.stdout and "--key SSH_KEY" in acted.stdout  # exit 0: waiting
+        if again:
+            same = self.run("report", "--plan", self.plan, "--phase", phase)
+            assert self.folder(same) == folder  # not approved yet: the same folder, rewritten
         self.run("approve", folder, "--by", "rita@example.org", "--key", key)
-        revision = self.run("report", "--plan", self.plan, "--phase", phase)
-        assert self.folder(revision).name == folder.name + ".r2"  # the approved folder is left alone
+        revision = self.run("report", "--plan", self.plan, "--phase", phase, "--formats", "json")
+        assert self.folder(revision).name == folder.name + ".r2"
         return folder
 
     def promote(self):
@@ -137,7 +132,7 @@ def test_the_whole_rollout_runs_unattended_on_the_drill(tmp_path):
                                 cwd=tmp_path, env={**d.env, "RENDER_DEPLOY_HOOK_KEY": HOOK_KEY},
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert platform.stderr.readline().startswith("render fake on ")
-    collector = subprocess.Popen(_unit_argv("phasegate-collect.service") + ["--recheck", "2s"], cwd=tmp_path,
+    collector = subprocess.Popen(_unit_argv("phasegate-collect.service") + ["--recheck", "5s"], cwd=tmp_path,
                                  env=d.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  start_new_session=True)
     try:
@@ -145,7 +140,7 @@ def test_the_whole_rollout_runs_unattended_on_the_drill(tmp_path):
         time.sleep(3)
         first, _ = d.hourly()
         assert first.returncode in (12, 13), first.stdout
-        approved = [d.sign_off(PHASES[0], key)]
+        approved = [d.sign_off(PHASES[0], key, again=True)]
         d.promote()
 
         # Phase 2: a burst of 5xx on the list endpoint → NO-GO.
@@ -186,6 +181,8 @@ def test_the_whole_rollout_runs_unattended_on_the_drill(tmp_path):
         assert "EXECUTING: restart" in restart.stdout and "verify list answers 200: done" in restart.stdout
         assert d.state()["env"]["FAULT_LENS_V1_ENABLED"] == "true"
         time.sleep(2)
+        after = d.run(argv=_unit_argv("phasegate-act.service"))  # the old window's NO-GO is behind the restart
+        assert "rollback" not in after.stdout, after.stdout
         approved.append(d.sign_off(PHASES[1], key))
         d.promote()
 

@@ -249,9 +249,11 @@ def _engine(df):
     import pandas as pd
     from phasegate import analysis
     full = df.copy()
-    for col in ("health_status", "deployment_id", "flags", "source", "shard"):
+    for col in ("health_status", "deployment_id", "flags", "source", "shard", "tls_version"):
         if col not in full:
             full[col] = pd.Series([None] * len(full), dtype="string")
+    if "cert_expiry" not in full:
+        full["cert_expiry"] = pd.Series([None] * len(full), dtype="datetime64[us, UTC]")
     for col in ("handlers_loaded", "handlers_total"):
         if col not in full:
             full[col] = pd.array([None] * len(full), dtype="Int32")

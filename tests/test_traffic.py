@@ -15,17 +15,12 @@ from phasegate import signoff
 from phasegate.store import read_samples
 from phasegate.traffic import import_logs
 
-from conftest import phasegate, url, write_profile
+from conftest import free_port as _free_port, phasegate, url, write_profile
 
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 FAR = datetime(2100, 1, 1, tzinfo=timezone.utc)
 LOG_FORMAT = '\'$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time\''
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

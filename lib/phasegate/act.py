@@ -100,7 +100,10 @@ def propose(plan: Plan, now: datetime, restart: bool = False) -> Proposal:
                     f"{ph.title} was rolled back at {iso(rolled.ended)} by {rolled.by} (recorded in its dataset): "
                     f"nothing more to do by machine; once the cause is fixed: phasegate act --plan {plan.path} "
                     f"--restart --execute"))
-        reps = phase_reports(plan.reports, ph.id)
+        # Only reports of the phase's current window count: a NO-GO of the window before a
+        # restart was dealt with already (its rollback is behind the restart).
+        reps = [(d, p) for d, p in phase_reports(plan.reports, ph.id)
+                if s.start is not None and (d.get("window") or {}).get("start") == iso(s.start)]
         if reps:
             doc, path = reps[0]
             if doc.get("verdict") == "NO-GO":

@@ -80,6 +80,7 @@ class Analysis:
     ecdf: dict = field(default_factory=dict, repr=False)  # probe -> (canary, baseline) latencies
     custom: dict = field(default_factory=dict)  # criterion id -> its metric per group, or its PromQL series
     actions: list = field(default_factory=list)  # what `phasegate act` did in the window, in time order
+    tls: dict | None = None  # https samples: TLS versions seen, the earliest certificate expiry
     con: object = field(default=None, repr=False)  # the DuckDB connection: `samples` stays queryable
 
     @property
@@ -169,6 +170,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         timeline=timeline(con, bucket_s), coverage_hourly=hourly, occurrences=_occurrences(con),
         samples_live=int(n - sim), samples_simulated=int(sim), traffic_timeline=traffic_tl,
         ecdf={} if base is None else base[1], con=con, custom=custom_metrics(con, profile), actions=_actions(con),
+        tls=_tls(con),
     )
 
 
@@ -198,8 +200,8 @@ def scan(con, relation: str) -> None:
     needs time order says `ORDER BY us, probe, tenant` (no two samples of one series share a
     microsecond). Real traffic, Prometheus and platform rows are read apart."""
     con.execute(f"""CREATE OR REPLACE TEMP VIEW s AS SELECT ts, epoch_us(ts) AS us, probe, tenant, status, outcome,
-        error_code, health_status, handlers_loaded, handlers_total, deployment_id, flags, shard,
-        coalesce(simulated, false) AS simulated, {DERIVED}
+        error_code, health_status, handlers_loaded, handlers_total, deployment_id, flags, shard, tls_version,
+        cert_expiry, coalesce(simulated, false) AS simulated, {DERIVED}
         FROM {relation} WHERE coalesce(source, 'probe') NOT IN {_NOT_PROBES!r}""")
 
 
@@ -429,6 +431,19 @@ def _deployments(con) -> dict:
         for i, r in enumerate(runs) if i >= 2 and any(p["id"] == r["id"] for p in runs[: i - 1])
     ]
     return {"ids": ids, "sequence": runs, "changes": max(0, len(runs) - 1), "rollbacks": rollbacks}
+
+
+def _tls(con) -> dict | None:
+    """What the https samples' handshakes said: the TLS versions negotiated and the earliest and
+    latest certificate expiry seen (None when no sample spoke TLS)."""
+    rows = con.execute("""SELECT tls_version, count(*), min(cert_expiry), max(cert_expiry) FROM s
+        WHERE tls_version IS NOT NULL GROUP BY 1 ORDER BY 1""").fetchall()
+    if not rows:
+        return None
+    lows = [r[2] for r in rows if r[2] is not None]
+    highs = [r[3] for r in rows if r[3] is not None]
+    return {"versions": {v: int(n) for v, n, _lo, _hi in rows}, "samples": int(sum(r[1] for r in rows)),
+            "earliest_expiry": _ts(min(lows)) if lows else None, "latest_expiry": _ts(max(highs)) if highs else None}
 
 
 def _anomalies(con) -> dict:

@@ -13,7 +13,7 @@ from .analysis import Analysis
 from .profile import Profile
 from .rules import Criterion
 from .stats import n_for_quantile, n_for_rate, rate_upper
-from .window import format_duration, iso
+from .window import format_duration, iso, parse_time
 
 VERDICTS = ("GO", "NO-GO", "REVIEW", "PENDING", "INCONCLUSIVE")
 
@@ -407,11 +407,28 @@ def _promql(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
                            n=sum(len(v) for v in series.values()), first=first)
 
 
+def _cert_expiry(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    """The earliest server certificate expiry seen must lie `threshold` days or more past the
+    window's end: a certificate expiring mid-rollout is a classic failed phase."""
+    t = a.tls
+    versions = ", ".join(f"{v} ×{n:,}" for v, n in t["versions"].items())
+    if t["earliest_expiry"] is None:
+        return CriterionResult(c.id, c.kind, None, None, c.threshold, f"no certificate expiry read ({versions})",
+                               n=t["samples"], unit="days")
+    exp = parse_time(t["earliest_expiry"], name="cert_expiry")
+    days = (exp - a.window.end).total_seconds() / 86400.0
+    when = "after" if days >= 0 else "before"
+    detail = (f"earliest certificate expiry {t['earliest_expiry']}: {abs(days):.1f} days {when} the window's end "
+              f"(needs {c.threshold:g}); {versions}")
+    return CriterionResult(c.id, c.kind, days >= c.threshold, round(days, 2), c.threshold, detail, n=t["samples"],
+                           unit="days")
+
+
 EVALUATORS = {
     "window_complete": _window_complete, "no_5xx": _no_5xx, "no_feature_disabled": _no_feature_disabled,
     "no_rollback": _no_rollback, "service_healthy": _service_healthy, "execute_p99": _execute_p99,
     "error_rate": _error_rate, "no_anomalies": _no_anomalies, "no_regression": _no_regression,
-    "tenant_error_rate": _tenant_error_rate,
+    "tenant_error_rate": _tenant_error_rate, "cert_expiry": _cert_expiry,
 }
 
 
@@ -419,7 +436,7 @@ def evaluate(profile: Profile, a: Analysis) -> Decision:
     results = []
     for c in profile.criteria.items:
         if not c.enabled or (c.id == "no_regression" and a.baseline is None) \
-                or (c.id == "tenant_error_rate" and a.tenants is None):
+                or (c.id == "tenant_error_rate" and a.tenants is None) or (c.id == "cert_expiry" and a.tls is None):
             continue
         r = (_promql if c.promql else _metric)(c, a, profile) if c.custom else EVALUATORS[c.id](c, a, profile)
         r.dry_run = c.dry_run

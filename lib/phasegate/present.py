@@ -84,7 +84,10 @@ def banner(doc: dict) -> str:
         f'<h1>{mode}VERDICT: {escape(doc["verdict"])}</h1>'
         f'<p>{escape(doc["phase"])} · {escape(doc["target"]["name"])} · window {w["start"]} → {w["end"]}'
         f' (observed to {w["observed_end"]}){escape(sim)}</p>'
-        f'<p>{escape(doc["reason"])}</p></div></div>'
+        f'<p>{escape(doc["reason"])}</p>'
+        + ('<p><b>TLS certificates were not verified</b> (target.tls insecure_skip_verify): this evidence does '
+           'not show the service is the one named.</p>' if (doc.get("target") or {}).get("insecure_skip_verify") else "")
+        + '</div></div>'
     )
 
 

@@ -9,6 +9,7 @@ slow-drip body defeats) and so that latency splits into phases like blackbox_exp
 
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import itertools
@@ -18,20 +19,16 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+from .network import Tls, context as tls_context, peer_facts, proxy_for, tls_failure
 from .profile import Assertion, Probe, Target
-from .redact import capped, redact_headers, redact_text, redact_url, scrub_row
+from .rules import ERROR_OUTCOMES, OUTCOMES  # noqa: F401 - the outcome vocabulary, as callers import it
+from .redact import Secret, capped, redact_headers, redact_text, redact_url, scrub_row
 
-OUTCOMES = ("ok", "http_error", "timeout", "connection_error", "tls_error", "dns_error",
-            "protocol_error", "invalid_body", "body_too_large", "assertion_failed",
-            "command_failed", "command_error")  # the last two: acceptance commands ([[checks]])
-# Outcomes that count against the error rate: the service or the network failed us.
-ERROR_OUTCOMES = frozenset(OUTCOMES) - {"ok", "assertion_failed"}
 EVIDENCE_BODY_CHARS = 2048
 _CHUNK = 65536
 
@@ -46,6 +43,8 @@ class Exchange:
     outcome: str | None = None
     error: str | None = None
     phases: dict = field(default_factory=dict)
+    tls_version: str | None = None  # as negotiated, e.g. TLSv1.3
+    cert_expiry: float | None = None  # the server certificate's notAfter, epoch seconds
 
 
 class _Deadline:
@@ -72,12 +71,25 @@ class _Wire:
     headers a byte at a time is cut off when the deadline passes. TLS runs through an SSLObject
     over this same wire, so the handshake's reads are bounded by it too."""
 
-    def __init__(self, sock: socket.socket, dl: _Deadline, ctx: ssl.SSLContext | None = None, host: str | None = None):
+    def __init__(self, sock: socket.socket, dl: _Deadline):
         self.sock, self.dl, self.tls = sock, dl, None
-        if ctx is not None:
-            self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-            self.tls = ctx.wrap_bio(self._in, self._out, server_hostname=host)
-            self._tls_io(self.tls.do_handshake)
+
+    def start_tls(self, ctx: ssl.SSLContext, server_name: str) -> None:
+        """TLS over this wire (after a proxy's CONNECT, when there is one)."""
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self._in, self._out, server_hostname=server_name)
+        self._tls_io(self.tls.do_handshake)
+
+    def tunnel(self, host: str, port: int, auth: str | None) -> None:
+        """HTTP CONNECT through a proxy to host:port; the proxy's answer read under the deadline."""
+        lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
+        if auth:
+            lines.append("Proxy-Authorization: " + (auth.reveal() if isinstance(auth, Secret) else auth))
+        self.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        resp = http.client.HTTPResponse(self, method="CONNECT")
+        resp.begin()
+        if resp.status != 200:
+            raise _ProxyRefused(f"the proxy answered CONNECT with {resp.status} {resp.reason}")
 
     def _send(self, data) -> None:
         view = memoryview(data)
@@ -135,47 +147,62 @@ class _WireReader(io.RawIOBase):
         return self.wire.recv_into(buf)
 
 
-_TLS_LOCK = threading.Lock()
-_TLS_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+class _ProxyRefused(OSError):
+    """The proxy would not open the tunnel."""
 
 
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    """One context per mode, built once: loading the CA store costs ~30 ms, and a burst of
-    first probes building it in parallel would eat each other's deadlines."""
-    with _TLS_LOCK:
-        if verify not in _TLS_CONTEXTS:
-            ctx = ssl.create_default_context()
-            if not verify:
-                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-            _TLS_CONTEXTS[verify] = ctx
-        return _TLS_CONTEXTS[verify]
+def _proxy_auth(proxy) -> str | None:
+    """Basic credentials from the proxy URL's userinfo (never stored: the URL is redacted)."""
+    if not proxy.username:
+        return None
+    user, password = unquote(proxy.username), unquote(proxy.password or "")
+    return Secret("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
 
 
 def exchange(url: str, method: str, headers: dict, body: bytes | None, timeout_s: float,
-             max_body: int, verify_tls: bool = True) -> Exchange:
-    """One HTTP request on a fresh connection, every socket call bounded by the deadline."""
+             max_body: int, verify_tls: bool = True, *, tls: Tls | None = None, proxy_url: str | None = None,
+             no_proxy: str | None = None) -> Exchange:
+    """One HTTP request on a fresh connection, every socket call bounded by the deadline; through
+    the proxy `network.proxy_for` picks (the profile's, else the environment's), if any."""
     ex = Exchange()
     dl = _Deadline(timeout_s)
     sock = None
+    tls = tls or Tls(insecure_skip_verify=not verify_tls)
     try:
         parts = urlsplit(url)
         https = parts.scheme == "https"
         host, port = parts.hostname, parts.port or (443 if https else 80)
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        via = proxy_for(url, proxy_url, no_proxy)
+        hop = urlsplit(via) if via else None
+        first = (hop.hostname, hop.port or 80) if hop else (host, port)
+        infos = socket.getaddrinfo(*first, type=socket.SOCK_STREAM)
         ex.phases["dns_ms"] = dl.lap()
         family, stype, proto, _, addr = infos[0]
         sock = socket.socket(family, stype, proto)
         sock.settimeout(dl.remaining())
-        sock.connect(addr)
+        try:
+            sock.connect(addr)
+        except ConnectionRefusedError:
+            raise ConnectionRefusedError(f"proxy {first[0]}:{first[1]}" if hop else "") from None
         ex.phases["connect_ms"] = dl.lap()
-        wire = _Wire(sock, dl, _tls_context(verify_tls) if https else None, host)
-        if https:
-            ex.phases["tls_ms"] = dl.lap()
-        conn = http.client.HTTPConnection(host, port)
-        conn.sock = wire
+        wire = _Wire(sock, dl)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
+        headers = dict(headers)
+        if hop and https:
+            wire.tunnel(host, port, _proxy_auth(hop))
+            ex.phases["proxy_ms"] = dl.lap()  # the proxy's own share, apart from the server's
+        elif hop:
+            target = urlunsplit((parts.scheme, parts.netloc, target.split("?")[0], parts.query, ""))
+            if _proxy_auth(hop):
+                headers["Proxy-Authorization"] = _proxy_auth(hop)
+        if https:
+            wire.start_tls(tls_context(tls), tls.server_name or host)
+            ex.phases["tls_ms"] = dl.lap()
+            ex.tls_version, ex.cert_expiry = peer_facts(wire.tls)
+        conn = http.client.HTTPConnection(host, port)
+        conn.sock = wire
         conn.request(method, target, body=body, headers=headers)
         resp = conn.getresponse()
         ex.phases["processing_ms"] = dl.lap()
@@ -199,11 +226,18 @@ def exchange(url: str, method: str, headers: dict, body: bytes | None, timeout_s
     except socket.gaierror as exc:
         ex.outcome, ex.error = "dns_error", f"cannot resolve host: {exc.strerror or exc}"
     except (ssl.SSLError, ssl.CertificateError) as exc:
-        ex.outcome, ex.error = "tls_error", f"TLS failed: {getattr(exc, 'reason', None) or exc}"
-    except ConnectionRefusedError:
-        ex.outcome, ex.error = "connection_error", "connection refused"
+        ex.outcome, ex.error = "tls_error", tls_failure(exc)
+    except ConnectionRefusedError as exc:
+        ex.outcome, ex.error = "connection_error", "connection refused" + (f" ({exc.args[0]})" if exc.args and exc.args[0] else "")
+    except _ProxyRefused as exc:
+        ex.outcome, ex.error = "connection_error", str(exc)
     except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as exc:
         ex.outcome, ex.error = "connection_error", f"connection reset or closed: {type(exc).__name__}"
+        if ex.tls_version is not None and ex.status is None and ex.phases.get("processing_ms") is None:
+            # TLS 1.3 finishes the handshake before the server judges a client certificate: a
+            # server that then hangs up without its alert most likely wanted one.
+            ex.outcome, ex.error = "tls_error", ("TLS: the server closed the connection right after the handshake "
+                                                 "(does it require a client certificate? target.tls cert_file/key_file)")
     except http.client.IncompleteRead as exc:
         ex.outcome, ex.error = "connection_error", f"body cut short after {len(exc.partial)} bytes"
     except http.client.HTTPException as exc:
@@ -361,12 +395,14 @@ def run_probe(target: Target, probe: Probe, *, tenant: str | None = None, secret
         headers["Content-Type"] = "application/json"
     ts = now or time.time()
     ex = exchange(url, probe.method, headers, body, probe.timeout_s or target.timeout_s,
-                  target.max_body_bytes, target.verify_tls)
+                  target.max_body_bytes, tls=target.tls, proxy_url=target.proxy_url, no_proxy=target.no_proxy)
     row = {
         "ts": ts, "run_id": run_id, "request_id": request_id, "source": "probe", "target": target.name, "tenant": tenant,
         "probe": probe.name, "method": probe.method, "url": redact_url(url), "status": ex.status,
         "bytes": len(ex.body), "assertion_failures": [], "simulated": False,
-        **{k: ex.phases.get(k) for k in ("latency_ms", "dns_ms", "connect_ms", "tls_ms", "processing_ms", "transfer_ms")},
+        **{k: ex.phases.get(k) for k in ("latency_ms", "dns_ms", "connect_ms", "proxy_ms", "tls_ms", "processing_ms",
+                                         "transfer_ms")},
+        "tls_version": ex.tls_version, "cert_expiry": ex.cert_expiry,
     }
     if ex.outcome is None:
         row.update(evaluate(probe, ex.status, ex.headers, ex.body))

@@ -13,13 +13,14 @@ import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from .config import _Reader
 from .errors import ProfileError
+from .network import Tls, load_tls
 from .objstore import Storage
 from .redact import MASK, Secret, is_secret_header, is_secret_name, redact_text, redact_url
 # The criteria and runbook sections live in `rules`; imported here, where a profile is put together.
@@ -84,6 +85,9 @@ class Target:
     tenants: tuple[str, ...] = ()
     evidence_headers: tuple[str, ...] = ("content-type", "x-deployment-id", "retry-after")
     verify_tls: bool = True
+    tls: Tls = field(default_factory=Tls)  # [target.tls]: trust, client certificate, SNI, min version
+    proxy_url: str | None = None  # overrides HTTPS_PROXY / HTTP_PROXY
+    no_proxy: str | None = None  # overrides NO_PROXY
 
     def require_auth(self) -> None:
         """Refuse to probe without the token the profile names: a canary answering 401 to a
@@ -416,7 +420,14 @@ def _target(src, table, base_url) -> Target:
         tenants=r.str_list("tenants"),
         evidence_headers=tuple(h.lower() for h in r.str_list("evidence_headers", Target.evidence_headers)),
         verify_tls=r.take("verify_tls", (bool,), True),
+        proxy_url=r.take("proxy_url", (str,)),
+        no_proxy=r.take("no_proxy", (str,)),
     )
+    if t.proxy_url is not None:
+        _url_parts(r, "target.proxy_url", t.proxy_url)
+    tr = _Reader(src, r.take("tls", (dict,), {}), "target.tls")
+    t = replace(t, tls=load_tls(tr, Path(), t.verify_tls))  # paths relative to the working directory, as checks'
+    tr.done()
     if bool(t.auth_header) != bool(t.auth_env):
         r.fail("target.auth_env", "auth_header and auth_env go together (the env var holds the value)")
     r.done()

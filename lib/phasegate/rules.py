@@ -10,6 +10,13 @@ from dataclasses import dataclass
 from .config import _Reader
 from .errors import ProfileError
 
+# What a sample's `outcome` may say (the probe's, the acceptance commands', the platform's).
+OUTCOMES = ("ok", "http_error", "timeout", "connection_error", "tls_error", "dns_error",
+            "protocol_error", "invalid_body", "body_too_large", "assertion_failed",
+            "command_failed", "command_error")  # the last two: acceptance commands ([[checks]])
+# Outcomes that count against the error rate: the service or the network failed us.
+ERROR_OUTCOMES = frozenset(OUTCOMES) - {"ok", "assertion_failed"}
+
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")  # a criterion id, a phase name: safe as a folder name
 
 CRITERIA_IDS = (
@@ -23,10 +30,11 @@ CRITERIA_IDS = (
     "no_anomalies",
     "no_regression",
     "tenant_error_rate",
+    "cert_expiry",
 )
 _HARD = {"window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy"}
 _THRESHOLDS = {"no_5xx": 0.0, "no_feature_disabled": 0.0, "execute_p99": 10000.0, "error_rate": 0.01,
-               "no_regression": 0.10, "tenant_error_rate": 0.01}
+               "no_regression": 0.10, "tenant_error_rate": 0.01, "cert_expiry": 14.0}
 TITLES = {
     "window_complete": "Monitoring window ran its full duration",
     "no_5xx": "No HTTP 5xx errors",
@@ -38,6 +46,7 @@ TITLES = {
     "no_anomalies": "No anomalies: deployments, action counts, signed action",
     "no_regression": "No regression against the baseline",
     "tenant_error_rate": "No tenant's error rate over target",
+    "cert_expiry": "Server certificate valid well past the window",
 }
 # What a criterion written as data can measure, and over what (criteria.py says how each is judged).
 METRICS = ("samples", "errors", "error_rate", "availability", "http_5xx", "status_count", "feature_disabled",
@@ -243,7 +252,6 @@ def _builtin_form(cr: _Reader, cid: str) -> None:
 
 def _custom(src, cid, table, probe_names: set, runbook_ids: set, confidence: float) -> Criterion:
     """A criterion defined in the profile: one line naming the file and dotted key for each mistake."""
-    from .probe import OUTCOMES
     from .stats import n_for_quantile
 
     where_key = f"criteria.{cid}"

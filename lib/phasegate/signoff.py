@@ -195,7 +195,8 @@ def build_doc(profile: Profile, profile_file: Path, data: Path | str, phase: str
         "verdict": d.verdict,
         "reason": d.reason,
         "phase": phase,
-        "target": {"name": profile.target.name, "base_url": redact_url(profile.target.base_url)},
+        "target": {"name": profile.target.name, "base_url": redact_url(profile.target.base_url),
+                   "insecure_skip_verify": profile.target.tls.insecure_skip_verify},
         "profile": {"path": str(profile_file), "sha256": sha256(profile_file)},
         "window": {
             "start": iso(a.window.start), "end": iso(a.window.end), "observed_end": iso(a.observed_end),
@@ -219,6 +220,7 @@ def build_doc(profile: Profile, profile_file: Path, data: Path | str, phase: str
         "tenants": a.tenants,
         "platform": a.platform,
         "actions": a.actions,
+        "tls": a.tls,
         "simulated_samples": simulated,
         "inputs": {"data_dir": str(data), **a.inputs},
         "parameters": {"bucket": bucket, "confidence": profile.criteria.confidence,

@@ -71,6 +71,9 @@ SCHEMA = pa.schema([
     ("simulated", pa.bool_()),
     ("count", pa.float64()),  # requests a row stands for (Prometheus increments); null means 1
     ("shard", pa.string()),  # "K/N" of the collector that probed it (collect --shard), else null
+    ("proxy_ms", pa.float32()),  # the proxy's CONNECT, apart from the server's phases
+    ("tls_version", pa.string()),  # as negotiated (https samples)
+    ("cert_expiry", pa.timestamp("us", tz="UTC")),  # the server certificate's notAfter (https samples)
 ])
 COLUMNS = tuple(SCHEMA.names)
 # Latency phases are float32 (0.001 ms resolution up to ~8 s, 0.01 ms beyond): where time went,
@@ -101,6 +104,7 @@ def fsync_dir(path: Path) -> None:
 def rows_to_table(rows: list[dict]) -> pa.Table:
     cols = {name: [r.get(name) for r in rows] for name in COLUMNS}
     cols["ts"] = [int(round(float(t) * 1e6)) for t in cols["ts"]]
+    cols["cert_expiry"] = [None if t is None else int(round(float(t) * 1e6)) for t in cols["cert_expiry"]]
     cols["assertion_failures"] = [v or [] for v in cols["assertion_failures"]]
     cols["simulated"] = [bool(v) for v in cols["simulated"]]
     return pa.table(cols, schema=SCHEMA)
