@@ -35,7 +35,8 @@ from pathlib import Path
 from . import ledger
 from .criteria import describe
 from .errors import ActionRefused as Refused
-from .platform import FAILED, LIVE, ON, follow, read_env, trigger_deploy, call
+from .platform import FAILED, LIVE, ON, call, follow, read_env, trigger_deploy
+from .redact import redact_text
 from .profile import Profile
 from .rollout import Plan, approve_cmd, phase_reports, rejection, status
 from .rules import MachineSteps
@@ -385,11 +386,7 @@ class _Recorder:
         self.writer = SampleWriter(self.loc.local, self.run_id, upload=self.loc.push if self.loc.remote else None)
 
     def scrub(self, text):
-        if not isinstance(text, str):
-            return text
-        for secret in self.secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
+        return redact_text(text, self.secrets) if isinstance(text, str) else text
 
     def add(self, what: str, row: dict, last: bool = False) -> None:
         self.n += 1

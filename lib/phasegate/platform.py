@@ -93,23 +93,23 @@ def _wait_for(attempt: int, retry_after: str | None) -> float:
     return min(10.0, 0.5 * 2 ** (attempt - 1)) * (1.0 + random.random() / 2)
 
 
-def _read(src: PlatformSource, url: str, key: str, max_bytes: int = 8 * 1024 * 1024):
-    """A GET, retried on 429/5xx within src.retry_s: (bytes or None, row).
-    A Retry-After past the budget is not waited on: the read fails now, saying so."""
-    budget_end = time.monotonic() + src.retry_s
-    waited = []
+def _retrying(src: PlatformSource, method: str, url: str, key: str, body, ok, max_bytes: int, retry_on,
+              auth: bool = True):
+    """One call, sent again while its answer's status is in `retry_on` (a 429 after its
+    Retry-After, the others after a backoff with jitter), within src.retry_s: (bytes or None, the
+    row). A wait past the budget is not waited on: the call fails now, saying so. A timeout is
+    never retried: the deadline is the caller's, and a hung API would eat it whole."""
+    budget_end, waited = time.monotonic() + src.retry_s, []
     for attempt in range(1, MAX_TRIES + 1):
-        raw, row, ex = _request(src, "GET", url, key, None, (200,), max_bytes)
-        # A timeout is not retried: the deadline is the caller's, and a hung API would eat it whole.
-        retryable = ex.status in RETRIED
-        if raw is not None or not retryable or attempt == MAX_TRIES:
+        raw, row, ex = _request(src, method, url, key, body, ok, max_bytes, auth=auth)
+        if raw is not None or ex.status not in retry_on or attempt == MAX_TRIES:
             break
-        wait = _wait_for(attempt, ex.headers.get("retry-after") if ex.status == 429 else None)
+        after = ex.headers.get("retry-after") if ex.status == 429 else None
+        wait = _wait_for(attempt, after)
         if time.monotonic() + wait > budget_end:
-            row["error"] = f"{row['error']} (Retry-After {wait:g} s is past the {src.retry_s:g} s retry budget: not waited on)" \
-                if ex.status == 429 else row["error"]
+            row["error"] += f" (waiting {wait:g} s is past the {src.retry_s:g} s retry budget: not waited on)"
             break
-        waited.append(f"{ex.status or row['outcome']}: waited {wait:.1f} s")
+        waited.append(f"{ex.status}: waited {wait:.1f} s" + (" (Retry-After)" if after is not None else ""))
         time.sleep(wait)
     if waited:
         row["retried"] = waited
@@ -118,7 +118,8 @@ def _read(src: PlatformSource, url: str, key: str, max_bytes: int = 8 * 1024 * 1
 
 def _get(src: PlatformSource, path: str, key: str, params: dict, want=list) -> tuple[object, dict]:
     """One GET against the API: (the JSON answer, of type `want`, or None; the row describing the call)."""
-    raw, row = _read(src, f"{src.api_url}{path}" + (f"?{urlencode(params)}" if params else ""), key)
+    raw, row = _retrying(src, "GET", f"{src.api_url}{path}" + (f"?{urlencode(params)}" if params else ""), key, None,
+                         (200,), 8 * 1024 * 1024, RETRIED)
     if raw is None:
         return None, row
     try:
@@ -141,19 +142,8 @@ def call(src: PlatformSource, method: str, path: str, key: str, body: dict | Non
 def _write(src, method, url, key, body, auth=True, wait_429=False):
     """A write, sent once; with `wait_429`, sent again after a 429's Retry-After (within the retry
     budget): a 429 means the platform refused it whole, so nothing was done twice."""
-    budget_end, waited = time.monotonic() + src.retry_s, []
-    for attempt in range(1, MAX_TRIES + 1):
-        raw, row, ex = _request(src, method, url, key, body, range(200, 300), 1024 * 1024, auth=auth)
-        if not (wait_429 and ex.status == 429) or attempt == MAX_TRIES:
-            break
-        wait = _wait_for(attempt, ex.headers.get("retry-after"))
-        if time.monotonic() + wait > budget_end:
-            row["error"] += f" (Retry-After {wait:g} s is past the {src.retry_s:g} s retry budget: not waited on)"
-            break
-        waited.append(f"429: waited {wait:.1f} s (Retry-After)")
-        time.sleep(wait)
-    if waited:
-        row["retried"] = waited
+    raw, row = _retrying(src, method, url, key, body, range(200, 300), 1024 * 1024, (429,) if wait_429 else (),
+                         auth=auth)
     if raw is None:
         return None, row
     try:
