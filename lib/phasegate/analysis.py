@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +25,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from .config import memory_limit as check_memory_limit
 from .errors import DataError
 from .objstore import local_dir
 from .probe import ERROR_OUTCOMES
@@ -35,7 +35,6 @@ from .stats import quantile_interval_ranks, quantile_upper_rank, rate_upper
 from .store import open_window
 from .window import Window, iso, utcnow
 
-DEFAULT_MEMORY_LIMIT = "1GB"
 # Rows that are not the endpoints' probes: real traffic, Prometheus counts and query values, the
 # platform's deploys and flags, and acceptance commands (judged only by the criteria that name them).
 _NOT_PROBES = ("traffic", "prometheus", "prometheus-histogram", "platform", "promql", "check", "action")
@@ -105,10 +104,8 @@ def connect(memory_limit: str | None = None, temp_dir: str | None = None):
     import duckdb
 
     con = duckdb.connect()
-    limit = memory_limit or os.environ.get("PHASEGATE_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT)
+    limit = check_memory_limit(memory_limit)
     spill = temp_dir or os.environ.get("PHASEGATE_SPILL_DIR") or os.path.join(tempfile.gettempdir(), "phasegate-spill")
-    if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B|%)?\s*", str(limit), re.I):
-        raise DataError(f"memory limit {limit!r} is not a size like 1GB or 512MB")
     try:
         con.execute(f"SET memory_limit = {sql_literal(limit)}")
     except duckdb.Error as exc:

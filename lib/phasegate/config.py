@@ -3,9 +3,11 @@ key left over is unknown, and every message names the file and the dotted key.""
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
-from .errors import ProfileError, WindowError
+from .errors import DataError, ProfileError, WindowError
 from .redact import redact_text
 from .window import parse_duration
 
@@ -72,3 +74,16 @@ def _kind_names(kinds) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
              list: "a list", dict: "a table"}
     return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+DEFAULT_MEMORY_LIMIT = "1GB"
+_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B|%)?\s*", re.I)
+
+
+def memory_limit(value: str | None = None) -> str:
+    """The engine's memory limit: `value`, else $PHASEGATE_MEMORY_LIMIT, else 1GB — a size like
+    1GB or 512MB, never anything that could be more SQL. Checked before a report starts a kernel."""
+    limit = value or os.environ.get("PHASEGATE_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
+    if not _SIZE.fullmatch(str(limit)):
+        raise DataError(f"memory limit {limit!r} is not a size like 1GB or 512MB")
+    return limit

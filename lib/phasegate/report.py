@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import memory_limit
 from .errors import DataError, ProfileError, ReportError, WindowError
 from .export import Exporter
 from .objstore import is_remote
@@ -55,6 +56,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     """With `plan`, the profile, data dir, reports root and window default to the plan's phase;
     `latest` reports the phase in progress from its start to now."""
     wanted = _formats(formats)
+    memory_limit()  # bad input in milliseconds, not from inside the kernel
     if engine:
         check_engine(engine, _bad_engine)
     # Validate everything cheap before starting a kernel: bad input is exit 2 in milliseconds.
