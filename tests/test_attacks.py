@@ -480,3 +480,32 @@ def test_act_is_not_held_by_a_platform_dripping_its_answer(tmp_path, raw, sim, m
     import fcntl
     with open(plan.reports / ".act.lock", "a+") as fh:  # released: another act may take it
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_act_survives_a_platform_answering_its_writes_with_deep_json(tmp_path, raw, sim, monkeypatch):
+    """Reads answer; every write answers 200 with 200,000 '[': the set_env step is done (its
+    answer is not needed), the deploy trigger is unidentifiable and fails as invalid_body; both
+    are recorded, nothing crashes."""
+    from phasegate import act
+    from test_deploys import _actions, _no_go
+    from test_platform import KEY
+
+    deep = b"[" * 200_000
+
+    def handle(conn, stop, request):
+        body = b"[]" if request.startswith(b"GET") else deep
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    srv = raw(handle)
+
+    class Api:
+        api = f"{srv.url}/v1"
+
+    monkeypatch.setenv("TEST_RENDER_KEY", KEY)
+    plan, _doc = _no_go(tmp_path, sim(), Api())
+    res = act.act(plan, execute=True, by="oncall-anna")
+    assert res.failed and any(line.startswith("  2. trigger a deploy: FAILED (the trigger answered without a deploy")
+                              for line in res.text), res.text
+    rows = _actions(tmp_path)
+    assert list(zip(rows["probe"], rows["outcome"])) == [("act.set_env", "ok"), ("act.deploy", "invalid_body")]
