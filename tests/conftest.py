@@ -76,8 +76,9 @@ def write_profile(tmp_path: Path, body: str, name="p.toml") -> Path:
     return path
 
 
-def fast_profile(tmp_path: Path, base_url: str, interval="1s", timeout="0.8s", extra="") -> Path:
-    """The simulator profile on a short schedule, for tests that need many samples quickly."""
+def fast_profile(tmp_path: Path, base_url: str, interval="1s", timeout="0.8s", extra="", name="p.toml") -> Path:
+    """The simulator profile on a short schedule, for tests that need many samples quickly;
+    `extra` goes on in [target] (or opens tables of its own)."""
     return write_profile(tmp_path, f'''
 extends = "{SIM_PROFILE}"
 [target]
@@ -86,7 +87,7 @@ base_url = "{base_url}"
 interval = "{interval}"
 timeout = "{timeout}"
 {extra}
-''')
+''', name)
 
 
 def phasegate(*args, env=None, timeout=120, check=False, cwd=ROOT):

@@ -319,17 +319,8 @@ def _serve(answer):
 
 
 def _token_profile(tmp_path, base):
-    return write_profile(tmp_path, f'''extends = "{SIM_PROFILE}"
-[target]
-name = "reflecting"
-base_url = "{base}"
-interval = "1s"
-timeout = "0.8s"
-auth_header = "Authorization"
-auth_env = "TEST_TOKEN"
-auth_scheme = "Bearer"
-auth_optional = false
-''', "reflect.toml")
+    return fast_profile(tmp_path, base, extra='auth_header = "Authorization"\nauth_env = "TEST_TOKEN"\n'
+                                              'auth_scheme = "Bearer"\nauth_optional = false', name="reflect.toml")
 
 
 def test_a_service_reflecting_the_token_into_extracted_fields_stores_it_nowhere(tmp_path):

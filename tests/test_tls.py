@@ -25,7 +25,7 @@ from phasegate.probe import run_probe
 from phasegate.profile import load_profile
 from phasegate.store import read_samples
 
-from conftest import SIM_PROFILE, free_port as _free_port, phasegate, write_profile
+from conftest import fast_profile, free_port as _free_port, phasegate
 
 trustme = pytest.importorskip("trustme")
 EVER = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
@@ -90,16 +90,8 @@ def _server_ctx(ca, *names, not_after=None, client_ca=None):
 
 
 def _profile(tmp_path, url, tls="", target_extra="", name="p.toml"):
-    return write_profile(tmp_path, f'''extends = "{SIM_PROFILE}"
-[target]
-name = "tls-target"
-base_url = "{url}"
-interval = "2s"
-timeout = "1.5s"
-{target_extra}
-[target.tls]
-{tls}
-''', name)
+    return fast_profile(tmp_path, url, interval="2s", timeout="1.5s", extra=f"{target_extra}\n[target.tls]\n{tls}",
+                        name=name)
 
 
 def _health(profile_path):
