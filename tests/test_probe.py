@@ -44,8 +44,9 @@ def test_fault_becomes_outcome_within_bound(sim, tmp_path, scenario, probe_name,
     assert row["outcome"] == outcome, row
     assert row["status"] == status
     assert row["error_code"] == code
-    assert elapsed <= TIMEOUT_S + 1.0
-    assert row["latency_ms"] <= (TIMEOUT_S + 1.0) * 1000
+    # Hang guards, not speed figures: the faults last 10 s (hang, drip); a loaded machine adds seconds.
+    assert elapsed < 8
+    assert row["latency_ms"] < 8000
     if outcome != "ok":
         assert json.loads(row["evidence"])["status"] == status
 
