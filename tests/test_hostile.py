@@ -149,7 +149,7 @@ def test_auth_optional_probes_without_the_header(tmp_path, sim):
 
 
 RUNBOOK_WORDS = {"no_5xx": "5xx", "no_feature_disabled": "FEATURE_DISABLED", "no_rollback": "Rollback",
-                 "service_healthy": "Unhealthy", "acceptance": "FEATURE_DISABLED"}
+                 "service_healthy": "Unhealthy", "acceptance": "FEATURE_DISABLED", "flags_at_startup": "FEATURE_DISABLED"}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in PROFILES.glob("*.toml") if "rollout" not in p.name))

@@ -134,7 +134,9 @@ def test_a_hanging_api_is_cut_at_the_deadline_and_stored_as_a_failed_read(tmp_pa
     res = phasegate("pull-platform", "--profile", prof, "--data", tmp_path / "d", env={"TEST_RENDER_KEY": KEY})
     assert res.returncode == 1
     assert "deploys not read: no complete response within 0.5s" in res.stderr
-    assert res.stderr.strip().endswith("phasegate: error: 2 platform API call(s) failed (stored as failed reads)")
+    # Deploys, variables, and Render's logs (the service lookup they start with): each cut at 0.5 s.
+    assert res.stderr.strip().endswith("phasegate: error: 3 platform API call(s) failed (stored as failed reads): "
+                                       "Render render.service: no complete response within 0.5s"), res.stderr
     assert KEY not in res.stdout + res.stderr
     df = read_samples(tmp_path / "d", datetime(2020, 1, 1, tzinfo=timezone.utc), datetime.now(timezone.utc) + timedelta(1),
                       sources=["platform"], columns=["probe", "outcome"])
@@ -169,6 +171,14 @@ def test_no_key_set_is_a_note_not_a_failure(tmp_path, fake, monkeypatch):
     ('[platform]\nservice_id = "srv-1"\napi_key = "x"', "platform.api_key: unknown key"),
     ('[platform]\nservice_id = "srv-1"\ninterval = "5s"\ntimeout = "10s"',
      "platform.timeout: must be below platform.interval (10s >= 5s)"),
+    ('[platform]\nservice_id = "srv-1"\nlatency_quantile = 99', "platform.latency_quantile: must be between 0 and 1, got 99"),
+    ('[platform]\nservice_id = "srv-1"\nmetrics_resolution = "1.5s"',
+     "platform.metrics_resolution: must be a whole number of seconds, at least 1s"),
+    ('[platform]\nservice_id = "srv-1"\nowner_id = "tea x"', "platform.owner_id: must be a workspace id like tea-..., got 'tea x'"),
+    ('[platform]\nservice_id = "srv-1"\nstartup_line = " "', "platform.startup_line: must not be empty"),
+    ('[platform]\nservice_id = "srv-1"\nevidence = "yes"', "platform.evidence: must be true or false, got str 'yes'"),
+    ('[platform]\nservice_id = "srv-1"\nevidence_delay = "soon"',
+     "platform.evidence_delay: must be a duration like 30s, 15m or 24h, got 'soon'"),
 ])
 def test_bad_platform_sections_name_the_key(tmp_path, table, message):
     path = write_profile(tmp_path, f'extends = "{SIM_PROFILE}"\n{table}\n')

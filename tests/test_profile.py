@@ -50,7 +50,7 @@ INVALID = [
     (GOOD_TARGET + GOOD_PROBE + "[criteria.no_5xxx]\nkind = \"hard\"\n",
      "criteria.no_5xxx: unknown criterion: a new one needs metric = ... (or promql = ...); built in are "
      "window_complete, no_5xx, no_feature_disabled, no_rollback, service_healthy, execute_p99, error_rate, "
-     "no_anomalies, no_regression, tenant_error_rate, cert_expiry"),
+     "no_anomalies, no_regression, tenant_error_rate, cert_expiry, flags_at_startup, render_errors"),
     # Criteria written as data: each rule, with its exact message.
     (GOOD_TARGET + GOOD_PROBE + '[criteria.c1]\nmetric = "p42_ms"\nmax = 1\n',
      "criteria.c1.metric: unknown metric 'p42_ms'; one of samples, errors, error_rate, availability, http_5xx, "
@@ -69,7 +69,7 @@ INVALID = [
     (GOOD_TARGET + GOOD_PROBE + '[criteria.c1]\nmetric = "errors"\nmax = 0\nper = "region"\n',
      "criteria.c1.per: must be one of tenant, probe, route, got 'region'"),
     (GOOD_TARGET + GOOD_PROBE + '[criteria.c1]\nmetric = "errors"\nmax = 0\nwhere = { source = "logs" }\n',
-     "criteria.c1.where.source: names no source 'logs'; known: probes, traffic, prometheus"),
+     "criteria.c1.where.source: names no source 'logs'; known: probes, traffic, prometheus, render"),
     (GOOD_TARGET + GOOD_PROBE + '[criteria.c1]\npromql = "up"\nmax = 1\naggregate = "avg"\n',
      "criteria.c1.aggregate: must be max, last or sum, got 'avg'"),
     (GOOD_TARGET + GOOD_PROBE + '[criteria.c1]\npromql = "up"\nmax = 1\n',
@@ -129,8 +129,10 @@ def test_shipped_profiles_reproduce_the_seed():
     for p in (staging, sim):
         assert [pr.name for pr in p.probes] == ["health", "list", "suggestions", "execute"]
         assert [c.id for c in p.criteria.items] == [*CRITERIA_IDS, "acceptance"]  # a criterion written as data
+        # The seed's five, and its "[FeatureFlags] at startup" check (criterion 3 as Render's logs show it).
         assert [c.id for c in p.criteria.items if c.kind == "hard" and c.enabled] == [
-            "window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy"] \
+            "window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy",
+            "flags_at_startup"] \
             + (["acceptance"] if p is staging else [])
         assert [c.name for c in p.checks] == (["acceptance_fail_closed", "acceptance_signed_flow"] if p is staging else [])
         assert p.criteria.duration_s == 86400

@@ -37,7 +37,8 @@ from .window import Window, iso, utcnow
 
 # Rows that are not the endpoints' probes: real traffic, Prometheus counts and query values, the
 # platform's deploys and flags, and acceptance commands (judged only by the criteria that name them).
-_NOT_PROBES = ("traffic", "prometheus", "prometheus-histogram", "platform", "promql", "check", "action")
+_NOT_PROBES = ("traffic", "prometheus", "prometheus-histogram", "platform", "promql", "check", "action",
+               "render", "render-traffic", "render-probe")
 _ERR = "(" + ", ".join(f"'{o}'" for o in sorted(ERROR_OUTCOMES)) + ")"
 
 # Per-row facts every aggregate counts: defined once, for probes and real traffic alike.
@@ -80,6 +81,7 @@ class Analysis:
     custom: dict = field(default_factory=dict)  # criterion id -> its metric per group, or its PromQL series
     actions: list = field(default_factory=list)  # what `phasegate act` did in the window, in time order
     tls: dict | None = None  # https samples: TLS versions seen, the earliest certificate expiry
+    render: dict | None = None  # Render's logs, metrics and events over the window (`phasegate.evidence`)
     con: object = field(default=None, repr=False)  # the DuckDB connection: `samples` stays queryable
 
     @property
@@ -152,7 +154,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     overall = probes.pop(None)
     flips = transitions(con)
     # Beside the probes: built on this module's aggregates, so imported here, not at the top.
-    from .sources import _actions, _platform, _prometheus, _traffic, compare, custom_metrics
+    from .sources import _actions, _platform, _prometheus, _render, _traffic, compare, custom_metrics
 
     traffic, traffic_tl = _traffic(con, conf)
     platform = _platform(con)
@@ -167,7 +169,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         timeline=timeline(con, bucket_s), coverage_hourly=hourly, occurrences=_occurrences(con),
         samples_live=int(n - sim), samples_simulated=int(sim), traffic_timeline=traffic_tl,
         ecdf={} if base is None else base[1], con=con, custom=custom_metrics(con, profile), actions=_actions(con),
-        tls=_tls(con),
+        tls=_tls(con), render=_render(con, profile, data_dir, window.start, observed_end, conf),
     )
 
 

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 import traceback
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import click
 
@@ -355,24 +355,42 @@ def pull_traffic_cmd(profile_path, data_dir, start, end, hours):
 @cli.command("pull-platform")
 @profile_opt
 @click.option("--data", "data_dir", type=PATH, required=True, help="Data directory to add the deploys and flags to.")
+@click.option("--start", help="Logs, metrics and events from (ISO 8601; default: the profile's window before now).")
+@click.option("--end", help="... until (default: now, less [platform] evidence_delay).")
 @_guard
-def pull_platform_cmd(profile_path, data_dir):
-    """Read deploys and flag environment variables from the profile's platform API (Render) now."""
+def pull_platform_cmd(profile_path, data_dir, start, end):
+    """Read deploys and flag environment variables from the profile's platform API (Render) now,
+    and the service's logs, metrics and events over the window no earlier pull covered."""
     from .errors import ProfileError
+    from .evidence import pull_evidence
     from .platform import pull_platform
     from .profile import load_profile
+    from .window import Window
 
     profile = load_profile(profile_path)
     if profile.platform is None:
         raise ProfileError(f"{profile_path}: platform: no enabled [platform] section to read")
+    src = profile.platform
+    window = Window.resolve(start, end, None, profile.criteria.duration_s) if start else None
     with writing(data_dir, profile.storage) as local:
-        res = pull_platform(profile.platform, local, profile.target.name)
+        res = pull_platform(src, local, profile.target.name)
+        ev = None
+        if src.evidence:
+            if window is None:
+                now = time.time()
+                window = Window.from_args(datetime.fromtimestamp(now - profile.criteria.duration_s, timezone.utc),
+                                          end=datetime.fromtimestamp(now, timezone.utc))
+            ev = pull_evidence(src, local, profile.target.name, window)
     click.echo(f"read {res.deploys} deploys" + (f" and flags {res.flags_text}" if res.flags else "")
                + f"; {res.rows} rows into {data_dir}")
-    for note in res.notes:
+    if ev is not None:
+        click.echo(ev.text + f"; {ev.rows} rows")
+    for note in res.notes + (ev.notes if ev else []):
         _say(f"  {note}", err=True)
-    if res.failed:
-        click.echo(f"phasegate: error: {res.failed} platform API call(s) failed (stored as failed reads)", err=True)
+    failed = res.failed + len(ev.failed if ev else [])
+    if failed:
+        why = f": Render {ev.failed[0]}" if ev and ev.failed else ""
+        click.echo(f"phasegate: error: {failed} platform API call(s) failed (stored as failed reads){why}", err=True)
         sys.exit(1)
 
 

@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from .errors import ProfileError
 from .probe import run_command, run_probe
@@ -205,13 +206,16 @@ class Collector:
         """Deploys and flags from the hosting platform every `platform.interval`, beside the probes:
         a flag turned off shows with the time of the read that saw it."""
         from .errors import DataError
+        from .evidence import pull_evidence
         from .platform import pull_platform
+        from .window import Window
 
         src = self.profile.platform
         if not os.environ.get(src.api_key_env):
             self.stats.platform_note = f"${src.api_key_env} is not set: {src.kind} deploys and flags not read"
             log.warning("platform: %s", self.stats.platform_note)
             return
+        since = time.time() - src.interval_s  # Render's logs from shortly before the collection began
         while not self._stop.is_set():
             try:
                 res = pull_platform(src, self.data_dir, self.profile.target.name)
@@ -220,6 +224,14 @@ class Collector:
                     self.stats.platform_failed += res.failed
                 for note in res.notes:
                     log.warning("platform: %s", note)
+                if src.evidence:
+                    ev = pull_evidence(src, self.data_dir, self.profile.target.name,
+                                       Window(datetime.fromtimestamp(since, timezone.utc),
+                                              datetime.fromtimestamp(time.time() + 86400, timezone.utc)))
+                    with self._lock:
+                        self.stats.platform_failed += len(ev.failed)
+                    for note in ev.notes + ev.failed:
+                        log.warning("platform: Render evidence: %s", note)
             except (DataError, OSError) as exc:  # a full disk: say so, try again next time
                 with self._lock:
                     self.stats.platform_failed += 1

@@ -72,7 +72,8 @@ def _combined(a: Analysis, key: str) -> tuple[int, int, str]:
     k, n = a.overall[key], a.overall["samples"]
     parts = [f"probes {k} of {n}"]
     # Real traffic counts once: from the request logs when imported, else from Prometheus.
-    sources = [("traffic", a.traffic), ("prometheus", a.prometheus)]
+    sources = [("traffic", a.traffic), ("Render request logs", (a.render or {}).get("traffic")),
+               ("prometheus", a.prometheus)]
     counted = False
     for name, src in sources:
         if not src:
@@ -84,14 +85,22 @@ def _combined(a: Analysis, key: str) -> tuple[int, int, str]:
         if not counted:
             k, n = k + t[key], n + t["samples"]
             counted = True
+    own = (a.render or {}).get("probes_logged")
+    if own and own["requests"] and key in own:
+        parts.append(f"Render logged the probes' own {own['requests']} requests ({own[key]} {key.replace('http_', '')}), "
+                     "counted above as probes")
     return k, n, "; ".join(parts)
+
+
+def _sources_named(a: Analysis) -> bool:
+    return bool(a.traffic or a.prometheus or (a.render or {}).get("traffic") or (a.render or {}).get("probes_logged"))
 
 
 def _no_5xx(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     n5, n, by_source = _combined(a, "http_5xx")
     where = ", ".join(f"{name} {s['http_5xx']}" for name, s in a.probes.items() if s["http_5xx"])
     detail = (f"{n5} of {n} samples answered 5xx (503 FEATURE_DISABLED is judged separately)"
-              + (f": {where}" if where else "") + (f" [{by_source}]" if a.traffic or a.prometheus else ""))
+              + (f": {where}" if where else "") + (f" [{by_source}]" if _sources_named(a) else ""))
     if a.tenants:
         hit = [r for r in a.tenants["rows"] if r["http_5xx"]]
         if hit:
@@ -126,6 +135,12 @@ def _no_feature_disabled(c: Criterion, a: Analysis, p: Profile) -> CriterionResu
         parts.append(f"platform env: off in {pf['off_observations']} of {pf['observations']} reads"
                      + (": " + ", ".join(f"{ch['flag']}={str(ch['value']).lower()} at {ch['ts']}" for ch in turned[:4])
                         if turned else ""))
+    users = ((a.render or {}).get("traffic") or {}).get("overall")
+    if users:
+        measured += users["feature_disabled"]
+        obs += users["samples"]
+        parts.append(f"Render request logs: {users['feature_disabled']} of {users['samples']} real users' requests "
+                     "answered 503 FEATURE_DISABLED")
     if measured > c.threshold:
         passed = False
     elif not obs:
@@ -171,11 +186,19 @@ def _service_healthy(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
         if h["degraded"]:
             why.append(f"answered but not healthy {h['degraded']}")
         detail += f" ({', '.join(why)}); first {h['first_unhealthy']}, last {h['last_unhealthy']}"
+    if a.render:
+        detail += "; " + _render_health(a.render)
     return CriterionResult(c.id, c.kind, h["unhealthy"] == 0, h["unhealthy"], 0, detail, n=h["samples"],
                            first=h["first_unhealthy"], last=h["last_unhealthy"])
 
 
 def _execute_p99(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    r = _probes_p99(c, a, p)
+    r.detail += _render_latency(a)
+    return r
+
+
+def _probes_p99(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     s = a.probes.get(c.probe or "")
     conf = p.criteria.confidence
     if not s or s["p99_ms"] is None:
@@ -202,6 +225,107 @@ def _execute_p99(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
                            f"samples (max {s['max_ms'] / 1000:.3f} s)", **base)
 
 
+def _render_latency(a: Analysis) -> str:
+    """Render's latency quantile beside the probes' exact P99: one value per resolution step,
+    computed by Render over requests we cannot see, so shown and never judged or mixed in."""
+    m = (a.render or {}).get("metrics") or {}
+    if not m.get("latency"):
+        return ""
+    return (f"; Render's own p{m['latency_quantile'] * 100:g} for {m['latency_path']}: max "
+            f"{m['latency_max_ms'] / 1000:.3f} s over {len(m['latency'])} steps of {m['resolution_s']:g} s "
+            "(a quantile per step, not samples: shown, not judged)")
+
+
+def _render_health(r: dict) -> str:
+    ev = r["events_count"]
+    failed = [e for e in r["events"] if e["type"] == "server_failed"]
+    text = (f"Render: {r['error_lines']} error log lines, {ev['server_failed']} server_failed and "
+            f"{ev['server_restarted']} server_restarted events")
+    if failed:
+        text += " (server_failed " + ", ".join(
+            f"{e['ts']}" + (f" instance {e['details'].get('instanceId')}" if e["details"].get("instanceId") else "")
+            for e in failed[:4]) + ")"
+    if not r["available"]:
+        text += f" — logs unavailable: {_unavailable(r)}"
+    return text
+
+
+def _unavailable(r: dict) -> str:
+    f = r["failed_reads"]
+    return f"{len(f)} failed read(s), last {f[-1]['call']} at {f[-1]['ts']}: {f[-1]['error']}" if f else "nothing pulled"
+
+
+def _render_coverage(r: dict, p: Profile, a: Analysis) -> str | None:
+    """Why Render's logs cannot vouch for the whole window, or None when they cover it (up to the
+    delay with which Render's logs arrive)."""
+    if not r["available"]:
+        return f"Render's logs unavailable for this window: {_unavailable(r)}"
+    cov = r["coverage"]
+    allowed = (p.platform.evidence_delay_s if p.platform else 60.0) + 60.0
+    tail = max(0.0, (a.observed_end - parse_time(cov["until"], name="until")).total_seconds())
+    head = max(0.0, (parse_time(cov["from"], name="from") - a.window.start).total_seconds())
+    window = (a.observed_end - a.window.start).total_seconds()
+    inner = max(0.0, window - tail - head - cov["covered_s"])
+    if tail > allowed or head > 1.0 or inner > 1.0:
+        return (f"Render's logs cover {cov['covered_s'] / max(window, 1e-9):.1%} of the window ({cov['from']} .. "
+                f"{cov['until']}, {cov['parts']} part(s))" + (f"; {len(r['failed_reads'])} failed read(s)"
+                                                               if r["failed_reads"] else ""))
+    return None
+
+
+def _flags_at_startup(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    """Every instance start in the window logged the startup line with every flag on (the seed's
+    operator searched Render's logs for "[FeatureFlags]" at startup)."""
+    r = a.render
+    line = p.platform.startup_line if p.platform else "[FeatureFlags]"
+    bad = [f"instance {s['instance']} at {s['ts']} logged " + ", ".join(
+        f"{k}={'missing' if s['flags'].get(k) is None else str(s['flags'][k]).lower()}" for k in s["off"])
+        for s in r["startups"] if s["off"]]
+    missing = [f"instance {st['instance'] or '(unnamed)'} started {st['ts']} ({st['event']}"
+               + (f" of {st['deploy']}" if st["deploy"] else "") + f") and logged no {line} line"
+               for st in r["starts"] if st["line"] is None and st["settled"]]
+    waiting = [st for st in r["starts"] if st["line"] is None and not st["settled"]]
+    fails = bad + missing
+    times = sorted([s["ts"] for s in r["startups"] if s["off"]]
+                   + [st["ts"] for st in r["starts"] if st["line"] is None and st["settled"]])
+    n = len(r["startups"])
+    if fails:
+        return CriterionResult(c.id, c.kind, False, len(fails), c.threshold, "Render logs: " + "; ".join(fails[:6])
+                               + (f"; … {len(fails) - 6} more" if len(fails) > 6 else ""), n=n,
+                               first=times[0], last=times[-1])
+    gap = _render_coverage(r, p, a)
+    if gap or waiting:
+        why = gap or (f"instance start at {waiting[0]['ts']} ({waiting[0]['event']}): its {line} line is not in the "
+                      "logs pulled so far")
+        return CriterionResult(c.id, c.kind, None, 0, c.threshold, why, n=n)
+    flags = ", ".join(p.platform.flags) if p.platform else "the flags"
+    if not n:
+        detail = f"no instance started in the window (Render's logs cover it up to {r['coverage']['until']})"
+    else:
+        detail = (f"{n} startup line(s), each with {flags} on: "
+                  + ", ".join(f"{s['instance']} at {s['ts']}" for s in r["startups"][:6]))
+    return CriterionResult(c.id, c.kind, True, 0, c.threshold, detail, n=n)
+
+
+def _render_errors(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
+    """Error-level app log lines and failed instances on Render (Scenario 3's "check Render logs
+    for errors"): a soft target, beside the probes' health checks."""
+    r = a.render
+    failed = r["events_count"]["server_failed"]
+    k = r["error_lines"] + failed
+    detail = _render_health(r)
+    if r["first_errors"]:
+        e = r["first_errors"][0]
+        detail += f"; first error line {e['ts']} ({e['instance']}): {e['message'][:160]}"
+    times = sorted([e["ts"] for e in r["first_errors"]] + [e["ts"] for e in r["events"] if e["type"] == "server_failed"])
+    if k > c.threshold:
+        return CriterionResult(c.id, c.kind, False, k, c.threshold, detail, n=sum(r["log_levels"].values()),
+                               first=times[0] if times else None, last=times[-1] if times else None)
+    gap = _render_coverage(r, p, a)
+    return CriterionResult(c.id, c.kind, None if gap else True, k, c.threshold, gap or detail,
+                           n=sum(r["log_levels"].values()))
+
+
 def _error_rate(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     o = a.overall
     k, n, by_source = _combined(a, "errors")
@@ -210,7 +334,7 @@ def _error_rate(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     ub = rate_upper(k, n, conf)
     kinds = ", ".join(f"{name} {v}" for name, v in o["outcome_counts"].items() if name not in ("ok", "assertion_failed"))
     detail = (f"{k} errors in {n} samples = {rate:.4%}; upper bound {ub:.4%} at {conf:.0%}"
-              + (f" ({kinds})" if kinds else "") + (f" [{by_source}]" if a.traffic or a.prometheus else ""))
+              + (f" ({kinds})" if kinds else "") + (f" [{by_source}]" if _sources_named(a) else ""))
     flaky = [name for name, q in a.quality.items() if q["flapping"]]
     if flaky:
         detail += f"; flapping: {', '.join(flaky)}"
@@ -428,7 +552,8 @@ EVALUATORS = {
     "window_complete": _window_complete, "no_5xx": _no_5xx, "no_feature_disabled": _no_feature_disabled,
     "no_rollback": _no_rollback, "service_healthy": _service_healthy, "execute_p99": _execute_p99,
     "error_rate": _error_rate, "no_anomalies": _no_anomalies, "no_regression": _no_regression,
-    "tenant_error_rate": _tenant_error_rate, "cert_expiry": _cert_expiry,
+    "tenant_error_rate": _tenant_error_rate, "cert_expiry": _cert_expiry, "flags_at_startup": _flags_at_startup,
+    "render_errors": _render_errors,
 }
 
 
@@ -436,7 +561,8 @@ def evaluate(profile: Profile, a: Analysis) -> Decision:
     results = []
     for c in profile.criteria.items:
         if not c.enabled or (c.id == "no_regression" and a.baseline is None) \
-                or (c.id == "tenant_error_rate" and a.tenants is None) or (c.id == "cert_expiry" and a.tls is None):
+                or (c.id == "tenant_error_rate" and a.tenants is None) or (c.id == "cert_expiry" and a.tls is None) \
+                or (c.id in ("flags_at_startup", "render_errors") and a.render is None):
             continue
         r = (_promql if c.promql else _metric)(c, a, profile) if c.custom else EVALUATORS[c.id](c, a, profile)
         r.dry_run = c.dry_run

@@ -14,6 +14,12 @@ answering with the new deploy's id and the variables the deploy was made with (a
 means 503 FEATURE_DISABLED from then on). Faults are scriptable (`fail_next`, a rate-limit burst,
 a slow deploy, 202 answers) from Python or over `/_sim/*` on the same port, which is how a drill
 injects a burst of 5xx into the service and clears it again.
+
+As evidence it serves what Render would say of the service (`phasegate.simlogs`): `GET /v1/logs`
+(request lines of every request the simulator answered, its error lines, each instance's
+`[FeatureFlags]` startup line), `GET /v1/metrics/http-requests` and `http-latency`, and
+`GET /v1/services/{id}/events`; `/_sim/platform` scripts a restart (`{"restart": {"startup":
+"omit", "failed": true}}`) or the next deploy's startup fault (`{"startup_next": "flag_off"}`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from . import simlogs
 from .simulator import FIRST_DEPLOY, FLAGS, Fault, Model
 from .window import iso, parse_duration
 
@@ -52,6 +59,10 @@ class Service:
     deploys: list = field(default_factory=list)  # newest first, as Render lists them
     hook_key: str = ""
     models: list = field(default_factory=list)  # the simulators this service's live deploy drives
+    instances: list = field(default_factory=list)  # {id, deploy, started}, in start order
+    applog: list = field(default_factory=list)  # app log lines the platform itself wrote (startup lines)
+    events: list = field(default_factory=list)  # server_failed / server_restarted, as scripted
+    startup_next: list = field(default_factory=list)  # startup faults of the next instances ("omit", "flag_off")
 
 
 @dataclass
@@ -102,6 +113,7 @@ class PlatformSim(ThreadingHTTPServer):
         self.burst_retry_after = 1
         self.deploy_limit, self.call_limit = _Limit(*DEPLOY_LIMIT), _Limit(*CALL_LIMIT)
         self.sim = None  # the SimServer whose clock faults injected over /_sim/fault use
+        self.owner_id = "tea-" + "".join(self.rng.choice(string.ascii_lowercase + string.digits) for _ in range(20))
         svc = self.add_service(service_id, dict(env or {}), models=models, hook_key=hook_key)
         if deploys:
             svc.deploys = [dict(d) for d in deploys]
@@ -119,6 +131,7 @@ class PlatformSim(ThreadingHTTPServer):
                      "commit": {"id": "0a1b2c3d", "message": "Fault Lens V1 behind flags"}, "_env": dict(env)}
             svc = Service(service_id, dict(env), [first], hook_key or _id("", self.rng), list(models))
             self.services[service_id] = svc
+            simlogs.start_instance(svc, FIRST_DEPLOY, svc.env, _now(), self.rng)
             for m in svc.models:
                 m.env, m.deployment = dict(env), FIRST_DEPLOY
             return svc
@@ -208,6 +221,8 @@ class PlatformSim(ThreadingHTTPServer):
                 old["status"], old["updatedAt"] = "deactivated", d["updatedAt"]
         for m in svc.models:  # the new instance serves from now on, with the deploy's variables
             m.env, m.deployment = dict(d["_env"]), d["id"]
+        simlogs.start_instance(svc, d["id"], d["_env"], _now(), self.rng,
+                               svc.startup_next.pop(0) if svc.startup_next else "ok")
         if self.on_deploy:
             self.on_deploy(dict(d["_env"]))
 
@@ -225,6 +240,28 @@ class PlatformSim(ThreadingHTTPServer):
             with m.lock:
                 m.faults.append(f)
         return f
+
+    def restart(self, startup: str = "ok", failed: bool = False, service_id: str | None = None,
+                ago_s: float = 0.0) -> dict:
+        """The service's instance stops (a server_failed event when `failed`) and starts again
+        (server_restarted), logging its startup line as `startup` says ("ok", "omit", "flag_off");
+        `ago_s` back-dates it, as if it happened that long ago."""
+        if startup not in ("ok", "omit", "flag_off"):
+            raise ValueError(f"startup must be ok, omit or flag_off, got {startup!r}")
+        with self.lock:
+            svc = self.services[service_id] if service_id else self.default
+            live = next((d for d in svc.deploys if d["status"] == "live"), svc.deploys[-1])
+            old = svc.instances[-1]["id"] if svc.instances else None
+            now = _now() - timedelta(seconds=float(ago_s))
+            if failed:
+                svc.events.append({"id": _id("evt-", self.rng), "timestamp": simlogs.ts_text(now), "serviceId": svc.id,
+                                   "type": "server_failed",
+                                   "details": {"instanceId": old, "reason": {"nonZeroExit": 1}}})
+            inst = simlogs.start_instance(svc, live["id"], live.get("_env") or svc.env, now + timedelta(seconds=1),
+                                          self.rng, startup)
+            svc.events.append({"id": _id("evt-", self.rng), "timestamp": simlogs.ts_text(now + timedelta(seconds=1)),
+                               "serviceId": svc.id, "type": "server_restarted", "details": {"instanceId": inst["id"]}})
+            return inst
 
     def clear(self) -> int:
         n = 0
@@ -306,10 +343,26 @@ class _Handler(BaseHTTPRequestHandler):
         if path[1:2] != ["v1"]:
             return self.answer(404, {"message": "not found"})
         rest = path[2:]
+        if rest == ["logs"] and method == "GET":
+            return self.answer(*simlogs.logs_page(srv, q))
+        if rest[:1] == ["metrics"] and len(rest) == 2 and rest[1] in ("http-requests", "http-latency") \
+                and method == "GET":
+            return self.answer(*simlogs.metrics(srv, rest[1], q))
+        if rest[:1] == ["services"] and len(rest) == 2 and method == "GET":
+            svc = srv.services.get(rest[1])
+            if svc is None:
+                return self.answer(404, {"message": "service not found"})
+            return self.answer(200, {"id": svc.id, "name": svc.id, "ownerId": srv.owner_id, "type": "web_service",
+                                     "suspended": "not_suspended"})
         if rest[:1] == ["services"] and len(rest) >= 3:
             svc = srv.services.get(rest[1])
             if svc is None:
                 return self.answer(404, {"message": "service not found"})
+            if rest[2] == "events" and len(rest) == 3 and method == "GET":
+                try:
+                    return self._page(simlogs.events_page(svc, q), q)
+                except ValueError as exc:
+                    return self.answer(400, {"message": str(exc)})
             if rest[2] == "deploys" and len(rest) == 3:
                 if method == "POST":
                     return self._trigger(svc, "api")
@@ -391,6 +444,13 @@ class _Handler(BaseHTTPRequestHandler):
                         srv.deploy_s = float(spec["deploy_s"])
                     if "answer_202" in spec:
                         srv.answer_202 = bool(spec["answer_202"])
+                    if "startup_next" in spec:  # the next deploy's instance starts with this fault
+                        srv.default.startup_next.append(str(spec["startup_next"]))
+                if "restart" in spec:
+                    r = spec["restart"] if isinstance(spec["restart"], dict) else {}
+                    inst = srv.restart(str(r.get("startup", "ok")), bool(r.get("failed", False)),
+                                       ago_s=float(r.get("ago_s", 0.0)))
+                    return self.answer(200, {"ok": True, "instance": inst["id"]})
                 return self.answer(200, {"ok": True})
             if method == "GET" and rest == ["state"]:
                 with srv.lock:

@@ -228,3 +228,42 @@ def rollout_timeline(doc: dict):
     ax.set_title("Rollout timeline: each phase's window, coloured by verdict (hatched: not yet observed)")
     fig.subplots_adjust(left=0.2, right=0.98)
     return fig
+
+
+def render_over_time(a: Analysis):
+    """Render's own metrics: requests per resolution step by status class, its latency quantile,
+    and the service's events as vertical lines (server_failed in red)."""
+    r = a.render
+    m = r["metrics"]
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(10, 3.6), dpi=90)
+        top, bottom = fig.subplots(2, 1, sharex=True)
+    series = pd.DataFrame(m["requests_series"], columns=["ts", "status", "requests"])
+    if len(series):
+        series["ts"] = pd.to_datetime(series["ts"], utc=True)
+        series["class"] = (series["status"].fillna(0).astype(int) // 100).astype(str) + "xx"
+        for cls, part in series.groupby("class"):
+            per = part.groupby("ts")["requests"].sum()
+            top.plot(per.index, per.values, marker=".", linewidth=1, label=cls,
+                     color={"5xx": "#cf222e", "4xx": "#9a6700"}.get(cls))
+        top.legend(loc="upper left", fontsize=7, ncol=4)
+    top.set_ylabel(f"per {m['resolution_s']:g} s")
+    top.set_title("Render: requests by status, latency quantile and events")
+    lat = pd.DataFrame(m["latency"], columns=["ts", "ms", "quantile"])
+    if len(lat):
+        lat["ts"] = pd.to_datetime(lat["ts"], utc=True)
+        bottom.plot(lat["ts"], lat["ms"], marker=".", linewidth=1,
+                    label=f"p{m['latency_quantile'] * 100:g} {m['latency_path']} (per step)")
+        bottom.legend(loc="upper left", fontsize=7)
+    bottom.set_ylabel("ms")
+    for e in r["events"]:
+        t = pd.Timestamp(e["ts"])
+        for ax in (top, bottom):
+            ax.axvline(t, color="#cf222e" if e["type"] == "server_failed" else "#6e7781", linewidth=0.8,
+                       linestyle="-" if e["type"] == "server_failed" else ":")
+        top.annotate(e["type"], (t, 1.0), xycoords=("data", "axes fraction"), fontsize=6, rotation=90,
+                     va="top", ha="right")
+    _fmt(bottom, a)
+    top.set_xlim(a.window.start, a.observed_end)
+    fig.tight_layout()
+    return fig

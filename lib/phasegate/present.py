@@ -255,7 +255,33 @@ def page_one(doc: dict, out_dir: str = "") -> str:
         + "".join(f"<li>{escape(s)}</li>" for s in r["steps"]) + "</ol></div>" for r in doc["runbook"])
     runbook_html = ('<div class="keep"><h3>What to do now</h3>' + steps + "</div>") if steps else ""
     return ('<div class="page-one">' + banner(doc) + '<div class="pg"><div class="keep"><h3>Criteria that do not hold</h3>'
-            + crit + "</div>" + runbook_html + signoff_block(doc, out_dir) + "</div></div>")
+            + crit + render_summary(doc) + "</div>" + runbook_html + signoff_block(doc, out_dir) + "</div></div>")
+
+
+def render_summary(doc: dict) -> str:
+    """Page 1's line on what Render itself reported failing (or that it could not be read), so a
+    reviewer sees which failures come from the platform's side and not from the probes."""
+    r = doc.get("render")
+    if not r:
+        return ""
+    said = []
+    if not r["available"]:
+        said.append("Render was unavailable: its logs, metrics and events could not be read for this window")
+    users = (r.get("traffic") or {}).get("overall")
+    if users and users["http_5xx"]:
+        said.append(f"{users['http_5xx']:,} of {users['samples']:,} real users' requests answered 5xx in Render's request logs")
+    if users and users["feature_disabled"]:
+        said.append(f"{users['feature_disabled']:,} real users' requests answered 503 FEATURE_DISABLED")
+    startup = next((c for c in doc["criteria"] if c["id"] == "flags_at_startup" and c["state"] == "failed"), None)
+    if startup:
+        said.append(startup["detail"].removeprefix("Render logs: "))
+    if r["error_lines"]:
+        said.append(f"{r['error_lines']:,} error log lines")
+    if r["events_count"]["server_failed"]:
+        said.append(f"{r['events_count']['server_failed']} server_failed event(s)")
+    if not said:
+        return ""
+    return '<p><b>From Render\'s side:</b> ' + escape("; ".join(said)) + ".</p>"
 
 
 def signoff_block(doc: dict, out_dir: str = "") -> str:
@@ -413,3 +439,68 @@ def actions_table(doc: dict) -> str:
         return "<h4>Actions taken (phasegate act)</h4>" + head if head else ""
     return "<h4>Actions taken (phasegate act)</h4>" + head + _table(["time", "action", "by", "outcome", "detail"],
                                                                    [_action_cells(a) for a in acts])
+
+
+def render_tables(doc: dict) -> str:
+    """What Render's logs, metrics and events say of the window, as pulled."""
+    r = doc.get("render")
+    if not r:
+        return ""
+    cov = r["coverage"]
+    head = (f"Logs, metrics and events pulled for {cov['from'] or '–'} .. {cov['until'] or '–'} "
+            f"({cov['covered_s'] / max(cov['window_s'], 1e-9):.1%} of the window, {cov['parts']} part(s)).")
+    if not r["available"]:
+        head = "Render was unavailable for this window: nothing could be pulled."
+    out = f'<div class="pg"><p>{escape(head)}</p></div>'
+    if r["failed_reads"]:
+        out += "<h4>Render reads that failed (stored; asked again by the next pull)</h4>" + _table(
+            ["time", "call", "outcome", "error"],
+            [[f["ts"], escape(f["call"]), escape(f["outcome"]), escape(f["error"] or "")] for f in r["failed_reads"]])
+    t = r["traffic"]
+    if t:
+        rows = [[f"<b>{escape(name)}</b>", f"{s['samples']:,}", escape(", ".join(f"{k}×{v}" for k, v in s["status_counts"].items())),
+                 f"{s['http_5xx']:,}", f"{s['feature_disabled']:,}", _num(s["p50_ms"]), _num(s["p99_ms"]), _num(s["max_ms"])]
+                for name, s in [*t["routes"].items(), ("ALL", t["overall"])]]
+        out += "<h4>Real users' requests, from Render's request logs</h4>" + _table(
+            ["route", "requests", "status codes", "5xx", "FEATURE_DISABLED", "p50 ms", "p99 ms", "max ms"], rows)
+    own = r["probes_logged"]
+    out += (f'<div class="pg"><p>Render also logged the probes\' own {own["requests"]:,} requests '
+            f'({own["http_5xx"]:,} 5xx, {own["feature_disabled"]:,} FEATURE_DISABLED): counted once, as probes.</p></div>')
+    m = r["metrics"]
+    if m["requests_by_status"] or m["latency"]:
+        q = f"p{m['latency_quantile'] * 100:g}"
+        out += (f'<div class="pg"><p>Render\'s metrics, one value per {m["resolution_s"]:g} s step: requests by status '
+                f'{escape(", ".join(f"{k}×{v:,}" for k, v in m["requests_by_status"].items()) or "none")}; '
+                f'{q} latency of {escape(m["latency_path"])} at most {_ms(m["latency_max_ms"])} over {len(m["latency"])} steps. '
+                f'Render computes the quantile per step over requests we do not see: it is shown beside the '
+                f'probes\' exact order statistics, never mixed into them.</p></div>')
+    out += "<h4>Startup lines, per instance</h4>" + _table(
+        ["time", "instance", "flags", "line"],
+        [[s["ts"], escape(s["instance"] or "–"),
+          ("<span class=\"fail\">OFF: " + escape(", ".join(s["off"])) + "</span>") if s["off"] else "all on",
+          escape(s["line"] or "")] for s in r["startups"]])
+    if r["starts"]:
+        out += "<h4>Instance starts (events) and their startup lines</h4>" + _table(
+            ["started", "event", "instance", "deploy", "startup line"],
+            [[st["ts"], escape(st["event"]), escape(st["instance"] or "–"), escape(st["deploy"] or "–"),
+              st["line"] or ('<span class="fail">none</span>' if st["settled"] else "not pulled yet")]
+             for st in r["starts"]])
+    out += "<h4>Service events</h4>" + _table(
+        ["time", "event", "details"],
+        [[e["ts"], ('<span class="fail">' + escape(e["type"]) + "</span>") if e["type"] == "server_failed"
+          else escape(e["type"] or ""), escape(json.dumps(e["details"], sort_keys=True)[:300])] for e in r["events"]])
+    levels = ", ".join(f"{k} {v:,}" for k, v in r["log_levels"].items()) or "none"
+    out += f'<div class="pg"><p>App log lines pulled, by level: {escape(levels)}; error lines: {r["error_lines"]:,} (the first in the appendix).</p></div>'
+    return out
+
+
+def render_log_lines(doc: dict) -> str:
+    """The first error-level lines Render logged (redacted when stored, escaped here)."""
+    r = doc.get("render")
+    if not r or not r["first_errors"]:
+        return ""
+    rows = [[e["ts"], escape(e["level"] or ""), escape(e["instance"] or "–"), escape(e["message"] or "")]
+            for e in r["first_errors"]]
+    more = r["error_lines"] - len(rows)
+    return ("<h4>Render: first error log lines</h4>" + _table(["time", "level", "instance", "message"], rows)
+            + (f'<div class="pg"><p>{more:,} more error lines in the dataset.</p></div>' if more > 0 else ""))

@@ -131,6 +131,15 @@ class PlatformSource:
     enabled: bool = True
     interval_s: float = 300.0  # how often a running collector reads it
     retry_s: float = 60.0  # how long a read may keep retrying a 429/5xx (Retry-After honoured within it)
+    # Render as evidence: the service's logs, HTTP metrics and events over the window.
+    evidence: bool = True
+    owner_id: str = ""  # the workspace the logs belong to; looked up from the service when empty
+    startup_line: str = "[FeatureFlags]"  # what each instance logs at startup, with the flags it runs with
+    log_levels: tuple[str, ...] = ("error", "warning")  # app log levels pulled as evidence
+    metrics_resolution_s: float = 60.0
+    latency_quantile: float = 0.99
+    latency_path: str = "/v1/actions/execute"
+    evidence_delay_s: float = 60.0  # how far behind now a pull stops: Render's logs arrive with a delay
 
 
 @dataclass(frozen=True)
@@ -356,7 +365,23 @@ def _platform(src, table, flag_names) -> PlatformSource:
     p = PlatformSource(service_id=service, kind=kind, api_url=url.rstrip("/"), api_key_env=key_env,
                        flags=r.str_list("flags", flag_names), timeout_s=r.duration("timeout", 10.0),
                        enabled=r.take("enabled", (bool,), True), interval_s=r.duration("interval", 300.0),
-                       retry_s=r.duration("retry", 60.0))
+                       retry_s=r.duration("retry", 60.0), evidence=r.take("evidence", (bool,), True),
+                       owner_id=r.take("owner_id", (str,), ""), startup_line=r.take("startup_line", (str,), "[FeatureFlags]"),
+                       log_levels=r.str_list("log_levels", ("error", "warning")),
+                       metrics_resolution_s=r.duration("metrics_resolution", 60.0),
+                       latency_quantile=r.take("latency_quantile", (int, float), 0.99),
+                       latency_path=r.take("latency_path", (str,), "/v1/actions/execute"),
+                       evidence_delay_s=0.0 if r.table.get("evidence_delay") in (0, "0", "0s")
+                       else r.duration("evidence_delay", 60.0))
+    r.table.pop("evidence_delay", None)  # "0s" (pull up to now) is allowed here: no other duration may be 0
+    if not 0 < p.latency_quantile < 1:
+        r.fail("platform.latency_quantile", f"must be between 0 and 1, got {p.latency_quantile!r}")
+    if p.metrics_resolution_s < 1 or p.metrics_resolution_s != int(p.metrics_resolution_s):
+        r.fail("platform.metrics_resolution", "must be a whole number of seconds, at least 1s")
+    if p.owner_id and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", p.owner_id):
+        r.fail("platform.owner_id", f"must be a workspace id like tea-..., got {p.owner_id!r}")
+    if not p.startup_line.strip():
+        r.fail("platform.startup_line", "must not be empty")
     if p.timeout_s >= p.interval_s:
         r.fail("platform.timeout", f"must be below platform.interval ({p.timeout_s:g}s >= {p.interval_s:g}s)")
     r.done()

@@ -31,10 +31,13 @@ CRITERIA_IDS = (
     "no_regression",
     "tenant_error_rate",
     "cert_expiry",
+    "flags_at_startup",
+    "render_errors",
 )
-_HARD = {"window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy"}
+_HARD = {"window_complete", "no_5xx", "no_feature_disabled", "no_rollback", "service_healthy", "flags_at_startup"}
 _THRESHOLDS = {"no_5xx": 0.0, "no_feature_disabled": 0.0, "execute_p99": 10000.0, "error_rate": 0.01,
-               "no_regression": 0.10, "tenant_error_rate": 0.01, "cert_expiry": 14.0}
+               "no_regression": 0.10, "tenant_error_rate": 0.01, "cert_expiry": 14.0, "render_errors": 0.0,
+               "flags_at_startup": 0.0}
 TITLES = {
     "window_complete": "Monitoring window ran its full duration",
     "no_5xx": "No HTTP 5xx errors",
@@ -47,12 +50,14 @@ TITLES = {
     "no_regression": "No regression against the baseline",
     "tenant_error_rate": "No tenant's error rate over target",
     "cert_expiry": "Server certificate valid well past the window",
+    "flags_at_startup": "Flags confirmed at startup: every instance logged them on",
+    "render_errors": "No error log lines or failed instances on Render",
 }
 # What a criterion written as data can measure, and over what (criteria.py says how each is judged).
 METRICS = ("samples", "errors", "error_rate", "availability", "http_5xx", "status_count", "feature_disabled",
            "timeouts", "assertion_failures", "p50_ms", "p95_ms", "p99_ms", "max_ms")
 WHERE_KEYS = ("probe", "tenant", "source", "route", "status", "outcome")
-SOURCES = ("probes", "traffic", "prometheus")
+SOURCES = ("probes", "traffic", "prometheus", "render")  # render: real users' requests in Render's logs
 PER = ("tenant", "probe", "route")
 # The seed's criteria that are one metric with a threshold, in the same form; the others
 # (window_complete, no_rollback, service_healthy, no_anomalies, no_regression) keep their own logic.

@@ -97,6 +97,8 @@ def run(profile_path, data_dir, phase, start=None, end=None, hours=None, out_dir
             notes += [f"Prometheus: {pulled.requests:g} requests from {pulled.series} series"] + pulled.notes
         except DataError as exc:
             notes.append(f"Prometheus not used: {exc}")
+    if pull and profile.platform is not None and profile.platform.evidence and observed.end > observed.start:
+        notes += _pull_evidence(profile, data, observed)
     queries = [c for c in profile.criteria.items if c.promql and c.enabled]
     if pull and queries and observed.end > observed.start:
         # PromQL criteria: their values are stored as they are read, so a re-run judges the same.
@@ -172,6 +174,22 @@ def _pull_platform(profile: Profile, data: Path) -> tuple[list[str], dict | None
         [f"platform: {n}" for n in res.notes], seen
 
 
+def _pull_evidence(profile: Profile, data: Path, observed: Window) -> list[str]:
+    """Render's logs, metrics and events for the part of the window no earlier pull covered. A
+    failed read is stored (the report says Render was unavailable) and a line here, never a failed report."""
+    from .evidence import pull_evidence
+
+    src = profile.platform
+    if not os.environ.get(src.api_key_env):
+        return [f"Render: ${src.api_key_env} is not set: logs, metrics and events were not read"]
+    try:
+        res = pull_evidence(src, data, profile.target.name, observed)
+    except DataError as exc:
+        return [f"Render: logs, metrics and events not pulled: {exc}"]
+    return [res.text] + [f"Render: waited: {w}" for w in res.notes] + \
+        [f"Render: failed read (stored; the next pull asks again): {f}" for f in res.failed]
+
+
 def build_doc(profile: Profile, profile_file: Path, data: Path | str, phase: str, a: Analysis, d: Decision,
               bucket: str) -> dict:
     failed_hard = [c for c in d.criteria if c.runbook]
@@ -219,6 +237,7 @@ def build_doc(profile: Profile, profile_file: Path, data: Path | str, phase: str
         "prometheus": a.prometheus,
         "tenants": a.tenants,
         "platform": a.platform,
+        "render": a.render,
         "actions": a.actions,
         "tls": a.tls,
         "simulated_samples": simulated,

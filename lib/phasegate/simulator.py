@@ -7,6 +7,7 @@ answers real HTTP on 127.0.0.1 with it (and logs each request as ground truth);
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -17,6 +18,7 @@ import struct
 import threading
 import time
 import tomllib
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -36,6 +38,7 @@ FIRST_DEPLOY, NEXT_DEPLOY = "dep-d5t1t6ngi27c73cllsr0", "dep-d6a2k8pqr31c73abcd1
 # Median latency (ms) and lognormal sigma per endpoint.
 LATENCY = {"health": (12.0, 0.3), "list": (35.0, 0.35), "suggestions": (55.0, 0.4),
            "execute": (250.0, 0.5), "other": (5.0, 0.2)}
+RECORDS_KEPT = 500_000  # requests remembered in memory for the platform fake (the file log keeps all)
 TRANSPORT_FAULTS = ("hang", "reset", "slow_drip", "oversized")
 FAULT_KINDS = ("server_error", "latency_scale", "flags_off", "handler_loss", "deploy", "slow_execute", "count_drift",
                "signed_leak", "malformed_json", "echo_auth", "outage", "command_failed", *TRANSPORT_FAULTS)
@@ -309,7 +312,8 @@ class _Handler(BaseHTTPRequestHandler):
                 # Logged (and counted in /metrics) before the answer leaves: a client that has its
                 # answer finds it in the log and the counters, never a moment later.
                 srv.log_request_line(t0, self.command, self.path, status, (time.monotonic() - t0) * 1000.0,
-                                     resp.faults, self.headers.get("X-Request-Id"))
+                                     resp.faults, self.headers.get("X-Request-Id"), self.headers.get("User-Agent"),
+                                     _error_code(resp.body) if status and status >= 500 else None)
                 logged = True
                 self.send_response(status)
                 for k, v in resp.headers.items():
@@ -323,7 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         if not logged:
             srv.log_request_line(t0, self.command, self.path, status if resp.transport not in ("reset", "hang", "outage") else None,
-                             (time.monotonic() - t0) * 1000.0, resp.faults, self.headers.get("X-Request-Id"))
+                             (time.monotonic() - t0) * 1000.0, resp.faults, self.headers.get("X-Request-Id"),
+                             self.headers.get("User-Agent"))
 
     def _wait_for_close(self, limit_s: float):
         end = time.monotonic() + limit_s
@@ -353,6 +358,13 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(0.2)
 
 
+def _error_code(body: bytes) -> str | None:
+    try:
+        return json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class SimServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -371,6 +383,10 @@ class SimServer(ThreadingHTTPServer):
         self._log_lock = threading.Lock()
         self._metrics()
         self._log = open(request_log, "a", buffering=1) if request_log else None
+        # The same ground truth in memory, for `phasegate simulate platform`'s logs and metrics:
+        # what Render itself would have seen of these requests.
+        self.records: deque = deque(maxlen=RECORDS_KEPT)
+        self._record_seq = itertools.count(1)
 
     @property
     def port(self) -> int:
@@ -403,19 +419,19 @@ class SimServer(ThreadingHTTPServer):
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
-    def log_request_line(self, t0, method, path, status, latency_ms, faults, request_id=None):
+    def log_request_line(self, t0, method, path, status, latency_ms, faults, request_id=None, user_agent=None,
+                         error_code=None):
         if status is not None:  # the same truth the request log tells, as Prometheus metrics
             route = path.split("?", 1)[0]
             self.requests_total.labels(method, route, str(status)).inc()
             self.duration.labels(method, route).observe(latency_ms / 1000.0)
-        if self._log is None:
-            return
         wall = time.time() - (time.monotonic() - t0)
-        line = json.dumps({"ts": round(wall, 6), "method": method, "path": redact_url(path), "status": status,
-                           "latency_ms": round(latency_ms, 3), "faults": list(faults),
-                           "request_id": request_id})
+        rec = {"ts": round(wall, 6), "method": method, "path": redact_url(path), "status": status,
+               "latency_ms": round(latency_ms, 3), "faults": list(faults), "request_id": request_id}
         with self._log_lock:
-            self._log.write(line + "\n")
+            self.records.append({**rec, "user_agent": user_agent, "error_code": error_code, "seq": next(self._record_seq)})
+            if self._log is not None:
+                self._log.write(json.dumps(rec) + "\n")
 
     def server_close(self):
         self.closing.set()

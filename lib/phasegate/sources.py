@@ -188,6 +188,10 @@ def custom_metrics(con, profile: Profile) -> dict:
     con.execute(f"""CREATE OR REPLACE TEMP VIEW src_prometheus AS SELECT probe, tenant, probe AS route, status, outcome,
         coalesce(count, 1.0) AS w, {DERIVED.replace("status IS NOT NULL AND", "FALSE AND")} FROM samples
         WHERE source = 'prometheus'""")
+    # Render's request logs: real users' requests, each log line once however often it was pulled.
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW src_render AS SELECT probe, tenant, probe AS route, status, outcome,
+        1.0 AS w, {DERIVED} FROM (SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM samples
+        WHERE source = 'render-traffic') WHERE rn = 1""")
     out = {}
     for c in items:
         out[c.id] = _promql_values(con, c) if c.promql else _metric_groups(con, c, profile.criteria.confidence)
@@ -240,3 +244,115 @@ def _promql_values(con, c) -> dict:
             ORDER BY tenant, ts""", [c.id]).fetchall():
         series.setdefault(labels or "{}", []).append((_ts(ts), v))
     return {"query": c.promql, "aggregate": c.aggregate, "series": series}
+
+
+# -- Render's own evidence ----------------------------------------------------------------------
+
+STARTUP_SLACK_S = 60.0  # a start event and its instance's startup line are this close, or not the same start
+_RENDER_SOURCES = ("render", "render-traffic", "render-probe")
+
+
+def _render(con, profile: Profile, data_dir, start, end, conf: float) -> dict | None:
+    """What Render's logs, metrics and events say of the window (pulled by `phasegate.evidence`):
+    real users' requests as Render logged them (each log line once, however often pulled), the
+    instance starts and their startup lines, error log lines, events, and the per-step metrics.
+    None when the window holds none of it."""
+    from datetime import datetime, timezone
+
+    from .evidence import pulled_intervals, startup_flags
+
+    con.execute(f"""CREATE TEMP TABLE rr AS SELECT ts, source, probe, url, status, outcome, error_code, error,
+        latency_ms, health_status, flags, evidence, count FROM (
+            SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM samples
+            WHERE source IN {_RENDER_SOURCES!r}) WHERE rn = 1""")
+    if not con.execute("SELECT count(*) FROM rr").fetchall()[0][0]:
+        return None
+    src = profile.platform
+    s0, s1 = start.timestamp(), end.timestamp()
+    covered = _merge([(max(a, s0), min(b, s1)) for a, b in pulled_intervals(data_dir) if b > s0 and a < s1])
+    covered_s = sum(b - a for a, b in covered)
+    until = covered[-1][1] if covered else None
+    failed = [{"ts": _ts(ts), "call": probe, "outcome": o, "error": e} for ts, probe, o, e in con.execute(
+        "SELECT ts, probe, outcome, error FROM rr WHERE source = 'render' AND outcome <> 'ok' ORDER BY ts").fetchall()]
+
+    con.execute(f"""CREATE TEMP TABLE rq AS SELECT source, probe, status, outcome, error_code, {DERIVED} FROM rr
+        WHERE source IN ('render-traffic', 'render-probe')""")
+    users = group_stats(con, "rq", "probe", conf, where="source = 'render-traffic'", total=True) \
+        if con.execute("SELECT count(*) FROM rq WHERE source = 'render-traffic'").fetchall()[0][0] else {}
+    overall = users.pop(None, None)
+    own = con.execute("""SELECT count(*), count(*) FILTER (WHERE five), count(*) FILTER (WHERE disabled) FROM rq
+        WHERE source = 'render-probe'""").fetchall()[0]
+
+    startups = []
+    for ts, inst, msg, fl in con.execute("""SELECT ts, error_code, error, flags FROM rr WHERE probe = 'render.log'
+            AND url = 'startup' ORDER BY ts""").fetchall():
+        values = json.loads(fl) if fl else startup_flags(msg or "", src.flags if src else ())
+        startups.append({"ts": _ts(ts), "t": ts.timestamp(), "instance": inst, "line": msg, "flags": values,
+                         "off": [k for k, v in values.items() if v is not True]})
+    events = []
+    for ts, kind, ev in con.execute("SELECT ts, error_code, evidence FROM rr WHERE probe = 'render.event' ORDER BY ts").fetchall():
+        details = json.loads(ev) if ev else {}
+        events.append({"ts": _ts(ts), "t": ts.timestamp(), "type": kind, "details": details})
+    starts = []
+    for e in events:
+        d = e["details"]
+        if e["type"] == "server_restarted" or (e["type"] == "deploy_ended" and d.get("deployStatus") == "succeeded"):
+            inst = d.get("instanceId")
+            line = next((s for s in startups if (inst and s["instance"] == inst)
+                         or (not inst and abs(s["t"] - e["t"]) <= STARTUP_SLACK_S)), None)
+            settled = line is not None or (until is not None and until >= e["t"] + STARTUP_SLACK_S)
+            starts.append({"ts": e["ts"], "event": e["type"], "instance": inst or (line or {}).get("instance"),
+                           "deploy": d.get("deployId"), "line": None if line is None else line["ts"],
+                           "settled": settled})
+    lines = con.execute("""SELECT ts, health_status, error_code, error FROM rr WHERE probe = 'render.log'
+        AND coalesce(url, '') <> 'startup' ORDER BY ts""").fetchall()
+    by_level: dict = {}
+    for _ts_, level, _i, _m in lines:
+        by_level[level or "info"] = by_level.get(level or "info", 0) + 1
+    errors = [r for r in lines if (r[1] or "") in ("error", "critical", "fatal")]
+    metric = con.execute("""SELECT ts, url, status, count, latency_ms, error_code FROM rr WHERE probe = 'render.metric'
+        ORDER BY ts, status""").fetchall()
+    by_status: dict = {}
+    for _t, name, status, n, _l, _q in metric:
+        if name == "http-requests" and n:
+            by_status[str(status)] = by_status.get(str(status), 0) + n
+    latency = [{"ts": _ts(t), "ms": round_ms(v), "quantile": q} for t, name, _s, _n, v, q in metric if name == "http-latency"]
+    count = {k: sum(1 for e in events if e["type"] == k) for k in ("server_failed", "server_restarted")}
+    for s in startups:
+        s.pop("t")
+    for e in events:
+        e.pop("t")
+    return {
+        "coverage": {"from": _ts(datetime.fromtimestamp(covered[0][0], timezone.utc)) if covered else None,
+                     "until": _ts(datetime.fromtimestamp(until, timezone.utc)) if until else None,
+                     "covered_s": round(covered_s, 3), "window_s": round(s1 - s0, 3),
+                     "parts": len(covered)},
+        "failed_reads": failed,
+        "available": bool(covered),
+        "traffic": None if overall is None else {"overall": overall, "routes": users},
+        "probes_logged": {"requests": int(own[0]), "http_5xx": int(own[1]), "feature_disabled": int(own[2])},
+        "startups": startups,
+        "starts": starts,
+        "events": events,
+        "events_count": count,
+        "log_levels": dict(sorted(by_level.items())),
+        "error_lines": len(errors),
+        "first_errors": [{"ts": _ts(t), "level": lv, "instance": i, "message": m} for t, lv, i, m in errors[:10]],
+        "metrics": {"resolution_s": src.metrics_resolution_s if src else None,
+                    "requests_by_status": {k: int(round(v)) for k, v in sorted(by_status.items())},
+                    "requests_series": [{"ts": _ts(t), "status": s, "requests": int(round(n))}
+                                        for t, name, s, n, _l, _q in metric if name == "http-requests" and n],
+                    "latency_quantile": src.latency_quantile if src else None,
+                    "latency_path": src.latency_path if src else None, "latency": latency,
+                    "latency_max_ms": max((p["ms"] for p in latency if p["ms"] is not None), default=None)},
+    }
+
+
+def _merge(parts: list) -> list:
+    out: list = []
+    for a, b in sorted(parts):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
