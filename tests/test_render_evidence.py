@@ -239,3 +239,45 @@ def test_429_waits_and_is_recorded_and_401_is_one_line_and_the_report_says_unava
     fl = _crit(so.doc, "flags_at_startup")
     assert fl["passed"] is None and "Render's logs cover" in fl["detail"]
     assert wrong not in json.dumps(so.doc)
+
+
+def test_simulate_platform_startup_fault_fails_the_startup_criterion_naming_instance_and_time(tmp_path, monkeypatch):
+    from phasegate.analysis import analyze
+    from phasegate.platformsim import start_platform
+
+    monkeypatch.setenv("TEST_RENDER_KEY", KEY)
+    made = []
+    try:
+        for startup in ("flag_off", "omit"):
+            plat, srv = start_platform(0, KEY, 0, startup=startup)
+            made += [plat, srv]
+            # A deploy goes live: its instance starts the same way (deploy_ended, then its line or none).
+            req = urllib.request.Request(f"{plat.api}/services/{SERVICE}/deploys", data=b"{}", method="POST",
+                                         headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=5).read()
+            deadline = time.monotonic() + 60  # a hang guard: the fake's deploys take 1 s
+            while plat.default.deploys[0]["status"] != "live" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert plat.default.deploys[0]["status"] == "live"
+            # The deploy_ended event must be settled: the logs cover a minute past it.
+            later = time.time() + 90
+            data = tmp_path / startup
+            win = Window(datetime.fromtimestamp(later - 600, timezone.utc), datetime.fromtimestamp(later, timezone.utc))
+            prof = load_profile(_profile(tmp_path, srv, plat))
+            assert pull_evidence(prof.platform, data, "t", win, now=later).failed == []
+            history(load_profile(SIM_PROFILE), [], win.start.timestamp(), later, data, seed=1)
+            an = analyze(prof, data, win, now=win.end)
+            fl = next(c for c in evaluate(prof, an).criteria if c.id == "flags_at_startup")
+            assert fl.passed is False, fl
+            inst = plat.default.instances
+            if startup == "flag_off":
+                assert fl.measured == 2  # the first instance and the deploy's, each named with its time
+                for i in inst:
+                    assert f"instance {i['id']} at " in fl.detail and "FAULT_LENS_V1_ENABLED=false" in fl.detail
+            else:
+                dep = plat.default.deploys[0]["id"]
+                assert fl.measured == 1 and f"(deploy_ended of {dep}) and logged no [FeatureFlags] line" in fl.detail
+    finally:
+        for s in made:
+            s.shutdown()
+            s.server_close()

@@ -448,8 +448,11 @@ def serve(port, scenario, schedule, span, request_log, seed, tls_cert, tls_key, 
 @click.option("--hook-key-env", default="RENDER_DEPLOY_HOOK_KEY", show_default=True,
               help="Environment variable holding the deploy hook's key (unset: a random one, not shown).")
 @click.option("--request-log", type=PATH, help="The service's request log (one JSON line per request).")
+@click.option("--startup", default="ok", show_default=True, type=click.Choice(("ok", "omit", "flag_off")),
+              help="How instances start: log the [FeatureFlags] line, omit it, or log a flag off.")
 @_guard
-def platform_cmd(port, service_port, scenario, service_id, also, deploy_time, key_env, hook_key_env, request_log):
+def platform_cmd(port, service_port, scenario, service_id, also, deploy_time, key_env, hook_key_env, request_log,
+                 startup):
     """A Render-compatible API on 127.0.0.1 and the service it deploys, for drills: deploys go
     live over --deploy-time and switch the service's flags; /_sim/fault injects service faults."""
     from .errors import ScenarioError
@@ -461,13 +464,16 @@ def platform_cmd(port, service_port, scenario, service_id, also, deploy_time, ke
         raise ScenarioError(f"${key_env} is not set: the fake platform needs the key its clients will send")
     try:
         plat, sim = start_platform(port, key, service_port, scenario, parse_duration(deploy_time), request_log,
-                                   service_id=service_id, services=also, hook_key=os.environ.get(hook_key_env, ""))
+                                   service_id=service_id, services=also, hook_key=os.environ.get(hook_key_env, ""),
+                                   startup=startup)
     except OSError as exc:
         raise ScenarioError(f"cannot serve on 127.0.0.1: {exc.strerror or exc}") from None
     click.echo(f"render fake on {plat.api} (service {service_id}{', ' + ', '.join(also) if also else ''}); "
                f"service simulator on http://127.0.0.1:{sim.port}", err=True)
     click.echo(f"  inject a fault: curl -X POST {plat.base}/_sim/fault -d '{{\"kind\": \"server_error\", \"for\": \"2m\"}}'; "
                f"clear them: curl -X POST {plat.base}/_sim/clear", err=True)
+    click.echo(f"  restart an instance: curl -X POST {plat.base}/_sim/platform -d "
+               f"'{{\"restart\": {{\"startup\": \"omit\", \"failed\": true}}}}'", err=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while True:

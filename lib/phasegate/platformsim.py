@@ -98,8 +98,11 @@ class PlatformSim(ThreadingHTTPServer):
 
     def __init__(self, port: int = 0, key: str = "", service_id: str = SERVICE, env: dict | None = None,
                  deploy_s: float = 1.0, models=(), seed: int = 0, hook_key: str = "", on_deploy=None,
-                 delay_s: float = 0.0, fail_writes=(), deploys=()):
+                 delay_s: float = 0.0, fail_writes=(), deploys=(), startup: str = "ok"):
         super().__init__(("127.0.0.1", port), _Handler)
+        if startup not in simlogs.STARTUP_FAULTS:
+            raise ValueError(f"startup must be one of {', '.join(simlogs.STARTUP_FAULTS)}, got {startup!r}")
+        self.startup = startup  # how every instance starts (its [FeatureFlags] line), unless scripted otherwise
         self.key, self.deploy_s, self.delay_s = key, deploy_s, delay_s
         self.rng = random.Random(seed)
         self.lock = threading.RLock()
@@ -131,7 +134,7 @@ class PlatformSim(ThreadingHTTPServer):
                      "commit": {"id": "0a1b2c3d", "message": "Fault Lens V1 behind flags"}, "_env": dict(env)}
             svc = Service(service_id, dict(env), [first], hook_key or _id("", self.rng), list(models))
             self.services[service_id] = svc
-            simlogs.start_instance(svc, FIRST_DEPLOY, svc.env, _now(), self.rng)
+            simlogs.start_instance(svc, FIRST_DEPLOY, svc.env, _now(), self.rng, self.startup)
             for m in svc.models:
                 m.env, m.deployment = dict(env), FIRST_DEPLOY
             return svc
@@ -222,7 +225,7 @@ class PlatformSim(ThreadingHTTPServer):
         for m in svc.models:  # the new instance serves from now on, with the deploy's variables
             m.env, m.deployment = dict(d["_env"]), d["id"]
         simlogs.start_instance(svc, d["id"], d["_env"], _now(), self.rng,
-                               svc.startup_next.pop(0) if svc.startup_next else "ok")
+                               svc.startup_next.pop(0) if svc.startup_next else self.startup)
         if self.on_deploy:
             self.on_deploy(dict(d["_env"]))
 
@@ -246,8 +249,8 @@ class PlatformSim(ThreadingHTTPServer):
         """The service's instance stops (a server_failed event when `failed`) and starts again
         (server_restarted), logging its startup line as `startup` says ("ok", "omit", "flag_off");
         `ago_s` back-dates it, as if it happened that long ago."""
-        if startup not in ("ok", "omit", "flag_off"):
-            raise ValueError(f"startup must be ok, omit or flag_off, got {startup!r}")
+        if startup not in simlogs.STARTUP_FAULTS:
+            raise ValueError(f"startup must be one of {', '.join(simlogs.STARTUP_FAULTS)}, got {startup!r}")
         with self.lock:
             svc = self.services[service_id] if service_id else self.default
             live = next((d for d in svc.deploys if d["status"] == "live"), svc.deploys[-1])
@@ -445,6 +448,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if "answer_202" in spec:
                         srv.answer_202 = bool(spec["answer_202"])
                     if "startup_next" in spec:  # the next deploy's instance starts with this fault
+                        if spec["startup_next"] not in simlogs.STARTUP_FAULTS:
+                            raise ValueError(f"startup_next must be one of {', '.join(simlogs.STARTUP_FAULTS)}")
                         srv.default.startup_next.append(str(spec["startup_next"]))
                 if "restart" in spec:
                     r = spec["restart"] if isinstance(spec["restart"], dict) else {}
@@ -474,15 +479,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 def start_platform(port: int = 0, key: str = "", service_port: int | None = None, scenario: str = "healthy",
                    deploy_s: float = 1.0, request_log=None, seed: int = 0, service_id: str = SERVICE,
-                   services=(), hook_key: str = ""):
+                   services=(), hook_key: str = "", startup: str = "ok"):
     """The fake platform and, with `service_port`, the simulated service it deploys (one process):
-    (platform, simulator or None)."""
+    (platform, simulator or None). `startup`: how its instances start ("omit": no [FeatureFlags]
+    line, "flag_off": the line with a flag off)."""
     from .simulator import start_server
 
     sim = start_server(service_port, scenario, request_log=request_log, seed=seed) if service_port is not None else None
     models = [sim.model] if sim else []
     plat = PlatformSim(port, key=key, service_id=service_id, env={name: "true" for name in FLAGS},
-                       deploy_s=deploy_s, models=models, seed=seed, hook_key=hook_key)
+                       deploy_s=deploy_s, models=models, seed=seed, hook_key=hook_key, startup=startup)
     for extra in services:  # more services (e.g. production beside staging) running the same simulator
         plat.add_service(extra, {name: "true" for name in FLAGS}, models=models)
     plat.sim = sim

@@ -27,6 +27,7 @@ from .window import parse_time
 MAX_POINTS = 100  # values per series in one metrics answer
 LOG_LIMIT = (20, 100)  # Render's default and largest page of logs
 STARTUP = "[FeatureFlags]"
+STARTUP_FAULTS = ("ok", "omit", "flag_off")  # an instance logs its line, leaves it out, or logs a flag off
 
 
 def ts_text(t: float | datetime) -> str:
