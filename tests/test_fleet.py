@@ -110,6 +110,23 @@ def test_schedule_tenants_must_be_a_list_of_names(tmp_path):
         load_schedule(bad)
 
 
+@pytest.mark.parametrize("line,message", [
+    ("latency_s = 12", "fault[0].latency_s: must be [low, high] in seconds, got 12"),
+    ("latency_s = [15, 12]", "fault[0].latency_s: must be [low, high] in seconds, got [15, 12]"),
+    ('factor = "fast"', "fault[0].factor: must be a positive number, got 'fast'"),
+    ("count = 0", "fault[0].count: must be a positive whole number, got 0"),
+    ('probes = "list"', "fault[0].probes: must be a list of probe names"),
+])
+def test_bad_schedule_values_are_one_line_naming_the_key(tmp_path, line, message):
+    bad = write_profile(tmp_path, f'[[fault]]\nkind = "slow_execute"\n{line}\n', "s.toml")
+    with pytest.raises(ScenarioError) as exc:
+        load_schedule(bad)
+    assert str(exc.value) == f"{bad}: {message}"
+    # And through the CLI: one line, exit 2, no traceback.
+    res = phasegate("simulate", "history", "--schedule", bad, "--hours", "1", "--data", tmp_path / "d")
+    assert res.returncode == 2 and res.stderr.strip() == f"phasegate: error: {bad}: {message}", res.stderr
+
+
 def test_live_fleet_templated_in_path_query_and_header(tmp_path, sim):
     """Real HTTP: a bad yacht gets 500s, the others 200s, whichever way the tenant is sent."""
     sched = write_profile(tmp_path, '[[fault]]\nkind = "server_error"\ntenants = ["y2"]\n', "s.toml")

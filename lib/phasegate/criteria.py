@@ -586,7 +586,8 @@ def decide(results: list[CriterionResult], a: Analysis) -> tuple[str, str]:
         return "NO-GO", f"hard requirement(s) failed: {', '.join(hard_failed)}"
     soft_failed = [r.id for r in results if r.kind == "soft" and r.passed is False]
     if soft_failed:
-        return "REVIEW", f"every hard requirement holds so far; soft target(s) missed: {', '.join(soft_failed)}"
+        so_far = " so far" if a.now < a.window.end else ""  # a closed window is the whole evidence
+        return "REVIEW", f"every hard requirement holds{so_far}; soft target(s) missed: {', '.join(soft_failed)}"
     complete = next((r for r in results if r.id == "window_complete"), None)
     if complete is not None and complete.passed is not True:
         if a.now < a.window.end:

@@ -27,6 +27,10 @@ CSS = """
 .pg .keep { break-inside: avoid; page-break-inside: avoid; }
 .pg h2, .pg h3, .pg h4 { break-after: avoid; page-break-after: avoid; }
 .page-one { break-after: page; page-break-after: always; }
+@media print { .page-one .banner { padding: 6px 10px; } .page-one .banner h1 { font-size: 20px; }
+  .page-one .banner p { font-size: 10px; } .page-one h3 { font-size: 13px; margin: 6px 0 2px 0; }
+  .page-one h4 { font-size: 11px; margin: 4px 0 1px 0; } .page-one li, .page-one p { font-size: 9px; }
+  .page-one ol { margin: 0 0 2px 0; } .page-one p { margin: 2px 0; } .page-one small { font-size: 7px; } }
 .pg .signoff th { width: 9em; } .pg .signoff td { white-space: normal; }
 @media print { .pg table, .pg pre { page-break-inside: avoid; } }
 </style>
@@ -77,7 +81,8 @@ def _table(headers, rows) -> str:
 
 def banner(doc: dict) -> str:
     w = doc["window"]
-    sim = f" — {doc['simulated_samples']:,} simulated samples" if doc.get("simulated_samples") else ""
+    live = (doc.get("provenance") or {}).get("samples", {}).get("live", 0)
+    sim = f" — {live:,} live and {doc['simulated_samples']:,} simulated samples" if doc.get("simulated_samples") else ""
     mode = {"drill": "DRILL · ", "simulated": "SIMULATED · "}.get(doc.get("mode"), "")
     return CSS + (
         f'<div class="pg"><div class="banner" style="background:{COLORS.get(doc["verdict"], "#333")}">'
@@ -238,21 +243,48 @@ def section(title: str, intro: str = "", body: str = "") -> str:
             + body + "</div>")
 
 
+# Page 1 holds the whole decision for any report: past these, it summarises and points on.
+PAGE_ONE_CRITERIA = 6  # rows of criteria that do not hold
+PAGE_ONE_SCENARIOS = 3  # runbook scenarios, each with its first steps
+PAGE_ONE_STEPS = 3
+PAGE_ONE_TEXT = 170  # characters of a criterion's detail, of a step, of Render's line
+
+
+def _short(text: str, n: int = PAGE_ONE_TEXT) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
 def page_one(doc: dict, out_dir: str = "") -> str:
     """The page that decides: the verdict and why; every failed or undecided criterion with its
-    title, measured value, threshold and first/last occurrence; the runbook steps for each; the
-    sign-off block. Then a page break: the evidence follows."""
+    title, measured value, threshold, first/last occurrence and what it found; what to do (each
+    runbook scenario's first steps); the sign-off block. Whatever the report holds, this fits one
+    page: past PAGE_ONE_* it summarises and names where the rest continues. Then a page break."""
     open_ = [c for c in doc["criteria"] if c["state"] in ("failed", "inconclusive", "pending") and not c.get("dry_run")]
+    # Failures first (hard before soft), then what is undecided: what matters most survives the cut.
+    open_.sort(key=lambda c: (c["state"] != "failed", c["kind"] != "hard"))
     rows = []
-    for c in open_:
+    for c in open_[:PAGE_ONE_CRITERIA]:
         when = f"{c['first']} → {c['last']}" if c.get("first") else "–"
-        rows.append([f'<b>{escape(c["title"])}</b><br><code>{escape(c["id"])}</code> ({c["kind"]})', _state(c["state"]),
+        rows.append([f'<div class="wrap"><b>{escape(c["title"])}</b> <code>{escape(c["id"])}</code> ({c["kind"]})'
+                     f'<br><small>{escape(_short(c["detail"]))}</small></div>', _state(c["state"]),
                      _num(c["measured"], c.get("unit", "")), _num(c["threshold"], c.get("unit", "")), when])
     crit = (_table(["criterion", "result", "measured", "threshold", "first → last occurrence"], rows) if rows else
             '<div class="pg"><p>Every criterion holds.</p></div>')
-    steps = "".join(
-        f'<div class="keep"><h4>{escape(r["title"])} <small>(for {escape(r["criterion"])})</small></h4><ol>'
-        + "".join(f"<li>{escape(s)}</li>" for s in r["steps"]) + "</ol></div>" for r in doc["runbook"])
+    rest = open_[PAGE_ONE_CRITERIA:]
+    if rest:
+        crit += (f'<p>{len(rest)} more do not hold: {escape(", ".join(c["id"] for c in rest))} — continued under '
+                 '“Decision criteria” on the next page.</p>')
+    steps = ""
+    for r in doc["runbook"][:PAGE_ONE_SCENARIOS]:
+        more = len(r["steps"]) - PAGE_ONE_STEPS
+        steps += (f'<h4>{escape(r["title"])} <small>(for {escape(r["criterion"])})</small></h4><ol>'
+                  + "".join(f"<li>{escape(_short(st, 120))}</li>" for st in r["steps"][:PAGE_ONE_STEPS]) + "</ol>"
+                  + (f'<p><small>{more} more step(s) under “Runbook”.</small></p>' if more > 0 else ""))
+    later = doc["runbook"][PAGE_ONE_SCENARIOS:]
+    if later:
+        names = "; ".join(f"{r['title']} (for {r['criterion']})" for r in later)
+        steps += f"<p>Also: {escape(names)} — under “Runbook”.</p>"
     runbook_html = ('<div class="keep"><h3>What to do now</h3>' + steps + "</div>") if steps else ""
     return ('<div class="page-one">' + banner(doc) + '<div class="pg"><div class="keep"><h3>Criteria that do not hold</h3>'
             + crit + render_summary(doc) + "</div>" + runbook_html + signoff_block(doc, out_dir) + "</div></div>")
@@ -281,7 +313,7 @@ def render_summary(doc: dict) -> str:
         said.append(f"{r['events_count']['server_failed']} server_failed event(s)")
     if not said:
         return ""
-    return '<p><b>From Render\'s side:</b> ' + escape("; ".join(said)) + ".</p>"
+    return '<p><b>From Render\'s side:</b> ' + escape(_short("; ".join(said), 2 * PAGE_ONE_TEXT)) + ".</p>"
 
 
 def signoff_block(doc: dict, out_dir: str = "") -> str:

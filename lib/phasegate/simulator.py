@@ -212,6 +212,10 @@ def scenario_faults(name: str, span_s: float = 60.0) -> list[Fault]:
     return [Fault("deploy", start_s=span_s * 0.3, end_s=span_s * 0.6, params={"deployment": NEXT_DEPLOY})]
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def load_schedule(path) -> list[Fault]:
     """A TOML fault schedule: [[fault]] kind, at, for, every, burst, rate, count, probes, tenants,
     deployment."""
@@ -251,9 +255,21 @@ def load_schedule(path) -> list[Fault]:
         if "deployment" in t:
             params["deployment"] = str(t["deployment"])
         if "latency_s" in t:
-            params["latency_s"] = tuple(t["latency_s"])
+            lat = t["latency_s"]
+            if not (isinstance(lat, list) and len(lat) == 2 and all(_number(x) and x >= 0 for x in lat)
+                    and lat[0] <= lat[1]):
+                raise ScenarioError(f"{where}.latency_s: must be [low, high] in seconds, got {lat!r}")
+            params["latency_s"] = (float(lat[0]), float(lat[1]))
         if "factor" in t:
+            if not _number(t["factor"]) or t["factor"] <= 0:
+                raise ScenarioError(f"{where}.factor: must be a positive number, got {t['factor']!r}")
             params["factor"] = float(t["factor"])
+        count = t.get("count")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+            raise ScenarioError(f"{where}.count: must be a positive whole number, got {count!r}")
+        probes = t.get("probes", [])
+        if not isinstance(probes, list) or not all(isinstance(x, str) for x in probes):
+            raise ScenarioError(f"{where}.probes: must be a list of probe names")
         tenants = t.get("tenants", [])
         if not isinstance(tenants, list) or not all(isinstance(x, str) for x in tenants):
             raise ScenarioError(f"{where}.tenants: must be a list of tenant names")
