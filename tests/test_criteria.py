@@ -56,7 +56,7 @@ def test_a_soft_latency_criterion_gives_review_named_everywhere(tmp_path, day):
     assert res.returncode == 11, res.stdout + res.stderr  # REVIEW
     line = next(ln for ln in res.stdout.splitlines() if "] soft list_p95" in ln)
     assert line.startswith("  [FAIL] soft list_p95") and "List endpoint P95 under 1 ms" in line
-    folder = next((tmp_path / "r" / PHASE).iterdir())
+    folder = next(p for p in (tmp_path / "r" / PHASE).iterdir() if p.is_dir())
     doc = json.loads((folder / "signoff.json").read_text())
     c = next(c for c in doc["criteria"] if c["id"] == "list_p95")
     assert c["title"] == "List endpoint P95 under 1 ms" and c["passed"] is False and c["kind"] == "soft"
@@ -121,7 +121,7 @@ timeout = "0.9s"
     res = phasegate("report", "--profile", prof, "--data", data, "--phase", PHASE, "--start", t0.isoformat(),
                     "--hours", "1", "--out", tmp_path / "r", timeout=300)
     assert res.returncode == 10, res.stdout + res.stderr  # NO-GO: a hard criterion failed
-    folder = next((tmp_path / "r" / PHASE).iterdir())
+    folder = next(p for p in (tmp_path / "r" / PHASE).iterdir() if p.is_dir())
     doc = json.loads((folder / "signoff.json").read_text())
     c = next(c for c in doc["criteria"] if c["id"] == "acceptance_holds")
     assert c["passed"] is False and c["measured"] == 3

@@ -19,8 +19,10 @@ def test_demo_leaves_four_files_and_notebook_defaults_run(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert not (tmp_path / "reports" / "phase1-staging-canary").exists()  # never where a plan looks
-    folders = list((tmp_path / "reports" / "demo" / "phase1-staging-canary").iterdir())
+    phase_dir = tmp_path / "reports" / "demo" / "phase1-staging-canary"
+    folders = [p for p in phase_dir.iterdir() if p.is_dir()]
     assert len(folders) == 1
+    assert sorted(p.name for p in phase_dir.iterdir() if p.is_file()) == ["index.html", "index.json"]
     names = sorted(p.name for p in folders[0].iterdir())
     assert names == ["signoff.html", "signoff.ipynb", "signoff.json", "signoff.pdf"]
     verdict = json.loads((folders[0] / "signoff.json").read_text())["verdict"]

@@ -49,7 +49,7 @@ def _report(tmp_path, name, history_args, as_of=END, hours="1", code=None):
                     "2026-12-03T11:00:00Z", "--hours", hours, "--as-of", as_of, "--out", out, timeout=300)
     if code is not None:
         assert res.returncode == code, res.stdout + res.stderr
-    folder, = (out / PHASE).iterdir()
+    folder, = (p for p in (out / PHASE).iterdir() if p.is_dir())
     doc = json.loads((folder / "signoff.json").read_text())
     pdf = PdfReader(folder / "signoff.pdf")
     return doc, pdf, pdf.pages[0].extract_text()

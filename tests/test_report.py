@@ -244,7 +244,8 @@ def test_report_renders_four_files_and_papermill_agrees(tmp_path):
     assert res.returncode == 10, res.stdout + res.stderr
     folder = tmp_path / "reports" / PHASE / "20260129T144501Z"
     assert sorted(p.name for p in folder.iterdir()) == ["signoff.html", "signoff.ipynb", "signoff.json", "signoff.pdf"]
-    assert [p.name for p in folder.parent.iterdir()] == ["20260129T144501Z"]  # no staging left behind
+    # No staging left behind; beside the report, the phase's index of runs.
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["20260129T144501Z", "index.html", "index.json"]
     doc = json.loads((folder / "signoff.json").read_text())
     assert doc["verdict"] == "NO-GO"
     assert doc["inputs"]["excluded"][0]["file"] == str(bad)
@@ -287,7 +288,7 @@ def test_report_renders_four_files_and_papermill_agrees(tmp_path):
                            timeout=300)
     assert failed_run.returncode == 2 and "no samples" in failed_run.stderr
     assert json.loads((folder / "signoff.json").read_text()) == doc
-    assert [p.name for p in folder.parent.iterdir()] == ["20260129T144501Z"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["20260129T144501Z", "index.html", "index.json"]
     # The same notebook run by papermill alone gives the same verdict and counts.
     out = tmp_path / "direct.ipynb"
     subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "phase_signoff.ipynb"), str(out),

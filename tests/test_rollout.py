@@ -162,7 +162,7 @@ def test_report_latest_reports_the_phase_in_progress(tmp_path):
     assert res.returncode == 12, res.stdout + res.stderr
     assert res.stdout.startswith("VERDICT: PENDING  (phase2-staging-full, 2026-01-29T15:00:0")
     assert res.stdout.splitlines()[0].endswith("[DRILL: simulated samples, a drill plan]")
-    folder = next((tmp_path / "reports" / P2).iterdir())
+    folder = next(p for p in (tmp_path / "reports" / P2).iterdir() if p.is_dir())
     doc = json.loads((folder / "signoff.json").read_text())
     assert doc["plan"]["path"] == str(plan) and doc["rerun"].startswith(f"phasegate report --plan {plan} ")
     assert doc["mode"] == "drill" and doc["provenance"]["command"].startswith(f"phasegate report --plan {plan} --latest")

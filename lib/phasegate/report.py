@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import memory_limit
 from .errors import DataError, ProfileError, ReportError, WindowError
+from . import index
 from .export import Exporter
 from .objstore import is_remote
 from .profile import check_engine, load_profile
@@ -52,9 +53,11 @@ def _bad_engine(problem: str):
 def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_root="reports",
                 formats="html,pdf", bucket="5m", notebook=NOTEBOOK, as_of=None,
                 baseline=(None, None, None), plan=None, latest=False, notify="change",
-                webhook_env=None, command=None, engine=None) -> ReportResult:
+                webhook_env=None, command=None, engine=None, keep_failed=None, keep_interim=None) -> ReportResult:
     """With `plan`, the profile, data dir, reports root and window default to the plan's phase;
-    `latest` reports the phase in progress from its start to now."""
+    `latest` reports the phase in progress from its start to now. Every run updates the phase's
+    index (`phasegate.index`); a run that fails is kept as <stamp>.failed; `keep_failed` and
+    `keep_interim` (defaults index.KEEP_FAILED, KEEP_INTERIM) bound what the phase keeps."""
     wanted = _formats(formats)
     memory_limit()  # bad input in milliseconds, not from inside the kernel
     if engine:
@@ -143,13 +146,24 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
     except (ProfileError, WindowError):
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the run: its notebook is kept and indexed
+        why = str(exc) if isinstance(exc, ReportError) else f"{type(exc).__name__}: {exc}"
+        kept = index.keep_failed(stage, folder, why, params)
+        why = why.replace(str(stage), str(kept))
+        index.update(folder.parent)
+        raise ReportError(f"{why}; the failed run is kept in {kept}") from None
     files = _swap_in(stage, folder, "signoff")
     folder = files["json"].parent  # a revision, when an approval arrived meanwhile
     from .notify import DEFAULT_ENV, notify as send
 
     sent = send(doc, files.get("pdf") or files.get("html") or files["json"], folder.parent, notify,
                 webhook_env or DEFAULT_ENV)
-    summary = summarize(doc, files)
+    pruned = index.prune(folder.parent, index.KEEP_FAILED if keep_failed is None else keep_failed,
+                         index.KEEP_INTERIM if keep_interim is None else keep_interim)
+    index.update(folder.parent, pruned)
+    summary = summarize(doc, files) + f"\n  index {folder.parent / index.INDEX_HTML}"
+    if pruned:
+        summary += f"\n  retention: removed {len(pruned)} old run(s): {', '.join(pruned)}"
     # An unset webhook is only worth a line when notifications were asked for by name.
     if sent.configured or webhook_env or notify != "change":
         summary += "\n  " + sent.line
@@ -173,6 +187,7 @@ def make_summary(plan, out_root=None, formats="html,pdf", as_of=None, notebook=S
               "root": str(Path.cwd())}
     doc = _render(notebook, stage, "rollout", params, wanted)
     files = _swap_in(stage, folder, "rollout")
+    index.write_root_index(folder.parent.parent)
     lines = [f"ROLLOUT SUMMARY: {doc['plan']['name']} as of {doc['as_of']}"]
     lines += [f"  {ph['title']}: {'GO, ' + ph['approved'] if ph['state'] == 'done' else ph['verdict'] or ph['state']}"
               + (" [DRILL]" if ph.get("drill") else "") for ph in doc["phases"]]

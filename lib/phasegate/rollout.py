@@ -33,8 +33,8 @@ def phase_reports(reports: Path, phase_id: str) -> list[tuple[dict, Path]]:
     """Every finished sign-off of a phase, newest first (by the time it was evaluated as of)."""
     found = []
     for f in (reports / phase_id).glob("*/signoff.json"):
-        if f.parent.name.endswith((".partial", ".old")):
-            continue
+        if f.parent.name.endswith((".partial", ".old")) or ".failed" in f.parent.name:
+            continue  # a failed run's folder may hold the document its notebook wrote before failing
         try:
             doc = json.loads(f.read_text())
         except (OSError, ValueError):
