@@ -94,3 +94,26 @@ def test_spark_cluster_computes_the_same_signoff_as_duckdb_on_a_faulty_fleet(spa
     # It ran on the cluster: an application of the master's, on both workers' cores.
     apps = [a for a in state()["completedapps"] + state()["activeapps"] if a["name"] == "phasegate"]
     assert apps and max(a["cores"] for a in apps) == 2, apps
+
+
+def test_analyses_in_a_row_share_one_spark_session(spark_cluster, tmp_path):
+    """Re-running the notebook's analysis cell, or a caller looping over windows, on one session:
+    every temporary view is replaced, never 'already exists'; each window's figures are DuckDB's."""
+    from phasegate.analysis import analyze
+    from phasegate.window import Window
+
+    master, _state = spark_cluster
+    data = tmp_path / "sim"
+    profile = load_profile(PROFILES / "simulator.toml")
+    sched = write_profile(tmp_path, '[[fault]]\nkind = "server_error"\nat = "40m"\nfor = "5m"\nrate = 0.5\n', "f.toml")
+    history(profile, load_schedule(sched), START.timestamp(), START.timestamp() + 3600, data, seed=5)
+    seen = []
+    for k in range(2):  # the second analysis is the one that failed with TEMP_TABLE_OR_VIEW_ALREADY_EXISTS
+        win = Window(START + timedelta(minutes=30 * k), START + timedelta(minutes=30 * (k + 1)))
+        spark = analyze(profile, data, win, now=win.end, engine=master)
+        duck = analyze(profile, data, win, now=win.end, engine="duckdb")
+        assert spark.overall == duck.overall and spark.probes == duck.probes, k
+        assert spark.platform == duck.platform and spark.render == duck.render is None
+        seen.append(spark.overall["http_5xx"])
+    spark.con.close()
+    assert seen[0] == 0 and seen[1] > 0  # two windows, each its own figures

@@ -411,8 +411,11 @@ def _no_anomalies(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
     seq = a.deployments["sequence"]
     changes = sum(1 for s in seq[1:] if s["id"] not in own)
     parts = []
+    moved = [(seq[i - 1]["id"], s_["id"], s_["from"]) for i, s_ in enumerate(seq) if i and s_["id"] not in own]
     if changes:
-        parts.append(f"{changes} deployment change(s): " + " → ".join(s["id"] for s in seq))
+        parts.append(f"{changes} deployment change(s): " + "; ".join(f"{x} → {y} at {t}" for x, y, t in moved[:4])
+                     + " — confirm who deployed it and why (the platform's deploy list); a phase judges one "
+                       "deployment, so an intended deploy starts the phase's window again")
     for dep in unexpected[:4]:
         parts.append(f"unexpected deployment {dep['id']}: started {dep['started'] or 'before the window'}, "
                      f"finished {dep['finished'] or 'not yet'}" + (f" ({dep['status']})" if dep["status"] else "")
@@ -422,8 +425,12 @@ def _no_anomalies(c: Criterion, a: Analysis, p: Profile) -> CriterionResult:
         parts.append(f"expected deployment {dep['id']}: {dep['by_act']['text']}, started {dep['started'] or 'before the window'}")
     measured = changes + len(unexpected) + sum(g["count"] for g in fails)
     detail = "; ".join(parts) if parts else "no unexpected deployment, no drift from the baseline"
+    times = sorted([t for _x, _y, t in moved if t] + [d["started"] or d["finished"] for d in unexpected
+                                                       if d["started"] or d["finished"]]
+                   + [g["first"] for g in fails if g.get("first")] + [g["last"] for g in fails if g.get("last")])
     return CriterionResult(c.id, c.kind, measured <= (c.threshold or 0), measured, c.threshold or 0, detail,
-                           n=a.overall["samples"])
+                           n=a.overall["samples"], first=times[0] if times and measured else None,
+                           last=times[-1] if times and measured else None)
 
 
 _UNITS = {"error_rate": "ratio", "availability": "ratio", "p50_ms": "ms", "p95_ms": "ms", "p99_ms": "ms", "max_ms": "ms"}

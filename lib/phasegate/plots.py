@@ -166,7 +166,9 @@ def state_timeline(a: Analysis):
     ax.set_ylim(-0.6, 1.6)
     ax.set_title("Deployments and feature flags")
     if ids:
-        ax.legend(loc="upper right", fontsize=7, ncol=min(3, len(ids)), title="deployment id", title_fontsize=7)
+        # Beside the axes, not on them: inside, the legend covered the deployment bar it explains.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="deployment id", title_fontsize=7,
+                  borderaxespad=0.0)
     _fmt(ax, a)
     fig.tight_layout()
     return fig
@@ -226,7 +228,7 @@ def rollout_timeline(doc: dict):
         ax.axvline(pd.Timestamp(doc["as_of"]), color="black", lw=0.8, ls="--")
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz="UTC"))
     ax.set_title("Rollout timeline: each phase's window, coloured by verdict (hatched: not yet observed)")
-    fig.subplots_adjust(left=0.2, right=0.98)
+    fig.tight_layout()  # fixed margins cut the last date label ("12-04 06:0")
     return fig
 
 

@@ -443,8 +443,11 @@ def rollout_table(doc: dict) -> str:
     for p in doc["phases"]:
         verdict = f"GO, {p['approved']}" if p["state"] == "done" else (p["verdict"] or "–")
         window = f"{p['start']} →<br>{p['end']}" if p.get("start") else "not started"
-        report = f"{p['report_verdict']} as of {p['report_as_of']}: {escape(p['report'])}" if p["report"] else "none"
-        rows.append([f"<b>{escape(p['title'])}</b>", escape(verdict), window,
+        # The report's folder, not its whole path: the full path wrapped over ten lines in the PDF.
+        short = "/".join(p["report"].replace("\\", "/").split("/")[-3:-1]) if p["report"] else ""
+        report = (f"{p['report_verdict']} as of {p['report_as_of']}:<br><code style=\"white-space: nowrap\" "
+                  f"title=\"{escape(p['report'])}\">{escape(short)}</code>") if p["report"] else "none"
+        rows.append([f"<b>{escape(p['title'])}</b>", f'<div class="wrap">{escape(verdict)}</div>', window,
                      f"{p['samples']:,}" if p.get("samples") is not None else "–", report])
         fails += [[escape(p["title"]), escape(f"{c['kind']} {c['id']}"), escape(c["detail"])] for c in p.get("failed", [])]
     out = _table(["phase", "verdict", "window", "samples", "latest report"], rows)

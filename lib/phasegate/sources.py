@@ -57,7 +57,7 @@ def compare(con, baseline: tuple) -> tuple[dict, dict]:
 def _traffic(con, conf: float):
     """Real traffic (imported request logs), reported beside the probes, never mixed into them;
     and requests and 5xx per source and 5 minutes, logs and Prometheus alike, for the plot."""
-    con.execute(f"CREATE TEMP VIEW tr AS SELECT probe, status, outcome, error_code, {DERIVED} FROM samples "
+    con.execute(f"CREATE OR REPLACE TEMP VIEW tr AS SELECT probe, status, outcome, error_code, {DERIVED} FROM samples "
                 "WHERE source = 'traffic'")
     tl = con.execute("""SELECT source, make_timestamptz((epoch_us(ts) // 300000000) * 300000000) AS bucket,
         sum(coalesce(count, 1)) AS requests, sum(CASE WHEN status BETWEEN 500 AND 599 THEN coalesce(count, 1) ELSE 0 END)
@@ -116,7 +116,7 @@ _ACT_WORDS = {"promote": "promotion", "restart": "restart", "rollback": "rollbac
 def _platform(con) -> dict | None:
     """The hosting platform's deploys and flags inside the window. Every deploy that started or
     finished in it is unexpected (a phase runs on one deployment); a rollback trigger is a rollback."""
-    con.execute("""CREATE TEMP TABLE pf AS SELECT ts, probe, tenant, outcome, error, request_id, deployment_id, error_code,
+    con.execute("""CREATE OR REPLACE TEMP TABLE pf AS SELECT ts, probe, tenant, outcome, error, request_id, deployment_id, error_code,
         health_status, flags FROM samples WHERE source = 'platform'""")
     if not con.execute("SELECT count(*) FROM pf").fetchall()[0][0]:
         return None
@@ -140,7 +140,7 @@ def _platform(con) -> dict | None:
             deploys[did]["by_act"] = {"kind": kind, "by": by,
                                       "text": f"{_ACT_WORDS.get(kind, kind)} by phasegate act (by {by})"}
     listed = sorted(deploys.values(), key=lambda d: d["started"] or d["finished"])
-    con.execute("CREATE TEMP TABLE pf_env AS SELECT * FROM pf WHERE outcome = 'ok' AND probe = 'render.env'")
+    con.execute("CREATE OR REPLACE TEMP TABLE pf_env AS SELECT * FROM pf WHERE outcome = 'ok' AND probe = 'render.env'")
     reads = con.execute("SELECT count(*) FROM pf_env").fetchall()[0][0]
     return {
         "deploys": listed,
@@ -261,7 +261,7 @@ def _render(con, profile: Profile, data_dir, start, end, conf: float) -> dict | 
 
     from .evidence import pulled_intervals, startup_flags
 
-    con.execute(f"""CREATE TEMP TABLE rr AS SELECT ts, source, probe, url, status, outcome, error_code, error,
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE rr AS SELECT ts, source, probe, url, status, outcome, error_code, error,
         latency_ms, health_status, flags, evidence, count FROM (
             SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM samples
             WHERE source IN {_RENDER_SOURCES!r}) WHERE rn = 1""")
@@ -275,7 +275,7 @@ def _render(con, profile: Profile, data_dir, start, end, conf: float) -> dict | 
     failed = [{"ts": _ts(ts), "call": probe, "outcome": o, "error": e} for ts, probe, o, e in con.execute(
         "SELECT ts, probe, outcome, error FROM rr WHERE source = 'render' AND outcome <> 'ok' ORDER BY ts").fetchall()]
 
-    con.execute(f"""CREATE TEMP TABLE rq AS SELECT source, probe, status, outcome, error_code, {DERIVED} FROM rr
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE rq AS SELECT source, probe, status, outcome, error_code, {DERIVED} FROM rr
         WHERE source IN ('render-traffic', 'render-probe')""")
     users = group_stats(con, "rq", "probe", conf, where="source = 'render-traffic'", total=True) \
         if con.execute("SELECT count(*) FROM rq WHERE source = 'render-traffic'").fetchall()[0][0] else {}
