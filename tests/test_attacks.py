@@ -521,3 +521,50 @@ def test_act_survives_a_platform_answering_its_writes_with_deep_json(tmp_path, r
                               for line in res.text), res.text
     rows = _actions(tmp_path)
     assert list(zip(rows["probe"], rows["outcome"])) == [("act.set_env", "ok"), ("act.deploy", "invalid_body")]
+
+
+@pytest.mark.slow
+def test_an_approval_shows_in_a_stamped_pdf_and_verify_refuses_a_forged_or_spliced_one(tmp_path):
+    from pypdf import PdfReader, PdfWriter
+
+    from phasegate import stamp
+    from phasegate.store import sha256
+
+    keys, _signers_file = _signers(tmp_path, "rita")
+    data, out = tmp_path / "data", tmp_path / "r"
+    assert phasegate("simulate", "history", "--scenario", "server-errors", "--hours", "1", "--end", "2026-12-03T12:00:00Z",
+                     "--data", data).returncode == 0
+    rep = phasegate("report", "--profile", SIM_PROFILE, "--data", data, "--phase", "phase1-staging-canary", "--hours", "1",
+                    "--end", "2026-12-03T12:00:00Z", "--as-of", "2026-12-03T12:00:00Z", "--out", out, timeout=300)
+    assert rep.returncode == 10, rep.stdout + rep.stderr
+    folder = next(p for p in (out / "phase1-staging-canary").iterdir() if p.is_dir())
+    res = phasegate("approve", folder, "--acknowledge", "--by", "rita@example.org", "--key", keys["rita"],
+                    "--comment", "read; rolling back")
+    assert res.returncode == 0 and f"the PDF with its approval page: {folder / stamp.STAMPED}" in res.stdout, res.stdout
+    a = json.loads((folder / "approval.json").read_text())
+    stamped, report = PdfReader(folder / stamp.STAMPED), PdfReader(folder / "signoff.pdf")
+    page = " ".join(stamped.pages[0].extract_text().split())
+    for text in ("ACKNOWLEDGEMENT", "rita@example.org", a["at"], "read; rolling back", a["signature"]["key"],
+                 "verdict NO-GO"):
+        assert text in page, text
+    assert sha256(folder / "approval.json") in "".join(page.split())
+    assert len(stamped.pages) == len(report.pages) + 1
+    assert stamped.metadata.title.endswith("— acknowledgement by rita@example.org")
+    assert phasegate("verify", folder).returncode == 0  # made after the approval, checked apart from its hashes
+
+    # A stamp naming another approval (a forged page) is refused ...
+    good = (folder / stamp.STAMPED).read_bytes()
+    stamp.write(folder, {**a, "by": "someone-else"}, "0" * 64)
+    v = phasegate("verify", folder)
+    assert v.returncode == 1 and "approval page does not name this" in v.stdout, v.stdout
+    # ... and so is the right approval page spliced before other pages.
+    (folder / stamp.STAMPED).write_bytes(good)
+    w = PdfWriter()
+    w.append(PdfReader(folder / stamp.STAMPED), pages=[0])
+    w.append(PdfReader(folder / stamp.STAMPED), pages=list(range(2, len(stamped.pages))) + [1])
+    with open(folder / stamp.STAMPED, "wb") as fh:
+        w.write(fh)
+    v = phasegate("verify", folder)
+    assert v.returncode == 1 and "page 2 is not the report's page 1" in v.stdout, v.stdout
+    (folder / stamp.STAMPED).write_bytes(good)
+    assert phasegate("verify", folder).returncode == 0

@@ -38,7 +38,9 @@ def _covered(folder: Path) -> dict:
     """Every file of the report folder but the approval's own and its history, by relative path."""
     from .store import sha256
 
-    own = {APPROVAL, SIGNATURE}
+    from .stamp import STAMPED
+
+    own = {APPROVAL, SIGNATURE, STAMPED}  # the stamped PDF is made from the approval: verify checks it apart
     return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and not (p.parent == folder and p.name in own)
             and p.relative_to(folder).parts[0] != HISTORY}
@@ -144,6 +146,10 @@ def approve(folder, by: str, comment: str = "", key=None, acknowledge: bool = Fa
         if key is not None:
             os.replace(Path(tmp) / SIGNATURE, folder / SIGNATURE)
         os.replace(staged, folder / APPROVAL)  # last: an approval file always has its signature beside it
+    from .stamp import write as write_stamp
+    from .store import sha256
+
+    write_stamp(folder, approval, sha256(folder / APPROVAL))  # where a reviewer looks: the PDF
     return approval
 
 
@@ -208,6 +214,13 @@ def verify(folder, allowed_signers=None) -> Verification:
     res = _check(folder, folder, now, allowed_signers)
     if not res.ok:
         return res
+    from .stamp import STAMPED, problem as stamp_problem
+    from .store import sha256
+
+    if (folder / STAMPED).exists():
+        why = stamp_problem(folder, sha256(folder / APPROVAL))
+        if why:
+            return Verification(False, res.approval, why)
     hist = folder / HISTORY
     if hist.is_dir():
         for entry in sorted(hist.iterdir()):

@@ -277,8 +277,13 @@ def approve(report_dir, by, comment, key, acknowledge, plan, replace):
 
     a = do_approve(report_dir, by, comment, key, acknowledge, plan=plan, replace=replace)
     how = f"signed with {a['signature']['key']}" if a["signature"] else "unsigned"
+    from pathlib import Path
+
+    from .stamp import STAMPED
+
+    stamped = Path(report_dir) / STAMPED
     _say(f"{a['kind']} of {a['report']['verdict']} report {report_dir} by {a['by']} at {a['at']} ({how}); "
-         f"{len(a['files'])} files covered")
+         f"{len(a['files'])} files covered" + (f"; the PDF with its approval page: {stamped}" if stamped.exists() else ""))
     if a["report"]["mode"] == "simulated":
         _say("note: the report counts simulated samples: no rollout plan accepts it (only a drill plan would)", err=True)
 

@@ -28,7 +28,7 @@ from .window import iso, utcnow
 INDEX_JSON, INDEX_HTML = "index.json", "index.html"
 FAILED = ".failed"
 KEEP_FAILED, KEEP_INTERIM = 20, 200  # defaults: about a week of hourly interim reports per phase
-_FILES = ("signoff.pdf", "signoff.html", "signoff.json", "signoff.ipynb")
+_FILES = ("signoff.approved.pdf", "signoff.pdf", "signoff.html", "signoff.json", "signoff.ipynb")
 
 
 def _env():
