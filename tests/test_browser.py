@@ -143,8 +143,9 @@ def test_every_run_is_indexed_failures_kept_runs_compared_and_retention_spares_r
     for h in (1, 2, 3):  # an hourly report of the hour just gone
         end = (START + timedelta(hours=h)).isoformat()
         res = phasegate("report", "--profile", SIM_PROFILE, "--data", data, "--phase", phase, "--end", end,
-                        "--hours", "1", "--as-of", end, "--out", out, "--formats", "html", timeout=300)
+                        "--hours", "1", "--as-of", end, "--out", out, "--formats", "html", "-q", timeout=300)
         codes.append(res.returncode)
+        assert res.stderr == "", res.stderr  # -q: no progress lines
         assert f"index {out / phase / 'index.html'}" in res.stdout
     assert codes == [13, 10, 13], codes  # INCONCLUSIVE (one hour of 24), NO-GO, INCONCLUSIVE
     # A run that fails in a cell after the analysis: kept with its notebook, named, indexed.

@@ -2,6 +2,7 @@
 hold with their times, what to do, and the sign-off block, read back from the PDF's first page."""
 
 import json
+import re
 
 import pytest
 from pypdf import PdfReader
@@ -49,6 +50,11 @@ def _report(tmp_path, name, history_args, as_of=END, hours="1", code=None):
                     "2026-12-03T11:00:00Z", "--hours", hours, "--as-of", as_of, "--out", out, timeout=300)
     if code is not None:
         assert res.returncode == code, res.stdout + res.stderr
+    # Progress on stderr, each step once done, with its time; the summary on stdout.
+    lines = res.stderr.splitlines()
+    assert len(lines) == 2 and re.fullmatch(r"phasegate: notebook ran in \d+\.\d s \(pulls, analysis, figures\): "
+                                            r"(GO|NO-GO|REVIEW|PENDING|INCONCLUSIVE)", lines[0]), res.stderr
+    assert re.fullmatch(r"phasegate: exported html, pdf in \d+\.\d s", lines[1]), res.stderr
     folder, = (p for p in (out / PHASE).iterdir() if p.is_dir())
     doc = json.loads((folder / "signoff.json").read_text())
     pdf = PdfReader(folder / "signoff.pdf")

@@ -190,13 +190,14 @@ def check(profile_path, data_dir, base_url):
 @click.option("--webhook-env", help="Environment variable holding the webhook URL [default: PHASEGATE_WEBHOOK_URL].")
 @click.option("--engine", help="Where the analysis runs: duckdb (embedded) or spark://HOST:PORT (a Spark standalone "
               "master) [default: the profile's [engine] url, else duckdb].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr (each step's time once it is done).")
 @click.option("--keep-failed", type=click.IntRange(0), default=20, show_default=True,
               help="Failed runs (<stamp>.failed folders) the phase keeps; older ones are removed.")
 @click.option("--keep-interim", type=click.IntRange(1), default=200, show_default=True,
               help="Reports without an approval or acknowledgement the phase keeps; approved ones are never removed.")
 @_guard
 def report(profile_path, plan, latest, data_dir, phase, start, end, hours, out_root, formats, bucket, as_of,
-           baseline_data, baseline_start, baseline_end, notify, webhook_env, engine, keep_failed, keep_interim):
+           baseline_data, baseline_start, baseline_end, notify, webhook_env, engine, quiet, keep_failed, keep_interim):
     """Run the sign-off notebook; exit 0 GO, 10 NO-GO, 11 REVIEW, 12 PENDING, 13 INCONCLUSIVE."""
     from .report import EXIT_CODES, make_report
 
@@ -204,7 +205,8 @@ def report(profile_path, plan, latest, data_dir, phase, start, end, hours, out_r
                          hours=hours, out_root=out_root, formats=formats, bucket=bucket, as_of=as_of,
                          baseline=(baseline_data, baseline_start, baseline_end), plan=plan, latest=latest,
                          notify=notify, webhook_env=webhook_env, command=_command_line(), engine=engine,
-                         keep_failed=keep_failed, keep_interim=keep_interim)
+                         keep_failed=keep_failed, keep_interim=keep_interim,
+                         progress=None if quiet else (lambda line: click.echo(line, err=True)))
     _say(result.summary)
     if not result.verdict:  # --latest between phases: nothing in progress, nothing wrong
         sys.exit(0)

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def _bad_engine(problem: str):
 def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_root="reports",
                 formats="html,pdf", bucket="5m", notebook=NOTEBOOK, as_of=None,
                 baseline=(None, None, None), plan=None, latest=False, notify="change",
-                webhook_env=None, command=None, engine=None, keep_failed=None, keep_interim=None) -> ReportResult:
+                webhook_env=None, command=None, engine=None, keep_failed=None, keep_interim=None,
+                progress=None) -> ReportResult:
     """With `plan`, the profile, data dir, reports root and window default to the plan's phase;
     `latest` reports the phase in progress from its start to now. Every run updates the phase's
     index (`phasegate.index`); a run that fails is kept as <stamp>.failed; `keep_failed` and
@@ -134,7 +136,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
         for key, value in params.items():  # papermill writes parameters into the notebook
             if redact_text(value) != value:
                 raise ReportError(f"parameter {key} looks like it holds a secret; refusing to write it into the notebook")
-        doc = _render(notebook, stage, "signoff", params, wanted)
+        doc = _render(notebook, stage, "signoff", params, wanted, progress)
     except DataError as exc:
         shutil.rmtree(stage, ignore_errors=True)  # bad input: nothing worth keeping
         if latest and str(exc).startswith("no samples in "):
@@ -244,16 +246,22 @@ def _stage(folder: Path) -> Path:
     return stage
 
 
-def _render(notebook: Path, stage: Path, stem: str, params: dict, wanted: list) -> dict:
+def _render(notebook: Path, stage: Path, stem: str, params: dict, wanted: list, progress=None) -> dict:
     """Execute the notebook into stage/<stem>.ipynb (it writes <stem>.json), export the wanted
-    formats from that executed notebook, and return the JSON document."""
+    formats from that executed notebook, and return the JSON document. `progress(line)` hears of
+    each step once it is done, with its time: a step that fails says so in its own one line."""
+    say = progress or (lambda _line: None)
+    t0 = time.monotonic()
     # The exporter imports and warms up on the other core while the kernel runs.
     with Exporter() if wanted else contextlib.nullcontext() as exporter:
         _execute(notebook, stage / f"{stem}.ipynb", params)
         doc = json.loads((stage / f"{stem}.json").read_text())
+        t1 = time.monotonic()
+        say(f"phasegate: notebook ran in {t1 - t0:.1f} s (pulls, analysis, figures): {doc.get('verdict') or 'done'}")
         if exporter is not None:
             exporter.run(stage / f"{stem}.ipynb", stage / f"{stem}.html" if "html" in wanted else None,
                          stage / f"{stem}.pdf" if "pdf" in wanted else None)
+            say(f"phasegate: exported {', '.join(wanted)} in {time.monotonic() - t1:.1f} s")
     return doc
 
 
