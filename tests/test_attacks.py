@@ -544,10 +544,10 @@ def test_an_approval_shows_in_a_stamped_pdf_and_verify_refuses_a_forged_or_splic
     a = json.loads((folder / "approval.json").read_text())
     stamped, report = PdfReader(folder / stamp.STAMPED), PdfReader(folder / "signoff.pdf")
     page = " ".join(stamped.pages[0].extract_text().split())
-    for text in ("ACKNOWLEDGEMENT", "rita@example.org", a["at"], "read; rolling back", a["signature"]["key"],
-                 "verdict NO-GO"):
+    for text in ("ACKNOWLEDGEMENT", "rita@example.org", a["at"], "read; rolling back", "verdict NO-GO"):
         assert text in page, text
-    assert sha256(folder / "approval.json") in "".join(page.split())
+    # Long values wrap in the table: compared without the line breaks the extraction puts in.
+    assert a["signature"]["key"] in "".join(page.split()) and sha256(folder / "approval.json") in "".join(page.split())
     assert len(stamped.pages) == len(report.pages) + 1
     assert stamped.metadata.title.endswith("— acknowledgement by rita@example.org")
     assert phasegate("verify", folder).returncode == 0  # made after the approval, checked apart from its hashes
