@@ -2,7 +2,6 @@
 and two workers, each its own JVM) computes the sign-off of a faulty fleet; every figure in
 signoff.json must equal DuckDB's."""
 
-import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,7 +11,7 @@ from phasegate.profile import load_profile
 from phasegate.simulator import load_schedule
 
 import services
-from conftest import PROFILES, phasegate, write_profile
+from conftest import PROFILES, write_profile
 
 pytestmark = pytest.mark.slow
 FLEET = PROFILES / "fault-lens-staging-fleet.toml"
@@ -68,19 +67,21 @@ _NOT_FIGURES = ("generated_at", "provenance", "rerun")
 
 
 def test_spark_cluster_computes_the_same_signoff_as_duckdb_on_a_faulty_fleet(spark_cluster, tmp_path):
+    from phasegate import signoff
+    from phasegate.analysis import analyze
+    from phasegate.window import Window
+
     master, state = spark_cluster
     data = tmp_path / "fleet"
     sched = write_profile(tmp_path, FAULTS, "faults.toml")
     history(load_profile(FLEET), load_schedule(sched), START.timestamp(), START.timestamp() + 2 * 3600, data, seed=5)
     docs = {}
-    for name, extra in (("duckdb", []), ("spark", ["--engine", master])):
-        out = tmp_path / name
-        res = phasegate("report", "--profile", FLEET, "--data", data, "--phase", PHASE, "--start", START.isoformat(),
-                        "--hours", "2", "--as-of", (START + timedelta(hours=2)).isoformat(), "--out", out,
-                        "--formats", "json", *extra, timeout=900)
-        assert res.returncode == 10, res.stderr[-3000:]  # NO-GO
-        docs[name] = json.loads(next(out.rglob("signoff.json")).read_text())
-    duck, spark = docs["duckdb"], docs["spark"]
+    for name in ("duckdb", master):  # the notebook's own call, in this process: one Spark session for all below
+        so = signoff.run(FLEET, data, PHASE, start=START.isoformat(), hours=2,
+                         as_of=(START + timedelta(hours=2)).isoformat(), out_dir=tmp_path / "out", engine=name)
+        assert so.doc["verdict"] == "NO-GO", so.doc["reason"]
+        docs[name] = so.doc
+    duck, spark = docs["duckdb"], docs[master]
     assert duck["provenance"]["engine"] == "duckdb" and spark["provenance"]["engine"] == master
     # The faults are all in the figures compared (else equal figures would prove little).
     assert duck["overall"]["http_5xx"] > 0 and duck["overall"]["outcome_counts"].get("timeout", 0) > 0
@@ -94,26 +95,11 @@ def test_spark_cluster_computes_the_same_signoff_as_duckdb_on_a_faulty_fleet(spa
     # It ran on the cluster: an application of the master's, on both workers' cores.
     apps = [a for a in state()["completedapps"] + state()["activeapps"] if a["name"] == "phasegate"]
     assert apps and max(a["cores"] for a in apps) == 2, apps
-
-
-def test_analyses_in_a_row_share_one_spark_session(spark_cluster, tmp_path):
-    """Re-running the notebook's analysis cell, or a caller looping over windows, on one session:
-    every temporary view is replaced, never 'already exists'; each window's figures are DuckDB's."""
-    from phasegate.analysis import analyze
-    from phasegate.window import Window
-
-    master, _state = spark_cluster
-    data = tmp_path / "sim"
-    profile = load_profile(PROFILES / "simulator.toml")
-    sched = write_profile(tmp_path, '[[fault]]\nkind = "server_error"\nat = "40m"\nfor = "5m"\nrate = 0.5\n', "f.toml")
-    history(profile, load_schedule(sched), START.timestamp(), START.timestamp() + 3600, data, seed=5)
-    seen = []
-    for k in range(2):  # the second analysis is the one that failed with TEMP_TABLE_OR_VIEW_ALREADY_EXISTS
-        win = Window(START + timedelta(minutes=30 * k), START + timedelta(minutes=30 * (k + 1)))
-        spark = analyze(profile, data, win, now=win.end, engine=master)
-        duck = analyze(profile, data, win, now=win.end, engine="duckdb")
-        assert spark.overall == duck.overall and spark.probes == duck.probes, k
-        assert spark.platform == duck.platform and spark.render == duck.render is None
-        seen.append(spark.overall["http_5xx"])
-    spark.con.close()
-    assert seen[0] == 0 and seen[1] > 0  # two windows, each its own figures
+    # A second analysis on the same session (the notebook's cell run again, a loop over windows):
+    # every temporary view is replaced, never "already exists"; its own figures, DuckDB's.
+    win = Window(START + timedelta(minutes=10), START + timedelta(minutes=20))  # inside the 5xx burst
+    again = analyze(load_profile(FLEET), data, win, now=win.end, engine=master)
+    local = analyze(load_profile(FLEET), data, win, now=win.end, engine="duckdb")
+    assert again.overall == local.overall and again.probes == local.probes and again.tenants == local.tenants
+    assert again.overall["samples"] < duck["overall"]["samples"] and again.overall["http_5xx"] > 0
+    again.con.close()
