@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import memory_limit
-from .errors import DataError, ProfileError, ReportError, WindowError
+from .errors import DataError, ProfileError, ReportError, StoreError, WindowError
 from . import index
 from .export import Exporter
 from .objstore import is_remote
@@ -34,7 +34,9 @@ FORMATS = ("html", "pdf", "json", "ipynb")  # json and the executed notebook are
 # Each notebook cell's time limit: a report that cannot finish says so instead of hanging a timer.
 CELL_TIMEOUT_S = int(os.environ.get("PHASEGATE_CELL_TIMEOUT", "1800"))
 # Errors raised inside the notebook that mean bad input, not a crash.
-_INPUT_ERRORS = {cls.__name__: cls for cls in (DataError, ProfileError, WindowError)}
+# Raised inside the notebook, they are bad input or a refused store (credentials): one line, and
+# no failed run to keep.
+_INPUT_ERRORS = {cls.__name__: cls for cls in (DataError, ProfileError, WindowError, StoreError)}
 
 
 @dataclass
@@ -145,7 +147,7 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
             return ReportResult("INCONCLUSIVE", Path(), {}, {}, f"INCONCLUSIVE: no evidence yet for {phase} "
                                 f"since {iso(window.start)}: {exc}; is the collector running?")
         raise
-    except (ProfileError, WindowError):
+    except (ProfileError, WindowError, StoreError):
         shutil.rmtree(stage, ignore_errors=True)
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of the run: its notebook is kept and indexed
