@@ -22,7 +22,7 @@ from phasegate.profile import load_profile
 from phasegate.store import read_samples
 from phasegate.window import Window
 
-from conftest import SIM_PROFILE, phasegate, stopping, write_profile
+from conftest import SIM_PROFILE, fast_profile, phasegate, stopping, write_profile
 
 KEY = "rnd_RENDERevidenceKEY0123456789abcdef"
 SERVICE = "srv-d5fr5hre5dus73d3gdn0"
@@ -41,12 +41,7 @@ def fake():
 
 
 def _profile(tmp_path, srv, f, extra=""):
-    return write_profile(tmp_path, f'''extends = "{SIM_PROFILE}"
-[target]
-name = "render-ev"
-base_url = "http://127.0.0.1:{srv.port}"
-interval = "1s"
-timeout = "0.8s"
+    return fast_profile(tmp_path, f"http://127.0.0.1:{srv.port}", extra=f'''
 [platform]
 enabled = true
 api_url = "{f.api}"

@@ -218,13 +218,8 @@ def _logs(src, key, owner, lo, hi, filters: dict, waits) -> list[dict]:
         page = _call(src, key, "logs", "/logs", params, waits=waits)
         fresh = 0
         for e in page.get("logs") or ():
-            if not isinstance(e, dict) or not isinstance(e.get("id"), str) or e["id"] in out:
-                continue
-            try:
-                t = parse_time(str(e.get("timestamp")), name="timestamp").timestamp()
-            except ValueError:
-                continue
-            if lo <= t < hi:
+            t = _within(e, lo, hi)
+            if t is not None and e["id"] not in out:
                 out[e["id"]] = {**e, "_t": t}
                 fresh += 1
         if not page.get("hasMore"):
@@ -233,6 +228,18 @@ def _logs(src, key, owner, lo, hi, filters: dict, waits) -> list[dict]:
             raise _Truncated()  # a page that brings nothing new would repeat forever
         params = {**params, "startTime": page["nextStartTime"], "endTime": page.get("nextEndTime") or params["endTime"]}
     raise _Truncated()
+
+
+def _within(e, lo: float, hi: float) -> float | None:
+    """The time of a log line or event that has an id and a timestamp inside [lo, hi), else None
+    (an entry without either cannot be counted once, nor placed in the window)."""
+    if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not e["id"]:
+        return None
+    try:
+        t = parse_time(str(e.get("timestamp")), name="timestamp").timestamp()
+    except ValueError:
+        return None
+    return t if lo <= t < hi else None
 
 
 def _labels(e: dict) -> dict:
@@ -288,13 +295,8 @@ def _events(src, key, lo, hi, waits) -> list[dict]:
         items = _call(src, key, "events", f"/services/{src.service_id}/events", params, want=list, waits=waits)
         for i in items:
             ev = i.get("event") if isinstance(i, dict) else None
-            if not isinstance(ev, dict) or not ev.get("id"):
-                continue
-            try:
-                t = parse_time(str(ev.get("timestamp")), name="timestamp").timestamp()
-            except ValueError:
-                continue
-            if lo <= t < hi:
+            t = _within(ev, lo, hi)
+            if t is not None:
                 out[ev["id"]] = {**ev, "_t": t}
         cursor = items[-1].get("cursor") if items and isinstance(items[-1], dict) else None
         if len(items) < 100 or not cursor:

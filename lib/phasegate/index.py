@@ -79,7 +79,7 @@ def _entry(folder: Path) -> dict | None:
     doc = _read(folder / "signoff.json")
     if not doc or "verdict" not in doc:
         return None
-    return {"folder": folder.name, "status": "ok", "at": doc.get("generated_at"), "as_of": doc.get("as_of"),
+    return {"_doc": doc, "folder": folder.name, "status": "ok", "at": doc.get("generated_at"), "as_of": doc.get("as_of"),
             "window": doc.get("window"), "verdict": doc["verdict"], "reason": doc.get("reason"),
             "failed": [c["id"] for c in doc.get("criteria", []) if c.get("state") == "failed"],
             "figures": figures(doc), "profile_sha256": (doc.get("provenance") or {}).get("profile_sha256"),
@@ -88,7 +88,8 @@ def _entry(folder: Path) -> dict | None:
 
 
 def runs(phase_dir: Path) -> list[dict]:
-    """Every run of the phase, oldest first (by when it was made, then by folder name)."""
+    """Every run of the phase, oldest first (by when it was made, then by folder name); a run's
+    document, read once, rides along as "_doc" (never written to the index)."""
     out = [e for p in sorted(Path(phase_dir).iterdir()) if p.is_dir() and (e := _entry(p))] \
         if Path(phase_dir).is_dir() else []
     return sorted(out, key=lambda e: (e["at"] or "", e["folder"]))
@@ -165,13 +166,13 @@ def _spark(values: list, w: int = 160, h: int = 28) -> str:
             f'stroke-width="1.5" points="{xy}"/></svg>')
 
 
-def write_phase_index(phase_dir, removed=(), keep_replaced: int = KEEP_INTERIM) -> list[dict]:
-    """Rebuild reports/<phase>/index.json and index.html from the phase's report folders. A run
-    whose folder a later run of the same window rewrote (an hourly interim report) stays listed
-    from the previous index, as "replaced", with what it found; `removed`: folders retention
-    removed, whose runs leave the index."""
+def write_phase_index(phase_dir, removed=(), keep_replaced: int = KEEP_INTERIM, entries=None) -> list[dict]:
+    """Rebuild reports/<phase>/index.json and index.html from the phase's report folders (their
+    `runs`, when the caller has them). A run whose folder a later run of the same window rewrote
+    (an hourly interim report) stays listed from the previous index, as "replaced", with what it
+    found; `removed`: folders retention removed, whose runs leave the index."""
     phase_dir = Path(phase_dir)
-    entries = runs(phase_dir)
+    entries = [e for e in (runs(phase_dir) if entries is None else entries) if e["folder"] not in set(removed)]
     seen = {(e["folder"], e["at"]) for e in entries}
     gone = set(removed)
     before = (_read(phase_dir / INDEX_JSON) or {}).get("runs", [])
@@ -183,7 +184,7 @@ def write_phase_index(phase_dir, removed=(), keep_replaced: int = KEEP_INTERIM) 
     for e in entries:
         if e["status"] != "ok":
             continue
-        doc = _read(phase_dir / e["folder"] / "signoff.json")
+        doc = e.pop("_doc", None)
         if doc is None:
             continue
         if prev_doc is not None:
@@ -226,11 +227,15 @@ def write_root_index(root) -> Path:
     return root / INDEX_HTML
 
 
-def update(phase_dir, removed=()) -> None:
-    """Both indexes, after a run of the phase (successful or not)."""
+def update(phase_dir, retention: tuple[int, int] | None = None) -> list[str]:
+    """After a run of the phase (successful or not): `retention` (keep_failed, keep_interim) when
+    given, then both indexes, over one read of the phase's folders. Returns the folders removed."""
     phase_dir = Path(phase_dir)
-    write_phase_index(phase_dir, removed)
+    entries = runs(phase_dir)
+    removed = [] if retention is None else prune(phase_dir, *retention, entries=entries)
+    write_phase_index(phase_dir, removed, entries=entries)
     write_root_index(phase_dir.parent)
+    return removed
 
 
 # -- failed runs and retention -----------------------------------------------------------------
@@ -251,17 +256,19 @@ def keep_failed(stage: Path, folder: Path, error: str, params: dict) -> Path:
     return dest
 
 
-def prune(phase_dir, keep_failed_runs: int = KEEP_FAILED, keep_interim: int = KEEP_INTERIM) -> list[str]:
+def prune(phase_dir, keep_failed_runs: int = KEEP_FAILED, keep_interim: int = KEEP_INTERIM, entries=None) -> list[str]:
     """Remove the oldest failed runs past `keep_failed_runs` and the oldest interim reports past
-    `keep_interim`; a folder holding an approval or acknowledgement is never removed, nor counted.
-    Returns the folders removed."""
-    entries = runs(phase_dir)
+    `keep_interim` (of `entries`, the phase's runs when the caller has them); a folder holding an
+    approval or acknowledgement is never removed, nor counted. Returns the folders removed."""
+    entries = runs(phase_dir) if entries is None else entries
     failed = [e for e in entries if e["status"] == "failed"]
     interim = [e for e in entries if e["status"] == "ok" and not e["record"]]
     gone = failed[: max(0, len(failed) - keep_failed_runs)] + interim[: max(0, len(interim) - keep_interim)]
+    removed = []
     for e in gone:
         path = Path(phase_dir) / e["folder"]
         if holds_record(path):  # checked again at the moment of removal: an approval may have just arrived
             continue
         shutil.rmtree(path)
-    return [e["folder"] for e in gone]
+        removed.append(e["folder"])
+    return removed

@@ -100,9 +100,8 @@ class PlatformSim(ThreadingHTTPServer):
                  deploy_s: float = 1.0, models=(), seed: int = 0, hook_key: str = "", on_deploy=None,
                  delay_s: float = 0.0, fail_writes=(), deploys=(), startup: str = "ok"):
         super().__init__(("127.0.0.1", port), _Handler)
-        if startup not in simlogs.STARTUP_FAULTS:
-            raise ValueError(f"startup must be one of {', '.join(simlogs.STARTUP_FAULTS)}, got {startup!r}")
-        self.startup = startup  # how every instance starts (its [FeatureFlags] line), unless scripted otherwise
+        # How every instance starts (its [FeatureFlags] line), unless scripted otherwise.
+        self.startup = simlogs.startup_fault(startup)
         self.key, self.deploy_s, self.delay_s = key, deploy_s, delay_s
         self.rng = random.Random(seed)
         self.lock = threading.RLock()
@@ -249,8 +248,7 @@ class PlatformSim(ThreadingHTTPServer):
         """The service's instance stops (a server_failed event when `failed`) and starts again
         (server_restarted), logging its startup line as `startup` says ("ok", "omit", "flag_off");
         `ago_s` back-dates it, as if it happened that long ago."""
-        if startup not in simlogs.STARTUP_FAULTS:
-            raise ValueError(f"startup must be one of {', '.join(simlogs.STARTUP_FAULTS)}, got {startup!r}")
+        simlogs.startup_fault(startup)
         with self.lock:
             svc = self.services[service_id] if service_id else self.default
             live = next((d for d in svc.deploys if d["status"] == "live"), svc.deploys[-1])
@@ -448,9 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
                     if "answer_202" in spec:
                         srv.answer_202 = bool(spec["answer_202"])
                     if "startup_next" in spec:  # the next deploy's instance starts with this fault
-                        if spec["startup_next"] not in simlogs.STARTUP_FAULTS:
-                            raise ValueError(f"startup_next must be one of {', '.join(simlogs.STARTUP_FAULTS)}")
-                        srv.default.startup_next.append(str(spec["startup_next"]))
+                        srv.default.startup_next.append(simlogs.startup_fault(spec["startup_next"]))
                 if "restart" in spec:
                     r = spec["restart"] if isinstance(spec["restart"], dict) else {}
                     inst = srv.restart(str(r.get("startup", "ok")), bool(r.get("failed", False)),

@@ -162,9 +162,8 @@ def make_report(profile_path, data_dir, phase, start, end=None, hours=None, out_
 
     sent = send(doc, files.get("pdf") or files.get("html") or files["json"], folder.parent, notify,
                 webhook_env or DEFAULT_ENV)
-    pruned = index.prune(folder.parent, index.KEEP_FAILED if keep_failed is None else keep_failed,
-                         index.KEEP_INTERIM if keep_interim is None else keep_interim)
-    index.update(folder.parent, pruned)
+    pruned = index.update(folder.parent, (index.KEEP_FAILED if keep_failed is None else keep_failed,
+                                          index.KEEP_INTERIM if keep_interim is None else keep_interim))
     summary = summarize(doc, files) + f"\n  index {folder.parent / index.INDEX_HTML}"
     if pruned:
         summary += f"\n  retention: removed {len(pruned)} old run(s): {', '.join(pruned)}"

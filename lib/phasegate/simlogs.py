@@ -30,6 +30,13 @@ STARTUP = "[FeatureFlags]"
 STARTUP_FAULTS = ("ok", "omit", "flag_off")  # an instance logs its line, leaves it out, or logs a flag off
 
 
+def startup_fault(value) -> str:
+    """`value` as a startup fault, or ValueError naming the choices."""
+    if value not in STARTUP_FAULTS:
+        raise ValueError(f"startup must be one of {', '.join(STARTUP_FAULTS)}, got {value!r}")
+    return value
+
+
 def ts_text(t: float | datetime) -> str:
     dt = t if isinstance(t, datetime) else datetime.fromtimestamp(t, timezone.utc)
     return dt.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
