@@ -23,19 +23,13 @@ from pathlib import Path
 
 from .approval import APPROVAL, SIGNATURE, holds_record
 from .errors import DataError
+from .templating import render
 from .window import iso, utcnow
 
 INDEX_JSON, INDEX_HTML = "index.json", "index.html"
 FAILED = ".failed"
 KEEP_FAILED, KEEP_INTERIM = 20, 200  # defaults: about a week of hourly interim reports per phase
 _FILES = ("signoff.approved.pdf", "signoff.pdf", "signoff.html", "signoff.json", "signoff.ipynb")
-
-
-def _env():
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    return Environment(loader=PackageLoader("phasegate", "templates"), autoescape=select_autoescape(["html", "j2"]),
-                       trim_blocks=True, lstrip_blocks=True)
 
 
 def _read(path: Path) -> dict | None:
@@ -154,16 +148,16 @@ def diff_folders(a, b) -> dict:
 # -- the index pages ---------------------------------------------------------------------------
 
 
-def _spark(values: list, w: int = 160, h: int = 28) -> str:
-    """An inline SVG polyline of the values (None: a gap), for the index's small multiples."""
+def _spark(values: list, w: int = 160, h: int = 28) -> dict | None:
+    """The points of a small line plot of the values (None: a gap), for the index's small
+    multiples; the template draws it as an inline SVG."""
     pts = [(i, v) for i, v in enumerate(values) if v is not None]
     if len(values) < 2 or not pts:
-        return ""
+        return None
     lo, hi = min(v for _, v in pts), max(v for _, v in pts)
     span = (hi - lo) or 1.0
     xy = " ".join(f"{i * (w - 4) / (len(values) - 1) + 2:.1f},{h - 2 - (v - lo) * (h - 4) / span:.1f}" for i, v in pts)
-    return (f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img"><polyline fill="none" stroke="#0969da" '
-            f'stroke-width="1.5" points="{xy}"/></svg>')
+    return {"w": w, "h": h, "points": xy}
 
 
 def write_phase_index(phase_dir, removed=(), keep_replaced: int = KEEP_INTERIM, entries=None) -> list[dict]:
@@ -197,7 +191,7 @@ def write_phase_index(phase_dir, removed=(), keep_replaced: int = KEEP_INTERIM, 
     _write_atomic(phase_dir / INDEX_JSON, json.dumps(body, indent=2, default=str) + "\n")
     ok = [e for e in entries if e["status"] in ("ok", "replaced")]
     sparks = {k: _spark([e["figures"][k] for e in ok]) for k in ("error_rate", "execute_p99_ms", "http_5xx")}
-    html = _env().get_template("phase_index.html.j2").render(phase=phase_dir.name, runs=list(reversed(entries)),
+    html = render("phase_index.html.j2", phase=phase_dir.name, runs=list(reversed(entries)),
                                                               sparks=sparks, verdicts=[e["verdict"] for e in ok],
                                                               updated=body["updated_at"])
     _write_atomic(phase_dir / INDEX_HTML, html)
@@ -221,7 +215,7 @@ def write_root_index(root) -> Path:
             made = [n for n in ("rollout.pdf", "rollout.html", "rollout.json") if (p / n).exists()]
             if p.is_dir() and made:
                 summaries.append({"name": p.name, "file": made[0]})
-    html = _env().get_template("root_index.html.j2").render(phases=phases, summaries=summaries,
+    html = render("root_index.html.j2", phases=phases, summaries=summaries,
                                                              updated=iso(utcnow()))
     _write_atomic(root / INDEX_HTML, html)
     return root / INDEX_HTML

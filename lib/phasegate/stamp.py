@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import os
-from html import escape
 from pathlib import Path
+
+from .templating import render
 
 STAMPED = "signoff.approved.pdf"
 REPORT_PDF = "signoff.pdf"
@@ -29,13 +30,7 @@ def _page(approval: dict, approval_sha256: str) -> bytes:
             (kind.capitalize() + " by", approval["by"]), ("At", approval["at"]), ("Comment", approval.get("comment") or "–"),
             ("Signature", how), ("approval.json SHA-256", approval_sha256),
             ("Files covered", f"{len(approval.get('files') or {})} (their SHA-256 in approval.json)")]
-    body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in rows)
-    html = (f"<html><head><title>{escape(kind)}: {escape(str(r.get('phase')))}</title><style>"
-            "@page { size: A4; margin: 20mm; } body { font-family: sans-serif; font-size: 11px; }"
-            "h1 { color: #1a7f37; } table { border-collapse: collapse; } th, td { border: 1px solid #d0d7de;"
-            " padding: 4px 8px; text-align: left; vertical-align: top; } td { overflow-wrap: anywhere; }</style></head>"
-            f"<body><h1>{escape(kind)}</h1><table>{body}</table><p>The pages after this one are the report "
-            f"({REPORT_PDF}) unchanged. Check both with: phasegate verify &lt;this folder&gt;</p></body></html>")
+    html = render("approval_page.html.j2", kind=kind, phase=r.get("phase"), rows=rows, report_pdf=REPORT_PDF)
     return HTML(string=html).write_pdf()
 
 
