@@ -279,3 +279,29 @@ def test_proxy_url_with_credentials_carries_probes_and_an_api_call_and_the_passw
             assert PROXY_PASSWORD.encode() not in path.read_bytes(), path
     for r in (col, res, rep, pulled):
         assert PROXY_PASSWORD not in r.stdout + r.stderr
+
+
+def test_an_api_call_trusts_requests_ca_bundle_and_goes_by_https_proxy_unless_no_proxy(tmp_path, ca, servers, proxy,
+                                                                                       monkeypatch):
+    """The API clients' requests session: the system's trust plus REQUESTS_CA_BUNDLE, the
+    environment's proxy (a CONNECT tunnel for https), NO_PROXY bypassing it."""
+    from phasegate.apiclient import fetch
+
+    srv = servers(_server_ctx(ca, "127.0.0.1"))
+    port = srv.server_address[1]
+    bundle = tmp_path / "bundle.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    ex = fetch(f"{srv.url}/v1/services", "GET", {}, None, 5.0, 1 << 20)
+    assert ex.outcome == "tls_error" and ex.error.startswith("TLS: unknown CA"), ex
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    ex = fetch(f"{srv.url}/v1/services", "GET", {}, None, 5.0, 1 << 20)
+    assert (ex.outcome, ex.status, json.loads(ex.body)["status"]) == (None, 200, "healthy"), ex
+    where, log = proxy()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{where}")
+    ex = fetch(f"{srv.url}/v1/services", "GET", {}, None, 5.0, 1 << 20)
+    assert ex.status == 200 and _log(log).count(f"CONNECT 127.0.0.1:{port}") == 1, ex
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    ex = fetch(f"{srv.url}/v1/services", "GET", {}, None, 5.0, 1 << 20)
+    assert ex.status == 200 and _log(log).count(f"CONNECT 127.0.0.1:{port}") == 1, ex  # bypassed

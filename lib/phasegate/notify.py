@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .probe import exchange
+from .apiclient import fetch
 from .window import iso, utcnow
 
 DEFAULT_ENV = "PHASEGATE_WEBHOOK_URL"
@@ -108,8 +108,8 @@ def _is_http(url: str) -> bool:
 def _post(url: str, payload: dict, timeout_s: float) -> str | None:
     """POST `payload` as JSON under a total deadline: None when delivered (2xx), else why not."""
     body = json.dumps(payload).encode()
-    ex = exchange(url, "POST", {"Content-Type": "application/json", "Content-Length": str(len(body)),
-                                "User-Agent": "phasegate"}, body, timeout_s, 65536)
+    ex = fetch(url, "POST", {"Content-Type": "application/json", "Content-Length": str(len(body)),
+                             "User-Agent": "phasegate"}, body, timeout_s, 65536)
     if ex.outcome is not None:
         return ex.error
     return None if 200 <= (ex.status or 0) < 300 else f"HTTP {ex.status}"

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlencode, urlsplit
 
 from .errors import DataError
-from .probe import exchange
+from .apiclient import fetch, reads
 from .profile import PlatformSource
 from .redact import Secret, redact_text, redact_url, scrub_row
 from .window import parse_time, utcnow
@@ -58,11 +57,14 @@ class PlatformResult:
                          + (f" (env group {self.groups[k]})" if k in self.groups else "") for k, v in self.flags.items())
 
 
-def _request(src: PlatformSource, method: str, url: str, key: str, body: dict | None, ok, max_bytes: int,
-             auth: bool = True):
-    """One API call under the adapter's total deadline: (the answer's bytes, or None when the call
-    failed or its status is not in `ok`; the row describing the call, its outcome set on failure;
-    the exchange)."""
+def _retrying(src: PlatformSource, method: str, url: str, key: str, body, ok, max_bytes: int, retry_on,
+              auth: bool = True):
+    """One API call through requests, each attempt under the adapter's total deadline, sent again
+    by urllib3's Retry while its answer's status is in `retry_on` (a 429 after its Retry-After, the
+    others after a backoff with jitter), within src.retry_s of waiting: (the answer's bytes, or
+    None when the call failed or its status is not in `ok`; the row describing the call). A wait
+    past the budget is not waited on: the call fails now, saying so. A timeout is never retried:
+    the deadline is the caller's, and a hung API would eat it whole."""
     headers = {"Accept": "application/json", "User-Agent": "phasegate"}
     if auth:
         headers["Authorization"] = Secret(f"Bearer {key}")
@@ -70,49 +72,25 @@ def _request(src: PlatformSource, method: str, url: str, key: str, body: dict | 
     if body is not None:
         data = json.dumps(body).encode()
         headers.update({"Content-Type": "application/json", "Content-Length": str(len(data))})
-    ex = exchange(url, method, headers, data, src.timeout_s, max_bytes)
+    retries = reads(MAX_TRIES, retry_on, src.retry_s, methods=(method,)) if retry_on else None
+    ex = fetch(url, method, headers, data, src.timeout_s, max_bytes, retries)
     row = {"url": redact_url(_scrub(url, key)), "method": method, "status": ex.status,
-           "latency_ms": sum(v for v in ex.phases.values() if v is not None)}
+           "latency_ms": ex.phases["latency_ms"]}
+    raw = None
     if ex.outcome is not None:
         row.update(outcome=ex.outcome, error=_scrub(ex.error, key))
-        return None, row, ex
-    if ex.status not in ok:
+    elif ex.status not in ok:
         row.update(outcome="http_error", error=f"HTTP {ex.status}: {_scrub(ex.body[:200].decode('utf-8', 'replace'), key)}")
-        return None, row, ex
-    return ex.body, row, ex
-
-
-def _wait_for(attempt: int, retry_after: str | None) -> float:
-    """Seconds before retry `attempt` (1, 2, ...): the server's Retry-After when it gives one,
-    else exponential backoff with jitter (0.5 s, 1 s, 2 s, ... up to 10 s, each +0-50 %)."""
-    if retry_after is not None:
-        try:
-            return max(0.0, float(retry_after))
-        except ValueError:
-            pass  # an HTTP date: fall back to our own backoff
-    return min(10.0, 0.5 * 2 ** (attempt - 1)) * (1.0 + random.random() / 2)
-
-
-def _retrying(src: PlatformSource, method: str, url: str, key: str, body, ok, max_bytes: int, retry_on,
-              auth: bool = True):
-    """One call, sent again while its answer's status is in `retry_on` (a 429 after its
-    Retry-After, the others after a backoff with jitter), within src.retry_s: (bytes or None, the
-    row). A wait past the budget is not waited on: the call fails now, saying so. A timeout is
-    never retried: the deadline is the caller's, and a hung API would eat it whole."""
-    budget_end, waited = time.monotonic() + src.retry_s, []
-    for attempt in range(1, MAX_TRIES + 1):
-        raw, row, ex = _request(src, method, url, key, body, ok, max_bytes, auth=auth)
-        if raw is not None or ex.status not in retry_on or attempt == MAX_TRIES:
-            break
-        after = ex.headers.get("retry-after") if ex.status == 429 else None
-        wait = _wait_for(attempt, after)
-        if time.monotonic() + wait > budget_end:
-            row["error"] += f" (waiting {wait:g} s is past the {src.retry_s:g} s retry budget: not waited on)"
-            break
-        waited.append(f"{ex.status}: waited {wait:.1f} s" + (" (Retry-After)" if after is not None else ""))
-        time.sleep(wait)
+    else:
+        raw = ex.body
+    waited = [w for w in (retries.waited if retries is not None else []) if w["waited"]]
+    refused = [w for w in (retries.waited if retries is not None else []) if not w["waited"]]
+    if refused and "error" in row:
+        row["error"] += (f" (waiting {refused[-1]['wait_s']:g} s is past the {src.retry_s:g} s retry budget: "
+                         "not waited on)")
     if waited:
-        row["retried"] = waited
+        row["retried"] = [f"{w['status']}: waited {w['wait_s']:.1f} s" + (" (Retry-After)" if w["retry_after"] else "")
+                          for w in waited]
     return raw, row
 
 

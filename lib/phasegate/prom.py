@@ -22,8 +22,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from .apiclient import fetch
 from .errors import DataError
-from .probe import exchange
 from .profile import PromSource
 from .redact import Secret, redact_text
 from .window import Window, iso
@@ -52,8 +52,8 @@ def query_range(src: PromSource, query: str, window: Window, step_s: float) -> l
     token = os.environ.get(src.token_env) if src.token_env else None
     if token:
         headers["Authorization"] = Secret(f"Bearer {token}")
-    # The probe's bounded exchange: the whole answer, headers included, within src.timeout_s.
-    ex = exchange(f"{src.url}/api/v1/query_range?{params}", "GET", headers, None, src.timeout_s, 256 * 1024 * 1024)
+    # The whole answer, headers included, within src.timeout_s (requests alone bounds each read).
+    ex = fetch(f"{src.url}/api/v1/query_range?{params}", "GET", headers, None, src.timeout_s, 256 * 1024 * 1024)
     if ex.outcome is not None:
         raise DataError(f"Prometheus at {src.url} unreachable: {redact_text(ex.error or ex.outcome, [token or ''])}")
     if ex.status != 200:
