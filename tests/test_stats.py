@@ -249,7 +249,7 @@ def _engine(df):
     import pandas as pd
     from phasegate import analysis
     full = df.copy()
-    for col in ("health_status", "deployment_id", "flags", "source", "shard", "tls_version"):
+    for col in ("health_status", "deployment_id", "flags", "source", "shard", "tls_version", "evidence"):
         if col not in full:
             full[col] = pd.Series([None] * len(full), dtype="string")
     if "cert_expiry" not in full:
@@ -257,6 +257,9 @@ def _engine(df):
     for col in ("handlers_loaded", "handlers_total"):
         if col not in full:
             full[col] = pd.array([None] * len(full), dtype="Int32")
+    if "assertion_failures" not in full:
+        full["assertion_failures"] = pd.Series([["x"] if o == "assertion_failed" else None for o in full["outcome"]],
+                                               dtype=object)
     full["simulated"] = False
     con = analysis.connect()
     con.register("frame", full)

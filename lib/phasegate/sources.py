@@ -57,11 +57,11 @@ def compare(con, baseline: tuple) -> tuple[dict, dict]:
 def _traffic(con, conf: float):
     """Real traffic (imported request logs), reported beside the probes, never mixed into them;
     and requests and 5xx per source and 5 minutes, logs and Prometheus alike, for the plot."""
-    con.execute(f"CREATE OR REPLACE TEMP VIEW tr AS SELECT probe, status, outcome, error_code, {DERIVED} FROM samples "
+    con.execute(f"CREATE OR REPLACE TEMP VIEW tr AS SELECT probe, status, outcome, error_code, {DERIVED} FROM rest "
                 "WHERE source = 'traffic'")
     tl = con.execute("""SELECT source, make_timestamptz((epoch_us(ts) // 300000000) * 300000000) AS bucket,
         sum(coalesce(count, 1)) AS requests, sum(CASE WHEN status BETWEEN 500 AND 599 THEN coalesce(count, 1) ELSE 0 END)
-        AS http_5xx FROM samples WHERE source IN ('traffic', 'prometheus') GROUP BY ALL ORDER BY 1, 2""").df()
+        AS http_5xx FROM rest WHERE source IN ('traffic', 'prometheus') GROUP BY ALL ORDER BY 1, 2""").df()
     if not con.execute("SELECT count(*) FROM tr").fetchall()[0][0]:
         return None, tl if len(tl) else None
     routes = group_stats(con, "tr", "probe", conf, total=True)
@@ -71,10 +71,10 @@ def _traffic(con, conf: float):
 def _prometheus(con) -> dict | None:
     """Requests and 5xx per route from Prometheus counter increments (each row stands for `count`),
     and the P99 per route from the histogram's cumulative buckets."""
-    df = con.execute("SELECT probe, status, count FROM samples WHERE source = 'prometheus'").df()
+    df = con.execute("SELECT probe, status, count FROM rest WHERE source = 'prometheus'").df()
     if df.empty:
         return None
-    hist = con.execute("SELECT probe, latency_ms, count FROM samples WHERE source = 'prometheus-histogram'").df()
+    hist = con.execute("SELECT probe, latency_ms, count FROM rest WHERE source = 'prometheus-histogram'").df()
     return {**_prom_stats(df), "p99_from_histogram": _hist_p99(hist)}
 
 
@@ -117,7 +117,7 @@ def _platform(con) -> dict | None:
     """The hosting platform's deploys and flags inside the window. Every deploy that started or
     finished in it is unexpected (a phase runs on one deployment); a rollback trigger is a rollback."""
     con.execute("""CREATE OR REPLACE TEMP TABLE pf AS SELECT ts, probe, tenant, outcome, error, request_id, deployment_id, error_code,
-        health_status, flags FROM samples WHERE source = 'platform'""")
+        health_status, flags FROM rest WHERE source = 'platform'""")
     if not con.execute("SELECT count(*) FROM pf").fetchall()[0][0]:
         return None
     deploys: dict[str, dict] = {}
@@ -132,7 +132,7 @@ def _platform(con) -> dict | None:
         else:
             d["finished"], d["status"] = _ts(ts), state
     # Deploys phasegate act triggered itself (its action rows name them): expected, never anomalies.
-    own = {did: (kind, ev) for did, kind, ev in con.execute("""SELECT deployment_id, error_code, evidence FROM samples
+    own = {did: (kind, ev) for did, kind, ev in con.execute("""SELECT deployment_id, error_code, evidence FROM rest
         WHERE source = 'action' AND probe = 'act.deploy' AND deployment_id IS NOT NULL""").fetchall()}
     for did, (kind, ev) in own.items():
         if did in deploys:
@@ -159,7 +159,7 @@ def _actions(con) -> list:
     """The actions `phasegate act` carried out (source "action"): when, what, by whom, the outcome."""
     out = []
     for ts, probe, outcome, status, did, values, ev in con.execute("""SELECT ts, probe, outcome, status, deployment_id,
-            flags, evidence FROM samples WHERE source = 'action' ORDER BY ts, request_id""").fetchall():
+            flags, evidence FROM rest WHERE source = 'action' ORDER BY ts, request_id""").fetchall():
         e = json.loads(ev) if ev else {}
         out.append({"ts": _ts(ts), "step": probe, "action": e.get("action"), "kind": e.get("kind"), "by": e.get("by"),
                     "outcome": outcome, "status": None if status is None else int(status), "deployment_id": did,
@@ -182,15 +182,16 @@ def custom_metrics(con, profile: Profile) -> dict:
         return {}
     # Probes with acceptance commands, real traffic, and Prometheus counts (each row `count` requests).
     con.execute(f"""CREATE OR REPLACE TEMP VIEW src_probes AS SELECT probe, tenant, probe AS route, status, outcome,
-        1.0 AS w, {DERIVED} FROM samples WHERE coalesce(source, 'probe') IN ('probe', 'check')""")
+        1.0 AS w, bad, five, disabled, assertion, timeout, lat FROM s UNION ALL SELECT probe, tenant,
+        probe AS route, status, outcome, 1.0 AS w, {DERIVED} FROM rest WHERE source = 'check'""")
     con.execute(f"""CREATE OR REPLACE TEMP VIEW src_traffic AS SELECT probe, tenant, probe AS route, status, outcome,
-        1.0 AS w, {DERIVED} FROM samples WHERE source = 'traffic'""")
+        1.0 AS w, {DERIVED} FROM rest WHERE source = 'traffic'""")
     con.execute(f"""CREATE OR REPLACE TEMP VIEW src_prometheus AS SELECT probe, tenant, probe AS route, status, outcome,
-        coalesce(count, 1.0) AS w, {DERIVED.replace("status IS NOT NULL AND", "FALSE AND")} FROM samples
+        coalesce(count, 1.0) AS w, {DERIVED.replace("status IS NOT NULL AND", "FALSE AND")} FROM rest
         WHERE source = 'prometheus'""")
     # Render's request logs: real users' requests, each log line once however often it was pulled.
     con.execute(f"""CREATE OR REPLACE TEMP VIEW src_render AS SELECT probe, tenant, probe AS route, status, outcome,
-        1.0 AS w, {DERIVED} FROM (SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM samples
+        1.0 AS w, {DERIVED} FROM (SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM rest
         WHERE source = 'render-traffic') WHERE rn = 1""")
     out = {}
     for c in items:
@@ -240,7 +241,7 @@ def _promql_values(con, c) -> dict:
     """The values a PromQL criterion's query returned over the window, as stored by the pull:
     per series (its labels), in time order."""
     series: dict = {}
-    for labels, ts, v in con.execute("""SELECT tenant, ts, count FROM samples WHERE source = 'promql' AND probe = ?
+    for labels, ts, v in con.execute("""SELECT tenant, ts, count FROM rest WHERE source = 'promql' AND probe = ?
             ORDER BY tenant, ts""", [c.id]).fetchall():
         series.setdefault(labels or "{}", []).append((_ts(ts), v))
     return {"query": c.promql, "aggregate": c.aggregate, "series": series}
@@ -263,7 +264,7 @@ def _render(con, profile: Profile, data_dir, start, end, conf: float) -> dict | 
 
     con.execute(f"""CREATE OR REPLACE TEMP TABLE rr AS SELECT ts, source, probe, url, status, outcome, error_code, error,
         latency_ms, health_status, flags, evidence, count FROM (
-            SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM samples
+            SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM rest
             WHERE source IN {_RENDER_SOURCES!r}) WHERE rn = 1""")
     if not con.execute("SELECT count(*) FROM rr").fetchall()[0][0]:
         return None
