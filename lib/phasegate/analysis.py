@@ -1,9 +1,9 @@
-"""Statistics of a window, as queries: samples in (a DuckDB view `store.open_window` makes over the
-window's parquet files and journal), small results out.
+"""Statistics of a window, as queries: samples in (the window's parquet files and journal, which
+`store.open_window` makes a DuckDB view of, read once into the engine by `scan`), small results out.
 
 Everything the criteria and the notebook need is computed here, once, by the engine: grouped
-aggregates and window functions over `s`, a view of the window's probe samples with the facts
-every aggregate counts. DuckDB runs under a memory limit and spills to a temporary directory, so
+aggregates and window functions over `s`, the window's probe samples with the facts every
+aggregate counts (`phasegate.aggregates` defines those facts and the per-group statistics). DuckDB runs under a memory limit and spills to a temporary directory, so
 a window of any size completes in bounded memory; Python receives only per-probe, per-bucket,
 per-tenant and per-series results. Counts are exact; percentiles are numpy's "linear" over
 successful responses (a timeout has no latency to rank, a fast 503 must not make a latency
@@ -16,7 +16,6 @@ The same SQL runs on Spark through `phasegate.spark`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -25,30 +24,16 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from .aggregates import _NOT_PROBES, DERIVED, _ts, flags, group_stats, round_ms, sql_literal  # noqa: F401 - public here too
 from .config import memory_limit as check_memory_limit
 from .errors import DataError
 from .objstore import local_dir
-from .probe import ERROR_OUTCOMES
 from .profile import Profile
 from .ranks import QS, linear_percentile, order_statistics, percentile_ranks
-from .stats import quantile_interval_ranks, quantile_upper_rank, rate_upper
+from .sources import _actions, _platform, _prometheus, _render, _traffic, compare, custom_metrics
+from .stats import rate_upper
 from .store import open_window
 from .window import Window, iso, utcnow
-
-# Rows that are not the endpoints' probes: real traffic, Prometheus counts and query values, the
-# platform's deploys and flags, and acceptance commands (judged only by the criteria that name them).
-_NOT_PROBES = ("traffic", "prometheus", "prometheus-histogram", "platform", "promql", "check", "action",
-               "render", "render-traffic", "render-probe")
-_ERR = "(" + ", ".join(f"'{o}'" for o in sorted(ERROR_OUTCOMES)) + ")"
-
-# Per-row facts every aggregate counts: defined once, for probes and real traffic alike.
-DERIVED = f"""
-    coalesce(outcome IN {_ERR}, false) AS bad,
-    coalesce(status BETWEEN 500 AND 599 AND coalesce(error_code, '') <> 'FEATURE_DISABLED', false) AS five,
-    coalesce(error_code = 'FEATURE_DISABLED', false) AS disabled,
-    coalesce(outcome = 'assertion_failed', false) AS assertion,
-    coalesce(outcome = 'timeout', false) AS timeout,
-    CASE WHEN status IS NOT NULL AND NOT coalesce(outcome IN {_ERR}, false) THEN latency_ms END AS lat"""
 
 
 @dataclass
@@ -95,12 +80,6 @@ class Analysis:
         return self.con.sql("SELECT * FROM s")
 
 
-def sql_literal(value) -> str:
-    """A value as a SQL string literal: the one quoting helper (a quote in $TMPDIR, or a second
-    statement in $PHASEGATE_MEMORY_LIMIT, stays text). DuckDB binds no parameters in SET."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def connect(memory_limit: str | None = None, temp_dir: str | None = None):
     """One DuckDB connection with bounded memory: past the limit, operators spill to `temp_dir`."""
     import duckdb
@@ -119,17 +98,6 @@ def connect(memory_limit: str | None = None, temp_dir: str | None = None):
     except duckdb.Error:
         pass  # in Jupyter without ipywidgets DuckDB refuses the setting, and shows no bar either
     return con
-
-
-def _ts(x) -> str | None:
-    if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NaT:
-        return None
-    return iso(pd.Timestamp(x).to_pydatetime())
-
-
-def round_ms(x):
-    """Milliseconds to the microsecond, as every figure in signoff.json is reported."""
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 3)
 
 
 def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = None,
@@ -153,9 +121,6 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     probes = group_stats(con, "s", "probe", conf, total=True)
     overall = probes.pop(None)
     flips = transitions(con)
-    # Beside the probes: built on this module's aggregates, so imported here, not at the top.
-    from .sources import _actions, _platform, _prometheus, _render, _traffic, compare, custom_metrics
-
     traffic, traffic_tl = _traffic(con, conf)
     platform = _platform(con)
     base = None if baseline is None else compare(con, baseline)
@@ -217,12 +182,13 @@ def scan(con, relation: str) -> bool:
     if not spark:
         con.execute("DROP VIEW IF EXISTS s")
         con.execute("DROP TABLE IF EXISTS s_rows")
-        n, *values = con.execute("SELECT count(*), " + ", ".join(
-            f"list(DISTINCT {k}) FILTER (WHERE {k} IS NOT NULL)" for k in _KEYS) + f" FROM {relation} WHERE {probes}").fetchone()
+        n = con.execute(f"SELECT count(*) FROM {relation} WHERE {probes}").fetchone()[0]
         in_memory = n * ROW_BYTES <= IN_MEMORY_SHARE * _memory_limit_bytes(con)
+        values = con.execute("SELECT " + ", ".join(f"list(DISTINCT {k}) FILTER (WHERE {k} IS NOT NULL)" for k in _KEYS)
+                             + f" FROM {relation} WHERE {probes}").fetchone() if in_memory else [None] * len(_KEYS)
         for k, v in zip(_KEYS, values):
             con.execute(f"DROP TYPE IF EXISTS s_{k}")
-            if in_memory and v and len(v) <= _MAX_ENUM:
+            if v and len(v) <= _MAX_ENUM:
                 con.execute(f"CREATE TYPE s_{k} AS ENUM ({', '.join(sql_literal(x) for x in sorted(v))})")
                 cols[k] = f"CAST({k} AS s_{k}) AS {k}"
     rows = f"""SELECT ts, {cols["probe"]}, {cols["tenant"]}, status, {cols["outcome"]}, {cols["error_code"]},
@@ -263,72 +229,6 @@ def transitions(con) -> dict:
 
 
 # -- per-group statistics ------------------------------------------------------------------
-
-
-def group_stats(con, table: str, key: str | None, confidence: float = 0.95, where: str = "TRUE",
-                total: bool = False) -> dict:
-    """probe_stats of every group of `key` (None: all rows, one group keyed None; `total`: that one
-    too, beside the groups): samples, counts by status and outcome, errors, 5xx,
-    FEATURE_DISABLED, latency percentiles with distribution-free intervals (None where n is too
-    small for one), the P99's upper bound and the maximum.
-
-    Every count comes from one pass grouped by the group and each row's facts (a few hundred
-    cells), summed here per group and in total; the ranks are a second pass (and a third for
-    the total), once the counts say which order statistics the intervals need."""
-    k = key or "NULL"
-    cells = con.execute(f"""SELECT {k}, status, outcome, bad, five, disabled, assertion, lat IS NOT NULL, count(*), max(lat)
-        FROM {table} WHERE {where} GROUP BY ALL""").fetchall()
-    out: dict = {}
-    for g, status, outcome, bad, five, disabled, assertion, has_lat, n, mx in cells:
-        for at in {g, None} if total else {g}:
-            st = out.setdefault(at, {"samples": 0, "status_counts": {}, "outcome_counts": {}, "errors": 0,
-                                     "error_rate": None, "http_5xx": 0, "feature_disabled": 0, "assertion_failed": 0,
-                                     "latency_n": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None,
-                                     "p50_ci_ms": None, "p95_ci_ms": None, "p99_ci_ms": None, "p99_upper_ms": None})
-            st["samples"] += n
-            st["errors"] += n * bad
-            st["http_5xx"] += n * five
-            st["feature_disabled"] += n * disabled
-            st["assertion_failed"] += n * assertion
-            if has_lat:
-                st["latency_n"] += n
-                st["max_ms"] = mx if st["max_ms"] is None else max(st["max_ms"], mx)
-            if status is not None:
-                st["status_counts"][status] = st["status_counts"].get(status, 0) + n
-            if outcome is not None:
-                st["outcome_counts"][outcome] = st["outcome_counts"].get(outcome, 0) + n
-    for st in out.values():
-        st["error_rate"] = st["errors"] / st["samples"] if st["samples"] else None
-        st["max_ms"] = round_ms(st["max_ms"])
-        st["status_counts"] = {str(c): v for c, v in sorted(st["status_counts"].items())}
-        st["outcome_counts"] = dict(sorted(st["outcome_counts"].items()))
-    _ranked(con, table, key, where, out, confidence)
-    if total and key is not None:
-        _ranked(con, table, None, where, out, confidence)
-    return dict(sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] or "")))
-
-
-def _ranked(con, table, key, where, out: dict, confidence: float) -> None:
-    """Percentiles (linear, as numpy's) and the order statistics of the intervals and the P99's
-    bound, at the ranks `phasegate.stats` gives. `key` None: the total (out[None])."""
-    want, ranks = {}, {}
-    for g, st in out.items():
-        if (g is None) != (key is None) or not st["latency_n"]:
-            continue
-        n = st["latency_n"]
-        ci = {f"p{round(q * 100)}_ci_ms": quantile_interval_ranks(n, q, confidence) for q in QS}
-        up = quantile_upper_rank(n, 0.99, confidence)
-        want[g] = (n, ci, up)
-        ranks[g] = percentile_ranks(n) + [r for rr in ci.values() if rr for r in rr] + ([up] if up else [])
-    got = order_statistics(con, table, key, where, ranks)
-    for g, (n, ci, up) in want.items():
-        at, st = got[g], out[g]
-        st.update({f"p{round(q * 100)}_ms": round_ms(linear_percentile(at, n, q)) for q in QS})
-        for name, rr in ci.items():
-            if rr:
-                st[name] = [round_ms(at[rr[0]]), round_ms(at[rr[1]])]
-        if up:
-            st["p99_upper_ms"] = round_ms(at[up])
 
 
 def tenant_stats(con, confidence: float = 0.95) -> dict | None:
@@ -426,40 +326,6 @@ def _health(con, profile: Profile) -> dict:
         "min_loaded": None if lo is None else int(lo), "handlers_total": None if hi is None else int(hi),
         "first_unhealthy": _ts(first), "last_unhealthy": _ts(last),
     }
-
-
-_UNSET = object()
-
-
-def flags(con, table: str) -> dict:
-    """Flags as observed: each distinct JSON value decoded once, counted in the engine, and only
-    the rows where the observed value changes walked here. A flag the answer did not carry (an
-    error body) is not observed: it is neither on nor off."""
-    counts = dict(con.execute(f"SELECT flags, count(*) FROM {table} WHERE flags IS NOT NULL GROUP BY 1").fetchall())
-    decoded = {raw: {k: v for k, v in json.loads(raw).items() if v is not None} for raw in counts}
-    observed = [raw for raw, values in decoded.items() if values]
-    off: dict[str, int] = {}
-    off_obs = 0
-    for raw in observed:
-        if any(v is not True for v in decoded[raw].values()):
-            off_obs += counts[raw]
-        for name, v in decoded[raw].items():
-            if v is not True:
-                off[name] = off.get(name, 0) + counts[raw]
-    states, changes = {}, []
-    # Walked on small integer codes of the observed values (sorting the JSON text cost 4x more).
-    con.register("flag_codes", pd.DataFrame({"flags": observed, "code": range(len(observed))}))
-    for ts, code in con.execute(f"""SELECT ts, code FROM (SELECT ts, probe, tenant, code,
-            lag(code) OVER (ORDER BY ts, probe, tenant) prev
-            FROM (SELECT ts, probe, tenant, flags FROM {table} WHERE flags IS NOT NULL) JOIN flag_codes USING (flags))
-            WHERE prev IS NULL OR prev <> code ORDER BY ts, probe, tenant""").fetchall():
-        for name, value in decoded[observed[code]].items():
-            if states.get(name, _UNSET) != value:
-                changes.append({"ts": _ts(ts), "flag": name, "value": value})
-            states[name] = value
-    con.unregister("flag_codes")
-    return {"observations": int(sum(counts[r] for r in observed)), "off_observations": off_obs, "last": states,
-            "off_samples": off, "changes": changes}
 
 
 def _deployments(con) -> dict:

@@ -1,7 +1,8 @@
 """What the window holds beside the endpoints' probes, and the criteria written as data: the
 baseline compared, real traffic, Prometheus counts, the platform's deploys and flags, the actions
 `phasegate act` took, and each custom criterion's metric. Queries over the same connection as
-`analysis`, built on its per-row facts (`DERIVED`) and grouped statistics."""
+`analysis` (its tables `s` and `rest`), built on `phasegate.aggregates`' per-row facts and grouped
+statistics; `analysis` imports this module, never the other way round."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .analysis import _NOT_PROBES, DERIVED, _ts, flags, group_stats, round_ms, sql_literal
+from .aggregates import _NOT_PROBES, DERIVED, _ts, flags, group_stats, round_ms, sql_literal
 from .profile import Profile
 from .ranks import linear_percentile, order_statistics, percentile_ranks
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_upper_rank
