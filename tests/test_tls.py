@@ -25,7 +25,7 @@ from phasegate.probe import run_probe
 from phasegate.profile import load_profile
 from phasegate.store import read_samples
 
-from conftest import fast_profile, free_port as _free_port, phasegate
+from conftest import fast_profile, free_port as _free_port, phasegate, write_profile
 
 trustme = pytest.importorskip("trustme")
 EVER = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
@@ -273,11 +273,29 @@ def test_proxy_url_with_credentials_carries_probes_and_an_api_call_and_the_passw
         f.server_close()
     assert pulled.returncode == 0, pulled.stderr
     assert f"GET {f.api}/services/srv-d5fr5hre5dus73d3gdn0/deploys" in _log(log)
+    # And by the profile's [target] proxy_url, no proxy variable set: the API calls take the
+    # target's route; its no_proxy sends them direct.
+    f = FakeRender(env={"FAULT_LENS_V1_ENABLED": "true"})
+    try:
+        base = profile_for(tmp_path, f)
+        by_profile = write_profile(tmp_path, f'extends = "{base}"\n[target]\nproxy_url = "{url}"\n', "plat-proxy.toml")
+        bypass = write_profile(tmp_path, f'extends = "{by_profile}"\n[target]\nno_proxy = "127.0.0.1"\n', "plat-direct.toml")
+        seen = _log(log).count(f"GET {f.api}/services/")
+        pulled2 = phasegate("pull-platform", "--profile", by_profile, "--data", tmp_path / "pdata2",
+                            env={"TEST_RENDER_KEY": KEY})
+        through = _log(log).count(f"GET {f.api}/services/")
+        direct = phasegate("pull-platform", "--profile", bypass, "--data", tmp_path / "pdata3",
+                           env={"TEST_RENDER_KEY": KEY})
+    finally:
+        f.shutdown()
+        f.server_close()
+    assert pulled2.returncode == 0 and direct.returncode == 0, pulled2.stderr + direct.stderr
+    assert through > seen and _log(log).count(f"GET {f.api}/services/") == through, (seen, through)
     for path in tmp_path.rglob("*"):
         # (The profile and the proxy's own config hold it, as written by the test.)
         if path.is_file() and not path.name.startswith("proxy-") and path.suffix != ".toml":
             assert PROXY_PASSWORD.encode() not in path.read_bytes(), path
-    for r in (col, res, rep, pulled):
+    for r in (col, res, rep, pulled, pulled2, direct):
         assert PROXY_PASSWORD not in r.stdout + r.stderr
 
 
@@ -286,6 +304,7 @@ def test_an_api_call_trusts_requests_ca_bundle_and_goes_by_https_proxy_unless_no
     """The API clients' requests session: the system's trust plus REQUESTS_CA_BUNDLE, the
     environment's proxy (a CONNECT tunnel for https), NO_PROXY bypassing it."""
     from phasegate.apiclient import fetch
+    from phasegate.network import Route
 
     srv = servers(_server_ctx(ca, "127.0.0.1"))
     port = srv.server_address[1]
@@ -295,6 +314,9 @@ def test_an_api_call_trusts_requests_ca_bundle_and_goes_by_https_proxy_unless_no
         monkeypatch.delenv(name, raising=False)
     ex = fetch(f"{srv.url}/v1/services", "GET", {}, None, 5.0, 1 << 20)
     assert ex.outcome == "tls_error" and ex.error.startswith("TLS: unknown CA"), ex
+    # The profile's [target.tls] ca_file, as a profile's Render and Prometheus calls take it.
+    ex = fetch(f"{srv.url}/v1/services", "GET", {}, None, 5.0, 1 << 20, route=Route(ca_file=str(bundle)))
+    assert (ex.outcome, ex.status) == (None, 200), ex
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
     ex = fetch(f"{srv.url}/v1/services", "GET", {}, None, 5.0, 1 << 20)
     assert (ex.outcome, ex.status, json.loads(ex.body)["status"]) == (None, 200, "healthy"), ex

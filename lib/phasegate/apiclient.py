@@ -27,7 +27,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import InvalidHeader, MaxRetryError
 from urllib3.util.retry import Retry
 
-from .network import tls_failure
+from .network import Route, proxy_for, tls_failure
 from .probe import Exchange
 
 _CHUNK = 65536
@@ -50,7 +50,7 @@ def _disarm() -> None:
 
 
 def _fire(conn) -> None:
-    _attempt_fired[id(conn)] = True
+    conn.deadline_passed = True  # read by `fetch` once the blocked call returns
     sock = getattr(conn, "sock", None)
     if sock is not None:
         try:
@@ -59,21 +59,19 @@ def _fire(conn) -> None:
             pass  # already closed: nothing is blocked on it
 
 
-_attempt_fired: dict = {}  # id(connection) -> True once its watchdog fired (set from the timer's thread)
-
-
 class _Watched:
     """A urllib3 connection whose attempt is under the watchdog: armed by the first of connect()
     (https: the handshake comes first) and request(), re-armed by a request on a kept connection."""
 
     def connect(self):
-        if getattr(_attempt, "timer", None) is None:
+        if getattr(_attempt, "timeout_s", None) is not None and getattr(_attempt, "timer", None) is None:
             _arm(self, _attempt.timeout_s)
             _attempt.fresh = True
         return super().connect()
 
     def request(self, *args, **kw):
-        if getattr(_attempt, "timer", None) is None or not (_attempt.fresh and _attempt.conn is self):
+        if getattr(_attempt, "timeout_s", None) is not None and (
+                getattr(_attempt, "timer", None) is None or not (_attempt.fresh and _attempt.conn is self)):
             _arm(self, _attempt.timeout_s)
         _attempt.fresh = False
         return super().request(*args, **kw)
@@ -146,8 +144,12 @@ class Retrying(Retry):
 
 
 class _Adapter(HTTPAdapter):
+    def __init__(self, ca_file: str | None = None, **kw):
+        self.ca_file = ca_file
+        super().__init__(**kw)
+
     def init_poolmanager(self, *args, **kw):
-        super().init_poolmanager(*args, ssl_context=_context(), **kw)
+        super().init_poolmanager(*args, ssl_context=_context(self.ca_file), **kw)
         self.poolmanager.pool_classes_by_scheme = _POOLS
 
     def proxy_manager_for(self, proxy, **kw):
@@ -156,17 +158,22 @@ class _Adapter(HTTPAdapter):
         return manager
 
 
-@lru_cache(maxsize=1)
-def _context() -> ssl.SSLContext:
-    """The system's trust (and SSL_CERT_FILE), built once: requests adds REQUESTS_CA_BUNDLE to it."""
-    return ssl.create_default_context()
+@lru_cache(maxsize=8)
+def _context(ca_file: str | None = None) -> ssl.SSLContext:
+    """The system's trust (and SSL_CERT_FILE), plus `ca_file`, built once per file: requests adds
+    REQUESTS_CA_BUNDLE to it."""
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(ca_file)
+    return ctx
 
 
-def session(retries: Retrying | int = 0) -> requests.Session:
-    """A requests.Session for API calls: the environment's proxies and CA bundle, `retries` for its
-    reads, every attempt under the watchdog `fetch` arms."""
+def session(retries: Retrying | int = 0, route: Route | None = None) -> requests.Session:
+    """A requests.Session for API calls: the environment's proxies and CA bundle (the route's
+    proxy settings over them, its CA beside them), `retries` for its reads, every attempt under
+    the watchdog `fetch` arms."""
     s = requests.Session()
-    adapter = _Adapter(max_retries=retries)
+    adapter = _Adapter(ca_file=route.ca_file if route else None, max_retries=retries)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     s.headers["User-Agent"] = "phasegate"
@@ -185,18 +192,23 @@ def reads(tries: int, statuses, budget_s: float | None, methods=("GET",)) -> Ret
 
 
 def fetch(url: str, method: str, headers: dict, body: bytes | None, timeout_s: float, max_body: int,
-          retries: Retrying | None = None) -> Exchange:
+          retries: Retrying | None = None, route: Route | None = None) -> Exchange:
     """One API call, each attempt within `timeout_s` whole (headers, body and all), its failure an
     outcome like a probe's (timeout, dns_error, tls_error, connection_error, protocol_error,
-    body_too_large). Redirects are answers, not followed."""
+    body_too_large). Redirects are answers, not followed. A route with a proxy_url or no_proxy
+    decides the proxy as the probes' does (`network.proxy_for`); else requests reads the environment."""
     ex = Exchange()
     t0 = time.monotonic()
     _attempt.timeout_s, _attempt.timer = timeout_s, None
-    s = session(retries if retries is not None else 0)
+    s = session(retries if retries is not None else 0, route)
+    proxies = None
+    if route is not None and (route.proxy_url is not None or route.no_proxy is not None):
+        via = proxy_for(url, route.proxy_url, route.no_proxy)
+        proxies = {"http": via, "https": via}  # None: direct (requests drops a None over the environment's)
     resp = None
     try:
         resp = s.request(method, url, headers=headers, data=body, timeout=(timeout_s, timeout_s), stream=True,
-                         allow_redirects=False)
+                         allow_redirects=False, proxies=proxies)
         ex.status = resp.status_code
         ex.headers = {k.lower(): v for k, v in resp.headers.items()}
         chunks, size = [], 0
@@ -212,7 +224,8 @@ def fetch(url: str, method: str, headers: dict, body: bytes | None, timeout_s: f
     finally:
         conn = getattr(_attempt, "conn", None)
         _disarm()
-        if conn is not None and _attempt_fired.pop(id(conn), False):
+        _attempt.timeout_s = None  # a session used outside `fetch` runs unwatched, as requests does
+        if conn is not None and getattr(conn, "deadline_passed", False):
             ex.status, ex.body = None, b""
             ex.outcome, ex.error = "timeout", f"no complete response within {timeout_s:g}s"
         if resp is not None:

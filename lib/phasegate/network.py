@@ -33,6 +33,17 @@ class Tls:
     insecure_skip_verify: bool = False  # said on page 1 of every report when set
 
 
+@dataclass(frozen=True)
+class Route:
+    """How an API call (Render, Prometheus) leaves the machine: the profile's `[target]` proxy
+    settings and its CA, when set (the target's client certificate and SNI name stay the target's).
+    Unset, requests takes HTTPS_PROXY / NO_PROXY / REQUESTS_CA_BUNDLE from the environment."""
+
+    proxy_url: str | None = None
+    no_proxy: str | None = None
+    ca_file: str | None = None  # trusted beside the system's store
+
+
 def load_tls(r, base: Path, verify_tls: bool) -> Tls:
     """[target.tls] from a config reader (`phasegate.config._Reader`), its paths relative to the
     profile's folder, every file tried now."""

@@ -73,7 +73,7 @@ def _retrying(src: PlatformSource, method: str, url: str, key: str, body, ok, ma
         data = json.dumps(body).encode()
         headers.update({"Content-Type": "application/json", "Content-Length": str(len(data))})
     retries = reads(MAX_TRIES, retry_on, src.retry_s, methods=(method,)) if retry_on else None
-    ex = fetch(url, method, headers, data, src.timeout_s, max_bytes, retries)
+    ex = fetch(url, method, headers, data, src.timeout_s, max_bytes, retries, src.route)
     row = {"url": redact_url(_scrub(url, key)), "method": method, "status": ex.status,
            "latency_ms": ex.phases["latency_ms"]}
     raw = None

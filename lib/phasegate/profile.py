@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from .config import _Reader
 from .errors import ProfileError
-from .network import Tls, load_tls
+from .network import Route, Tls, load_tls
 from .objstore import Storage
 from .redact import MASK, Secret, is_secret_header, is_secret_name, redact_text, redact_url
 # The criteria and runbook sections live in `rules`; imported here, where a profile is put together.
@@ -115,6 +115,7 @@ class PromSource:
     histogram: str = "http_request_duration_seconds"
     token_env: str | None = None
     timeout_s: float = 10.0
+    route: Route = Route()  # the target's proxy and CA, for this API's calls too
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class PlatformSource:
     enabled: bool = True
     interval_s: float = 300.0  # how often a running collector reads it
     retry_s: float = 60.0  # how long a read may keep retrying a 429/5xx (Retry-After honoured within it)
+    route: Route = Route()  # the target's proxy and CA, for this API's calls too
     # Render as evidence: the service's logs, HTTP metrics and events over the window.
     evidence: bool = True
     owner_id: str = ""  # the workspace the logs belong to; looked up from the service when empty
@@ -294,9 +296,10 @@ def build_profile(raw: dict, src: str = "<profile>", base_url: str | None = None
         if needs:
             top.fail(f"criteria.{needs}.promql", "needs a [prometheus] section (its url) to query")
     flag_names = tuple(dict.fromkeys(f for pr in probes for f in pr.flags))
-    platform = None if plat is None else _platform(src, plat, flag_names)
+    route = Route(target.proxy_url, target.no_proxy, target.tls.ca_file if target.tls else None)
+    platform = None if plat is None else replace(_platform(src, plat, flag_names), route=route)
     return Profile(path=src, target=target, probes=probes, criteria=criteria, runbook=runbook, phases=phases,
-                   prometheus=None if prom is None else _prometheus(src, prom),
+                   prometheus=None if prom is None else replace(_prometheus(src, prom), route=route),
                    platform=platform if platform is not None and platform.enabled else None, resolved=resolved,
                    checks=checks, storage=storage, engine=engine)
 

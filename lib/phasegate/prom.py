@@ -53,7 +53,8 @@ def query_range(src: PromSource, query: str, window: Window, step_s: float) -> l
     if token:
         headers["Authorization"] = Secret(f"Bearer {token}")
     # The whole answer, headers included, within src.timeout_s (requests alone bounds each read).
-    ex = fetch(f"{src.url}/api/v1/query_range?{params}", "GET", headers, None, src.timeout_s, 256 * 1024 * 1024)
+    ex = fetch(f"{src.url}/api/v1/query_range?{params}", "GET", headers, None, src.timeout_s, 256 * 1024 * 1024,
+               route=src.route)
     if ex.outcome is not None:
         raise DataError(f"Prometheus at {src.url} unreachable: {redact_text(ex.error or ex.outcome, [token or ''])}")
     if ex.status != 200:
