@@ -102,4 +102,10 @@ def test_spark_cluster_computes_the_same_signoff_as_duckdb_on_a_faulty_fleet(spa
     local = analyze(load_profile(FLEET), data, win, now=win.end, engine="duckdb")
     assert again.overall == local.overall and again.probes == local.probes and again.tenants == local.tenants
     assert again.overall["samples"] < duck["overall"]["samples"] and again.overall["http_5xx"] > 0
+    # And a third window, on the same session still: each analysis counts its own Spark jobs.
+    win = Window(START + timedelta(minutes=40), START + timedelta(minutes=70))
+    third = analyze(load_profile(FLEET), data, win, now=win.end, engine=master)
+    assert third.probes == analyze(load_profile(FLEET), data, win, now=win.end, engine="duckdb").probes
+    assert third.con.spark is again.con.spark and third.con.group != again.con.group
+    assert third.con.jobs() > 0 and again.con.jobs() > 0
     again.con.close()

@@ -12,6 +12,7 @@ transpiler keeps them the one source, where Ibis would mean rewriting every one 
 from __future__ import annotations
 
 import decimal
+import itertools
 import os
 import tempfile
 import time
@@ -112,6 +113,9 @@ class _Result:
         return {c: pdf[c].to_numpy() for c in pdf.columns}
 
 
+_GROUPS = itertools.count(1)
+
+
 class SparkConnection:
     """A Spark session that answers the analysis' DuckDB SQL."""
 
@@ -144,10 +148,17 @@ class SparkConnection:
             raise DataError(f"cannot start Spark against {url}: {str(exc).splitlines()[0][:200]}") from None
         self.spark.sparkContext.setLogLevel("ERROR")
         self.url = url
+        # Each connection's queries are one job group: how many Spark jobs an analysis cost.
+        self.group = f"phasegate-{os.getpid()}-{next(_GROUPS)}"
+
+    def jobs(self) -> int:
+        """The Spark jobs this connection's queries have run (the status tracker's count for its group)."""
+        return len(self.spark.sparkContext.statusTracker().getJobIdsForGroup(self.group))
 
     def execute(self, sql: str, params=None) -> _Result:
         from sqlglot import exp, parse_one
 
+        self.spark.sparkContext.setJobGroup(self.group, "phasegate analysis")
         tree = parse_one(sql, read="duckdb")
         if isinstance(tree, exp.Create) and tree.args.get("kind") == "TABLE":
             # A temp table is a cached view here: Spark has no session-scoped tables.
