@@ -191,9 +191,8 @@ def write_phase_index(phase_dir, removed=(), keep_replaced: int = KEEP_INTERIM, 
     _write_atomic(phase_dir / INDEX_JSON, json.dumps(body, indent=2, default=str) + "\n")
     ok = [e for e in entries if e["status"] in ("ok", "replaced")]
     sparks = {k: _spark([e["figures"][k] for e in ok]) for k in ("error_rate", "execute_p99_ms", "http_5xx")}
-    html = render("phase_index.html.j2", phase=phase_dir.name, runs=list(reversed(entries)),
-                                                              sparks=sparks, verdicts=[e["verdict"] for e in ok],
-                                                              updated=body["updated_at"])
+    html = render("phase_index.html.j2", phase=phase_dir.name, runs=list(reversed(entries)), sparks=sparks,
+                  verdicts=[e["verdict"] for e in ok], updated=body["updated_at"])
     _write_atomic(phase_dir / INDEX_HTML, html)
     return entries
 
@@ -215,8 +214,7 @@ def write_root_index(root) -> Path:
             made = [n for n in ("rollout.pdf", "rollout.html", "rollout.json") if (p / n).exists()]
             if p.is_dir() and made:
                 summaries.append({"name": p.name, "file": made[0]})
-    html = render("root_index.html.j2", phases=phases, summaries=summaries,
-                                                             updated=iso(utcnow()))
+    html = render("root_index.html.j2", phases=phases, summaries=summaries, updated=iso(utcnow()))
     _write_atomic(root / INDEX_HTML, html)
     return root / INDEX_HTML
 
