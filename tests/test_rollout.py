@@ -382,3 +382,26 @@ def test_report_latest_before_any_evidence_is_inconclusive_in_one_line(tmp_path)
     assert res.returncode == 13 and res.stderr == "", res.stdout + res.stderr
     assert res.stdout.startswith("INCONCLUSIVE: no evidence yet for phase1-staging-canary since 2026-01-28T14:45:01Z")
     assert len(res.stdout.splitlines()) == 1
+
+
+def test_a_promoted_window_starts_after_the_second_its_deploy_went_live(tmp_path):
+    # Reports write windows to the second. The drill once failed when the act's deploy went live
+    # in the same second as the first probe after the act: the truncated start took the deploy
+    # into the window as an unexpected one. The window starts at the next whole second's probe.
+    from phasegate import rollout
+    from phasegate.store import write_samples
+    from phasegate.window import iso
+
+    plan = tmp_path / "plan.toml"
+    plan.write_text("allow_simulated = true\n" + PLAN.read_text().replace('profile = "', f'profile = "{PROFILES}/'))
+    ph = load_plan(plan).phases[1]
+    t = datetime(2026, 12, 4, 8, 13, 28, tzinfo=timezone.utc).timestamp()
+    action = {"source": "action", "probe": "act.deploy", "outcome": "ok", "request_id": "act-x:1",
+              "evidence": json.dumps({"kind": "promote", "by": "anna", "last": True})}
+    probe = {"source": "probe", "probe": "list", "outcome": "ok", "status": 200}
+    write_samples(ph.data, [{**action, "ts": t + 0.4}, {**probe, "ts": t + 0.7, "request_id": "a"},
+                            {**probe, "ts": t + 1.2, "request_id": "b"}], "x")
+    now = datetime.fromtimestamp(t + 5, timezone.utc)
+    start, runs, _ = rollout.phase_start(ph, datetime.fromtimestamp(t - 60, timezone.utc), now)
+    assert [r.kind for r in runs] == ["promote"]
+    assert start.timestamp() == t + 1.2 and iso(start) == "2026-12-04T08:13:29Z"  # not 08:13:28Z: the deploy's second

@@ -162,14 +162,18 @@ def phase_start(ph: Phase, prev_end: datetime | None, now: datetime):
     """Where a phase's window starts, from its dataset: (start or None, the act runs recorded since
     its anchor, why it has not started when that needs saying). The anchor is the plan's start
     time, or the previous phase's approved window end. A promotion (or restart) that `act`
-    completed moves the start to the first probe after it: the window begins on the new deploy,
-    live and verified, so phasegate's own deploy is never inside it."""
+    completed moves the start to the first probe from the whole second after it: the window begins
+    on the new deploy, live and verified, so phasegate's own deploy is never inside it."""
     anchor = ph.start if ph.start is not None else prev_end if prev_end is not None else EPOCH  # first-sample
 
     runs = ledger.runs(ph.data, ph.storage, anchor, now) if anchor < now else []
     moved = ledger.last_complete(runs, ("promote", "restart"))
     if moved is not None:
-        start = ledger.first_probe_after(ph.data, ph.storage, moved.ended, now)
+        # Windows are written to the second (a report's start is truncated): the first probe from
+        # the next whole second on, so a deploy that went live in the act's last second, and the
+        # old deployment's probes of that second, stay before the window.
+        after = moved.ended.replace(microsecond=0) + timedelta(seconds=1)
+        start = ledger.first_probe_after(ph.data, ph.storage, after, now)
         return start, runs, "" if start else (f"promoted at {iso(moved.ended)} by {moved.by}; no probe sample since: "
                                                   f"start the collector")
     tried = [r for r in runs if r.kind in ("promote", "restart")]
