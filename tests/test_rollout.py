@@ -45,6 +45,13 @@ def drill(root: Path, extra: str = "") -> Path:
     return path
 
 
+def promoting_drill(root: Path) -> Path:
+    """The shipped plan as a drill with its [phase.promote] tables kept: act promotes its phases."""
+    path = root / "plan.toml"
+    path.write_text("allow_simulated = true\n" + PLAN.read_text().replace('profile = "', f'profile = "{PROFILES}/'))
+    return path
+
+
 def status(root: Path, as_of: datetime, plan=None):
     res = phasegate("status", "--plan", plan or drill(root), "--as-of", as_of.isoformat(), cwd=root)
     assert res.stderr == "", res.stderr
@@ -106,8 +113,7 @@ def test_phase1_go_and_phase2_not_started_says_proceed(tmp_path):
 
 def test_a_phase_with_promotion_steps_starts_with_its_promotion(tmp_path):
     # The shipped plan promotes Phase 2 through act: probes after Phase 1's GO watch the old state.
-    plan = tmp_path / "plan.toml"
-    plan.write_text("allow_simulated = true\n" + PLAN.read_text().replace('profile = "', f'profile = "{PROFILES}/'))
+    plan = promoting_drill(tmp_path)
     signed_go(tmp_path)
     gen(tmp_path, "fault-lens-staging-fleet.toml", P2, P2_START, 3)
     res = status(tmp_path, P2_START + timedelta(hours=3), plan=plan)
@@ -392,8 +398,7 @@ def test_a_promoted_window_starts_after_the_second_its_deploy_went_live(tmp_path
     from phasegate.store import write_samples
     from phasegate.window import iso
 
-    plan = tmp_path / "plan.toml"
-    plan.write_text("allow_simulated = true\n" + PLAN.read_text().replace('profile = "', f'profile = "{PROFILES}/'))
+    plan = promoting_drill(tmp_path)
     ph = load_plan(plan).phases[1]
     t = datetime(2026, 12, 4, 8, 13, 28, tzinfo=timezone.utc).timestamp()
     action = {"source": "action", "probe": "act.deploy", "outcome": "ok", "request_id": "act-x:1",
