@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 
+from .batch import Q, steps, unique
 from .probe import ERROR_OUTCOMES
 from .ranks import QS, linear_percentile, order_statistics, percentile_ranks
 from .stats import quantile_interval_ranks, quantile_upper_rank
@@ -53,8 +54,9 @@ def round_ms(x):
 # -- per-group statistics ------------------------------------------------------------------
 
 
+@steps
 def group_stats(con, table: str, key: str | None, confidence: float = 0.95, where: str = "TRUE",
-                total: bool = False) -> dict:
+                total: bool = False):
     """probe_stats of every group of `key` (None: all rows, one group keyed None; `total`: that one
     too, beside the groups): samples, counts by status and outcome, errors, 5xx,
     FEATURE_DISABLED, latency percentiles with distribution-free intervals (None where n is too
@@ -64,8 +66,8 @@ def group_stats(con, table: str, key: str | None, confidence: float = 0.95, wher
     cells), summed here per group and in total; the ranks are a second pass (and a third for
     the total), once the counts say which order statistics the intervals need."""
     k = key or "NULL"
-    cells = con.execute(f"""SELECT {k}, status, outcome, bad, five, disabled, assertion, lat IS NOT NULL, count(*), max(lat)
-        FROM {table} WHERE {where} GROUP BY ALL""").fetchall()
+    cells = yield Q(f"""SELECT {k}, status, outcome, bad, five, disabled, assertion, lat IS NOT NULL, count(*), max(lat)
+        FROM {table} WHERE {where} GROUP BY ALL""")
     out: dict = {}
     for g, status, outcome, bad, five, disabled, assertion, has_lat, n, mx in cells:
         for at in {g, None} if total else {g}:
@@ -90,13 +92,12 @@ def group_stats(con, table: str, key: str | None, confidence: float = 0.95, wher
         st["max_ms"] = round_ms(st["max_ms"])
         st["status_counts"] = {str(c): v for c, v in sorted(st["status_counts"].items())}
         st["outcome_counts"] = dict(sorted(st["outcome_counts"].items()))
-    _ranked(con, table, key, where, out, confidence)
-    if total and key is not None:
-        _ranked(con, table, None, where, out, confidence)
+    yield [_ranked(con, table, key, where, out, confidence)] + (
+        [_ranked(con, table, None, where, out, confidence)] if total and key is not None else [])
     return dict(sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] or "")))
 
 
-def _ranked(con, table, key, where, out: dict, confidence: float) -> None:
+def _ranked(con, table, key, where, out: dict, confidence: float):
     """Percentiles (linear, as numpy's) and the order statistics of the intervals and the P99's
     bound, at the ranks `phasegate.stats` gives. `key` None: the total (out[None])."""
     want, ranks = {}, {}
@@ -108,7 +109,7 @@ def _ranked(con, table, key, where, out: dict, confidence: float) -> None:
         up = quantile_upper_rank(n, 0.99, confidence)
         want[g] = (n, ci, up)
         ranks[g] = percentile_ranks(n) + [r for rr in ci.values() if rr for r in rr] + ([up] if up else [])
-    got = order_statistics(con, table, key, where, ranks)
+    got = yield order_statistics.steps(con, table, key, where, ranks)
     for g, (n, ci, up) in want.items():
         at, st = got[g], out[g]
         st.update({f"p{round(q * 100)}_ms": round_ms(linear_percentile(at, n, q)) for q in QS})
@@ -122,11 +123,12 @@ def _ranked(con, table, key, where, out: dict, confidence: float) -> None:
 _UNSET = object()
 
 
-def flags(con, table: str) -> dict:
+@steps
+def flags(con, table: str):
     """Flags as observed: each distinct JSON value decoded once, counted in the engine, and only
     the rows where the observed value changes walked here. A flag the answer did not carry (an
     error body) is not observed: it is neither on nor off."""
-    counts = dict(con.execute(f"SELECT flags, count(*) FROM {table} WHERE flags IS NOT NULL GROUP BY 1").fetchall())
+    counts = dict((yield Q(f"SELECT flags, count(*) FROM {table} WHERE flags IS NOT NULL GROUP BY 1")))
     decoded = {raw: {k: v for k, v in json.loads(raw).items() if v is not None} for raw in counts}
     observed = [raw for raw, values in decoded.items() if values]
     off: dict[str, int] = {}
@@ -139,15 +141,21 @@ def flags(con, table: str) -> dict:
                 off[name] = off.get(name, 0) + counts[raw]
     states, changes = {}, []
     # Walked on small integer codes of the observed values (sorting the JSON text cost 4x more).
-    con.register("flag_codes", pd.DataFrame({"flags": observed, "code": range(len(observed))}))
-    for ts, code in con.execute(f"""SELECT ts, code FROM (SELECT ts, probe, tenant, code,
-            lag(code) OVER (ORDER BY ts, probe, tenant) prev
-            FROM (SELECT ts, probe, tenant, flags FROM {table} WHERE flags IS NOT NULL) JOIN flag_codes USING (flags))
-            WHERE prev IS NULL OR prev <> code ORDER BY ts, probe, tenant""").fetchall():
+    walk = []
+    if observed:
+        codes = unique("flag_codes")
+        con.register(codes, pd.DataFrame({"flags": observed, "code": range(len(observed))}))
+        try:
+            walk = yield Q(f"""SELECT ts, code FROM (SELECT ts, probe, tenant, code,
+                lag(code) OVER (ORDER BY ts, probe, tenant) prev
+                FROM (SELECT ts, probe, tenant, flags FROM {table} WHERE flags IS NOT NULL) JOIN {codes} USING (flags))
+                WHERE prev IS NULL OR prev <> code ORDER BY ts, probe, tenant""")
+        finally:
+            con.unregister(codes)
+    for ts, code in walk:
         for name, value in decoded[observed[code]].items():
             if states.get(name, _UNSET) != value:
                 changes.append({"ts": _ts(ts), "flag": name, "value": value})
             states[name] = value
-    con.unregister("flag_codes")
     return {"observations": int(sum(counts[r] for r in observed)), "off_observations": off_obs, "last": states,
             "off_samples": off, "changes": changes}

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregates import _NOT_PROBES, DERIVED, _ts, flags, group_stats, round_ms, sql_literal  # noqa: F401 - public here too
+from .batch import Q, drive, steps, unique
 from .config import memory_limit as check_memory_limit
 from .errors import DataError
 from .objstore import local_dir
@@ -113,30 +114,39 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
         raise DataError(f"window starts in the future ({iso(window.start)}): nothing to analyse yet")
     con, files = _open(data_dir, window.start, observed_end, memory_limit, engine or profile.engine)
     inputs = {"files": files["files"], "excluded": list(files["excluded"])}
-    n, sim = con.execute("SELECT count(*), count(*) FILTER (WHERE simulated) FROM s").fetchall()[0]
+    conf, start = profile.criteria.confidence, window.start
+    # Every aggregate's queries side by side, each round asked of the engine at once (`phasegate.batch`).
+    ((n, sim),), hourly, probes, flips, (traffic, traffic_tl), platform, health, flag_values, deployments, \
+        anomalies, evidence, prometheus, tenants, tl, occurrences, custom, actions, tls, render, gaps = drive(con, _all(
+            Q("SELECT count(*), count(*) FILTER (WHERE simulated) FROM s"),
+            coverage_hourly.steps(con, profile, start, observed_end),
+            group_stats.steps(con, "s", "probe", conf, total=True), transitions.steps(con), _traffic.steps(con, conf),
+            _platform.steps(con), _health.steps(con, profile), flags.steps(con, "s"), _deployments.steps(con),
+            _anomalies.steps(con), _evidence.steps(con), _prometheus.steps(con), tenant_stats.steps(con, conf),
+            timeline.steps(con, bucket_s), _occurrences.steps(con), custom_metrics.steps(con, profile),
+            _actions.steps(con), _tls.steps(con), _render.steps(con, profile, data_dir, start, observed_end, conf),
+            _gaps.steps(con, profile, start, observed_end)))
     if not n:
         raise DataError(f"no samples in {data_dir} between {iso(window.start)} and {iso(observed_end)}"
                         + (f" ({len(inputs['excluded'])} file(s) excluded as unreadable)" if inputs["excluded"] else ""))
-    conf = profile.criteria.confidence
-    hourly = coverage_hourly(con, profile, window.start, observed_end)
-    probes = group_stats(con, "s", "probe", conf, total=True)
     overall = probes.pop(None)
-    flips = transitions(con)
-    traffic, traffic_tl = _traffic(con, conf)
-    platform = _platform(con)
     base = None if baseline is None else compare(con, baseline)
     return Analysis(
         window=window, observed_end=observed_end, now=now, probes=probes,
-        overall=overall, health=_health(con, profile), flags=flags(con, "s"),
-        deployments=_deployments(con), anomalies=_anomalies(con), coverage=_coverage(con, profile, window.start, observed_end, probes),
-        evidence=_evidence(con), inputs=inputs, quality=_quality(hourly, probes, flips),
-        baseline=None if base is None else {"probes": base[0]}, traffic=traffic, prometheus=_prometheus(con),
-        tenants=tenant_stats(con, conf), platform=platform,
-        timeline=timeline(con, bucket_s), coverage_hourly=hourly, occurrences=_occurrences(con),
+        overall=overall, health=health, flags=flag_values,
+        deployments=deployments, anomalies=anomalies, coverage=_coverage_of(profile, start, observed_end, probes, *gaps),
+        evidence=evidence, inputs=inputs, quality=_quality(hourly, probes, flips),
+        baseline=None if base is None else {"probes": base[0]}, traffic=traffic, prometheus=prometheus,
+        tenants=tenants, platform=platform,
+        timeline=tl, coverage_hourly=hourly, occurrences=occurrences,
         samples_live=int(n - sim), samples_simulated=int(sim), traffic_timeline=traffic_tl,
-        ecdf={} if base is None else base[1], con=con, custom=custom_metrics(con, profile), actions=_actions(con),
-        tls=_tls(con), render=_render(con, profile, data_dir, window.start, observed_end, conf),
+        ecdf={} if base is None else base[1], con=con, custom=custom, actions=actions, tls=tls, render=render,
     )
+
+
+def _all(*parts):
+    """One step that waits for all of `parts` (queries and steps) and returns their answers."""
+    return (yield list(parts))
 
 
 def window_relation(data_dir, window: Window, memory_limit: str | None = None):
@@ -220,32 +230,35 @@ def _memory_limit_bytes(con) -> float:
         return 0.0  # unreadable: read the files each time, as before, rather than guess
 
 
-def transitions(con) -> dict:
+@steps
+def transitions(con):
     """ok/failed changes per probe, counted within each (tenant, probe) series in time order. Only
     series with a failure can change: the others are not sorted at all."""
-    return dict(con.execute("""SELECT probe, count(*) FILTER (WHERE bad <> prev) FROM (
+    return dict((yield Q("""SELECT probe, count(*) FILTER (WHERE bad <> prev) FROM (
         SELECT s.probe, s.bad, lag(s.bad) OVER (PARTITION BY s.tenant, s.probe ORDER BY s.us) prev
         FROM s SEMI JOIN (SELECT DISTINCT tenant, probe FROM s WHERE bad) f
-        ON s.probe = f.probe AND s.tenant IS NOT DISTINCT FROM f.tenant) GROUP BY probe""").fetchall())
+        ON s.probe = f.probe AND s.tenant IS NOT DISTINCT FROM f.tenant) GROUP BY probe""")))
 
 
 # -- per-group statistics ------------------------------------------------------------------
 
 
-def tenant_stats(con, confidence: float = 0.95) -> dict | None:
+@steps
+def tenant_stats(con, confidence: float = 0.95):
     """Every probe statistic per tenant, worst first (error rate, then 5xx, then p99), or None when
     no sample carries a tenant."""
-    rows = con.execute("""SELECT tenant, count(*), count(*) FILTER (WHERE bad), count(*) FILTER (WHERE five),
+    rows, ((untagged,),) = yield [Q("""SELECT tenant, count(*), count(*) FILTER (WHERE bad), count(*) FILTER (WHERE five),
         count(*) FILTER (WHERE disabled), count(*) FILTER (WHERE timeout), count(lat)
-        FROM s WHERE tenant IS NOT NULL GROUP BY tenant""").fetchall()
+        FROM s WHERE tenant IS NOT NULL GROUP BY tenant"""), Q("SELECT count(*) FROM s WHERE tenant IS NULL")]
     if not rows:
         return None
-    at = order_statistics(con, "s", "tenant", "tenant IS NOT NULL",
-                          {r[0]: percentile_ranks(r[6]) for r in rows if r[6]})
     # The probe with most errors, per tenant: where to look first (the first by name on a tie).
-    worst = {t: (p, k) for t, p, k in con.execute("""SELECT tenant, probe, k FROM (
+    at, worst = yield [order_statistics.steps(con, "s", "tenant", "tenant IS NOT NULL",
+                                              {r[0]: percentile_ranks(r[6]) for r in rows if r[6]}),
+                       Q("""SELECT tenant, probe, k FROM (
         SELECT tenant, probe, k, row_number() OVER (PARTITION BY tenant ORDER BY k DESC, probe) AS pos FROM (
-            SELECT tenant, probe, count(*) AS k FROM s WHERE bad AND tenant IS NOT NULL GROUP BY ALL)) WHERE pos = 1""").fetchall()}
+            SELECT tenant, probe, count(*) AS k FROM s WHERE bad AND tenant IS NOT NULL GROUP BY ALL)) WHERE pos = 1""")]
+    worst = {t: (p, k) for t, p, k in worst}
     out = []
     for tenant, n, bad, five, disabled, timeouts, n_lat in rows:
         p, k = worst.get(tenant, (None, None))
@@ -256,35 +269,37 @@ def tenant_stats(con, confidence: float = 0.95) -> dict | None:
                     "p50_ms": round_ms(pct[0]), "p95_ms": round_ms(pct[1]), "p99_ms": round_ms(pct[2]),
                     "worst_probe": p, "worst_probe_errors": None if k is None else int(k)})
     out.sort(key=lambda r: (-r["error_rate"], -r["http_5xx"], -(r["p99_ms"] or 0.0), r["tenant"]))
-    untagged = con.execute("SELECT count(*) FROM s WHERE tenant IS NULL").fetchall()[0][0]
     return {"count": len(out), "untagged_samples": int(untagged), "rows": out}
 
 
-def timeline(con, bucket_s: float = 300.0) -> pd.DataFrame:
+@steps
+def timeline(con, bucket_s: float = 300.0):
     """Per bucket and probe: samples, errors, 5xx, latency p50/p95/p99 (ms); only pairs with samples.
     A day of buckets at a time: a grouped quantile holds its groups' values, and a day's fit."""
     step = int(bucket_s * 1e6)
-    lo, hi = con.execute("SELECT min(us), max(us) FROM s").fetchall()[0]
+    ((lo, hi),) = yield Q("SELECT min(us), max(us) FROM s")
     if lo is None:
         return pd.DataFrame()
     chunk = max(1, 86_400_000_000 // step) * step
-    parts = []
+    asked = []
     for a in range((lo // step) * step, hi + 1, chunk):
         t0, t1 = pd.Timestamp(a, unit="us", tz="UTC"), pd.Timestamp(a + chunk, unit="us", tz="UTC")
-        parts.append(con.execute(f"""SELECT bucket, CAST(probe AS VARCHAR) AS probe, samples, errors, http_5xx, pct[1] AS p50_ms, pct[2] AS p95_ms,
+        asked.append(Q(f"""SELECT bucket, CAST(probe AS VARCHAR) AS probe, samples, errors, http_5xx, pct[1] AS p50_ms, pct[2] AS p95_ms,
             pct[3] AS p99_ms FROM (SELECT make_timestamptz((us // {step}) * {step}) AS bucket, probe, count(*) AS samples,
             count(*) FILTER (WHERE bad) AS errors, count(*) FILTER (WHERE five) AS http_5xx,
             quantile_cont(lat, {list(QS)}) AS pct FROM s
             WHERE ts >= TIMESTAMPTZ '{t0.isoformat()}' AND ts < TIMESTAMPTZ '{t1.isoformat()}' GROUP BY ALL)
-            ORDER BY bucket, probe""").df())
+            ORDER BY bucket, probe""", as_="df"))
+    parts = yield asked
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
-def coverage_hourly(con, profile: Profile, start: datetime, end: datetime) -> pd.DataFrame:
+@steps
+def coverage_hourly(con, profile: Profile, start: datetime, end: datetime):
     """Per hour and probe: actual samples, expected samples, availability (share not failed)."""
     rate = _expected(profile)
-    got = {(pd.Timestamp(h * 3_600_000_000, unit="us", tz="UTC"), p): (int(n), int(good)) for h, p, n, good in con.execute(
-        "SELECT us // 3600000000, probe, count(*), count(*) FILTER (WHERE NOT bad) FROM s GROUP BY ALL").fetchall()}
+    rows = yield Q("SELECT us // 3600000000, probe, count(*), count(*) FILTER (WHERE NOT bad) FROM s GROUP BY ALL")
+    got = {(pd.Timestamp(h * 3_600_000_000, unit="us", tz="UTC"), p): (int(n), int(good)) for h, p, n, good in rows}
     hours = pd.date_range(pd.Timestamp(start).floor("h"), pd.Timestamp(end), freq="h")
     out = []
     for h in hours[hours < pd.Timestamp(end)]:
@@ -297,29 +312,31 @@ def coverage_hourly(con, profile: Profile, start: datetime, end: datetime) -> pd
     return pd.DataFrame(out)
 
 
-def _occurrences(con) -> dict:
+@steps
+def _occurrences(con):
     """{kind: [first, last]} of the rows of each kind (errors, 5xx, FEATURE_DISABLED, ...), None when none."""
     kinds = ("bad", "five", "disabled", "assertion", "timeout")
-    row = con.execute("SELECT " + ", ".join(f"min(ts) FILTER (WHERE {k}), max(ts) FILTER (WHERE {k})" for k in kinds)
-                      + " FROM s").fetchall()[0]
+    (row,) = yield Q("SELECT " + ", ".join(f"min(ts) FILTER (WHERE {k}), max(ts) FILTER (WHERE {k})" for k in kinds)
+                     + " FROM s")
     return {k: ([_ts(row[2 * i]), _ts(row[2 * i + 1])] if row[2 * i] is not None else None) for i, k in enumerate(kinds)}
 
 
 # -- health, flags, deployments, anomalies, evidence ----------------------------------------
 
 
-def _health(con, profile: Profile) -> dict:
+@steps
+def _health(con, profile: Profile):
     """Every health probe that did not get a healthy answer is unhealthy: a 5xx, a timeout, a
     refused connection or an invalid body as much as a "degraded" status or handlers below total."""
     names = [p.name for p in profile.probes if "handlers_total" in p.extract or "health_status" in p.extract]
     h = """(SELECT *, NOT bad AND (handlers_total IS NOT NULL OR health_status IS NOT NULL) AS answered,
         coalesce(handlers_loaded <> handlers_total, false) OR coalesce(health_status <> 'healthy', false) AS degraded
         FROM s WHERE list_contains(?, probe))"""
-    n, failed, degraded, answered, lo, hi, first, last = con.execute(f"""SELECT count(*), count(*) FILTER (WHERE bad),
-        count(*) FILTER (WHERE degraded AND NOT bad), count(*) FILTER (WHERE answered),
+    ((n, failed, degraded, answered, lo, hi, first, last),), why = yield [Q(f"""SELECT count(*),
+        count(*) FILTER (WHERE bad), count(*) FILTER (WHERE degraded AND NOT bad), count(*) FILTER (WHERE answered),
         min(handlers_loaded) FILTER (WHERE answered), max(handlers_total) FILTER (WHERE answered),
-        min(ts) FILTER (WHERE bad OR degraded), max(ts) FILTER (WHERE bad OR degraded) FROM {h}""", [names]).fetchall()[0]
-    why = con.execute(f"SELECT outcome, count(*) FROM {h} WHERE bad GROUP BY 1 ORDER BY 1", [names]).fetchall()
+        min(ts) FILTER (WHERE bad OR degraded), max(ts) FILTER (WHERE bad OR degraded) FROM {h}""", [names]),
+        Q(f"SELECT outcome, count(*) FROM {h} WHERE bad GROUP BY 1 ORDER BY 1", [names])]
     return {
         "probes": names, "samples": int(n), "answered": int(answered), "unanswered": int(failed),
         "degraded": int(degraded), "unhealthy": int(failed + degraded),
@@ -329,18 +346,25 @@ def _health(con, profile: Profile) -> dict:
     }
 
 
-def _deployments(con) -> dict:
-    ids = [{"id": d, "first": _ts(a), "last": _ts(b), "samples": int(n)} for d, a, b, n in con.execute(
+@steps
+def _deployments(con):
+    ids = [{"id": d, "first": _ts(a), "last": _ts(b), "samples": int(n)} for d, a, b, n in (yield Q(
         """SELECT deployment_id, min(ts), max(ts), count(*) FROM s WHERE deployment_id IS NOT NULL
-           GROUP BY 1 ORDER BY 2, 1""").fetchall()]
+           GROUP BY 1 ORDER BY 2, 1"""))]
     # Walked on integer codes of the ids, as the flags are.
     names = [d["id"] for d in ids]
-    con.register("deploy_codes", pd.DataFrame({"deployment_id": names, "code": range(len(names))}))
-    runs = [{"id": names[c], "from": _ts(t)} for t, c in con.execute("""SELECT ts, code FROM (
-        SELECT ts, probe, tenant, code, lag(code) OVER (ORDER BY ts, probe, tenant) prev FROM (
-            SELECT ts, probe, tenant, deployment_id FROM s WHERE deployment_id IS NOT NULL) JOIN deploy_codes USING (deployment_id))
-        WHERE prev IS NULL OR prev <> code ORDER BY ts, probe, tenant""").fetchall()]
-    con.unregister("deploy_codes")
+    walk = []
+    if names:
+        codes = unique("deploy_codes")
+        con.register(codes, pd.DataFrame({"deployment_id": names, "code": range(len(names))}))
+        try:
+            walk = yield Q(f"""SELECT ts, code FROM (
+                SELECT ts, probe, tenant, code, lag(code) OVER (ORDER BY ts, probe, tenant) prev FROM (
+                    SELECT ts, probe, tenant, deployment_id FROM s WHERE deployment_id IS NOT NULL) JOIN {codes} USING (deployment_id))
+                WHERE prev IS NULL OR prev <> code ORDER BY ts, probe, tenant""")
+        finally:
+            con.unregister(codes)
+    runs = [{"id": names[c], "from": _ts(t)} for t, c in walk]
     rollbacks = [
         {"ts": r["from"], "to": r["id"], "from": runs[i - 1]["id"]}
         for i, r in enumerate(runs) if i >= 2 and any(p["id"] == r["id"] for p in runs[: i - 1])
@@ -348,11 +372,12 @@ def _deployments(con) -> dict:
     return {"ids": ids, "sequence": runs, "changes": max(0, len(runs) - 1), "rollbacks": rollbacks}
 
 
-def _tls(con) -> dict | None:
+@steps
+def _tls(con):
     """What the https samples' handshakes said: the TLS versions negotiated and the earliest and
     latest certificate expiry seen (None when no sample spoke TLS)."""
-    rows = con.execute("""SELECT tls_version, count(*), min(cert_expiry), max(cert_expiry) FROM s
-        WHERE tls_version IS NOT NULL GROUP BY 1 ORDER BY 1""").fetchall()
+    rows = yield Q("""SELECT tls_version, count(*), min(cert_expiry), max(cert_expiry) FROM s
+        WHERE tls_version IS NOT NULL GROUP BY 1 ORDER BY 1""")
     if not rows:
         return None
     lows = [r[2] for r in rows if r[2] is not None]
@@ -361,23 +386,25 @@ def _tls(con) -> dict | None:
             "earliest_expiry": _ts(min(lows)) if lows else None, "latest_expiry": _ts(max(highs)) if highs else None}
 
 
-def _anomalies(con) -> dict:
+@steps
+def _anomalies(con):
     groups = [{"probe": p, "message": m, "count": int(c), "first": _ts(a), "last": _ts(b)}
-              for p, m, c, a, b in con.execute("""SELECT probe, msg, count(*), min(ts), max(ts) FROM (
+              for p, m, c, a, b in (yield Q("""SELECT probe, msg, count(*), min(ts), max(ts) FROM (
                   SELECT ts, probe, unnest(assertion_failures) AS msg FROM sx WHERE outcome = 'assertion_failed')
-                  GROUP BY ALL ORDER BY 3 DESC, 4, 1, 2""").fetchall()]
+                  GROUP BY ALL ORDER BY 3 DESC, 4, 1, 2"""))]
     return {"assertion_failures": groups}
 
 
-def _evidence(con) -> list:
+@steps
+def _evidence(con):
     """Raw responses: the first failure of each kind, and one baseline per probe."""
-    rows = con.execute("""SELECT probe, min(ts), arg_min(outcome, ts), arg_min(status, ts), arg_min(error_code, ts),
+    rows = yield Q("""SELECT probe, min(ts), arg_min(outcome, ts), arg_min(status, ts), arg_min(error_code, ts),
         arg_min(evidence, ts) FROM (
             SELECT ts, probe, outcome, status, error_code, evidence, outcome = 'ok' AS ok FROM sx WHERE evidence IS NOT NULL
             UNION ALL SELECT ts, probe, outcome, status, error_code, evidence, outcome = 'ok' FROM rest
             WHERE evidence IS NOT NULL AND source = 'check')
         GROUP BY probe, ok, CASE WHEN ok THEN NULL ELSE outcome END, CASE WHEN ok THEN NULL ELSE status END,
-                 CASE WHEN ok THEN NULL ELSE error_code END""").fetchall()
+                 CASE WHEN ok THEN NULL ELSE error_code END""")
     out = [{"kind": "baseline" if outcome == "ok" else "failure", "probe": probe, "ts": _ts(ts), "outcome": outcome,
             "status": None if status is None else int(status), "error_code": code, "response": json.loads(raw)}
            for probe, ts, outcome, status, code, raw in rows]
@@ -405,7 +432,32 @@ def gap_slack_s(profile: Profile) -> float:
     return 2.0 * max((probe.interval_s or profile.target.interval_s for probe, _t in probe_jobs(profile)), default=0.0)
 
 
+@steps
+def _gaps(con, profile: Profile, start: datetime, end: datetime):
+    """What coverage needs in time order: the gaps between consecutive samples (the longest, the
+    first of equal ones; the time without any attempt beyond the slack), and where each stretch of
+    failed attempts starts and ends (few rows: paired later for the longest stretch in which all
+    failed); and the same per collector shard."""
+    slack_us = int(gap_slack_s(profile) * 1e6)
+    (gaps,), shards = yield [Q(f"""
+        WITH t AS (SELECT us, bad, lag(bad, 1, false) OVER w AS pb, lead(bad, 1, false) OVER w AS nb,
+                   us - lag(us) OVER w AS gap FROM s WINDOW w AS (ORDER BY us))
+        SELECT min(us), max(us), max(gap), arg_max(us, {{'g': gap, 'u': -us}}) FILTER (WHERE gap IS NOT NULL),
+               coalesce(sum(gap - {slack_us}) FILTER (WHERE gap > {slack_us}), 0),
+               list_sort(list(us) FILTER (WHERE bad AND NOT pb)), list_sort(list(us) FILTER (WHERE bad AND NOT nb))
+        FROM t"""), Q("""
+        SELECT shard, count(*), min(us), max(us), max(gap) FROM (
+            SELECT shard, us, us - lag(us) OVER (PARTITION BY shard ORDER BY us) AS gap FROM s WHERE shard IS NOT NULL)
+        GROUP BY shard""")]
+    return gaps, shards
+
+
 def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dict) -> dict:
+    """Samples against expected, per probe and in all, the gaps and the shards."""
+    return _coverage_of(profile, start, end, probes, *_gaps(con, profile, start, end))
+
+
+def _coverage_of(profile: Profile, start: datetime, end: datetime, probes: dict, gaps: tuple, shard_rows: list) -> dict:
     span = (end - start).total_seconds()
     rate = _expected(profile)
     expected = {p: r * span for p, r in rate.items()}
@@ -417,16 +469,7 @@ def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dic
     ratio = min(1.0, n / total_e) if total_e else None
     slack_us = int(gap_slack_s(profile) * 1e6)
     s_us, e_us = int(pd.Timestamp(start).value // 1000), int(pd.Timestamp(end).value // 1000)
-    # One pass in time order: the gaps between consecutive samples (the longest, the first of equal
-    # ones; the time without any attempt beyond the slack), and where each stretch of failed
-    # attempts starts and ends (few rows: paired here for the longest stretch in which all failed).
-    first_us, last_us, inner, inner_end, over_us, starts, ends = con.execute(f"""
-        WITH t AS (SELECT us, bad, lag(bad, 1, false) OVER w AS pb, lead(bad, 1, false) OVER w AS nb,
-                   us - lag(us) OVER w AS gap FROM s WINDOW w AS (ORDER BY us))
-        SELECT min(us), max(us), max(gap), arg_max(us, {{'g': gap, 'u': -us}}) FILTER (WHERE gap IS NOT NULL),
-               coalesce(sum(gap - {slack_us}) FILTER (WHERE gap > {slack_us}), 0),
-               list_sort(list(us) FILTER (WHERE bad AND NOT pb)), list_sort(list(us) FILTER (WHERE bad AND NOT nb))
-        FROM t""").fetchall()[0]
+    first_us, last_us, inner, inner_end, over_us, starts, ends = gaps
     failing_us = max((b - a for a, b in zip(starts or [], ends or [])), default=0)
     edge = [first_us - s_us, e_us - last_us]
     candidates = [(edge[0], s_us, first_us)]
@@ -436,7 +479,7 @@ def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dic
     longest_us, gap_from, gap_to = max(candidates, key=lambda c: c[0])  # the first of equal gaps wins
     down_us = int(over_us) + sum(max(0, g - slack_us) for g in edge)
     longest = longest_us / 1e6
-    shards = _shards(con, profile, s_us, e_us)
+    shards = _shards(profile, s_us, e_us, shard_rows)
     return {
         "expected": round(total_e, 1), "actual": int(n), "ratio": None if ratio is None else round(ratio, 4),
         "per_probe": per_probe,
@@ -453,16 +496,13 @@ def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dic
     }
 
 
-def _shards(con, profile: Profile, s_us: int, e_us: int) -> list | None:
+def _shards(profile: Profile, s_us: int, e_us: int, rows: list) -> list | None:
     """Per collector shard (`collect --shard K/N`): samples against expected, and its longest gap
     (window edges included). A shard that stopped is a gap with its name, not silence: one with
     no sample at all in the window is listed too, since the others say how many there are."""
     from .collector import probe_jobs
 
-    seen = {name: (int(n), int(a), int(b), gap) for name, n, a, b, gap in con.execute("""
-        SELECT shard, count(*), min(us), max(us), max(gap) FROM (
-            SELECT shard, us, us - lag(us) OVER (PARTITION BY shard ORDER BY us) AS gap FROM s WHERE shard IS NOT NULL)
-        GROUP BY shard""").fetchall()}
+    seen = {name: (int(n), int(a), int(b), gap) for name, n, a, b, gap in rows}
     if not seen:
         return None
     n = max(int(name.partition("/")[2]) for name in seen)

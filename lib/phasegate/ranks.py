@@ -7,6 +7,8 @@ import math
 
 import pandas as pd
 
+from .batch import Q, steps, unique
+
 QS = (0.5, 0.95, 0.99)  # the percentiles of every table and the timeline
 
 
@@ -14,30 +16,33 @@ QS = (0.5, 0.95, 0.99)  # the percentiles of every table and the timeline
 _BUCKET = "CAST(floor(log2(greatest(lat, 1e-6)) * 256) AS INTEGER)"
 
 
-def order_statistics(con, table: str, key: str | None, where: str, wanted: dict) -> dict:
+@steps
+def order_statistics(con, table: str, key: str | None, where: str, wanted: dict):
     """{group: {rank: value}}: the rank-th smallest successful latency (1-based) of each group, for
     the ranks asked ({group: ranks}), exactly and in bounded memory. A grouped quantile holds every
     value of every group at once (100 M samples did not fit in 1 GB); this counts each group's
     values per narrow latency bucket, finds the bucket each rank falls in (a running sum), and
-    sorts only those buckets' values. Two scans, no engine-specific aggregate."""
+    sorts only those buckets' values. Two scans, no engine-specific aggregate; one query asked."""
     pairs = [(g, int(r)) for g, ranks in wanted.items() for r in set(ranks)]
     if not pairs:
         return {}
     k = key or "0"
     gk = "g" if key else "NULL"
-    con.register("wanted_ranks", pd.DataFrame({"g": [g if key else 0 for g, _ in pairs], "r": [r for _, r in pairs]}))
+    ranks, at = unique("wanted_ranks"), unique("rank_at")
+    con.register(ranks, pd.DataFrame({"g": [g if key else 0 for g, _ in pairs], "r": [r for _, r in pairs]}))
     try:
         src = f"(SELECT {k} AS g, lat, {_BUCKET} AS b FROM {table} WHERE {where} AND lat IS NOT NULL)"
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE rank_at AS
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE {at} AS
             WITH h AS (SELECT g, b, count(*) AS c FROM {src} GROUP BY ALL),
                  cum AS (SELECT g, b, c, sum(c) OVER (PARTITION BY g ORDER BY b) - c AS before FROM h)
-            SELECT w.g, w.r, cum.b, CAST(w.r - cum.before AS BIGINT) AS k FROM wanted_ranks w
+            SELECT w.g, w.r, cum.b, CAST(w.r - cum.before AS BIGINT) AS k FROM {ranks} w
             JOIN cum ON w.g = cum.g AND w.r > cum.before AND w.r <= cum.before + cum.c""")
-        rows = con.execute(f"""SELECT {gk}, a.r, v.vals[a.k] FROM rank_at a JOIN (
+        rows = yield Q(f"""SELECT {gk}, a.r, v.vals[a.k] FROM {at} a JOIN (
                 SELECT g, b, list_sort(list(lat)) AS vals FROM {src}
-                SEMI JOIN (SELECT DISTINCT g, b FROM rank_at) USING (g, b) GROUP BY ALL) v USING (g, b)""").fetchall()
+                SEMI JOIN (SELECT DISTINCT g, b FROM {at}) USING (g, b) GROUP BY ALL) v USING (g, b)""")
     finally:
-        con.unregister("wanted_ranks")
+        con.unregister(ranks)
+        con.execute(f"DROP TABLE IF EXISTS {at}")
     out: dict = {}
     for g, r, v in rows:
         out.setdefault(g, {})[r] = v

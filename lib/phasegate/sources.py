@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregates import _NOT_PROBES, DERIVED, _ts, flags, group_stats, round_ms, sql_literal
+from .batch import Q, steps
 from .profile import Profile
 from .ranks import linear_percentile, order_statistics, percentile_ranks
 from .stats import fisher_greater, hodges_lehmann, mann_whitney_greater, quantile_upper_rank
@@ -55,27 +56,29 @@ def compare(con, baseline: tuple) -> tuple[dict, dict]:
     return out, ecdf
 
 
+@steps
 def _traffic(con, conf: float):
     """Real traffic (imported request logs), reported beside the probes, never mixed into them;
     and requests and 5xx per source and 5 minutes, logs and Prometheus alike, for the plot."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW tr AS SELECT probe, status, outcome, error_code, {DERIVED} FROM rest "
                 "WHERE source = 'traffic'")
-    tl = con.execute("""SELECT source, make_timestamptz((epoch_us(ts) // 300000000) * 300000000) AS bucket,
+    tl, routes = yield [Q("""SELECT source, make_timestamptz((epoch_us(ts) // 300000000) * 300000000) AS bucket,
         sum(coalesce(count, 1)) AS requests, sum(CASE WHEN status BETWEEN 500 AND 599 THEN coalesce(count, 1) ELSE 0 END)
-        AS http_5xx FROM rest WHERE source IN ('traffic', 'prometheus') GROUP BY ALL ORDER BY 1, 2""").df()
-    if not con.execute("SELECT count(*) FROM tr").fetchall()[0][0]:
+        AS http_5xx FROM rest WHERE source IN ('traffic', 'prometheus') GROUP BY ALL ORDER BY 1, 2""", as_="df"),
+        group_stats.steps(con, "tr", "probe", conf, total=True)]
+    if not routes:
         return None, tl if len(tl) else None
-    routes = group_stats(con, "tr", "probe", conf, total=True)
     return {"overall": routes.pop(None), "routes": routes}, tl
 
 
-def _prometheus(con) -> dict | None:
+@steps
+def _prometheus(con):
     """Requests and 5xx per route from Prometheus counter increments (each row stands for `count`),
     and the P99 per route from the histogram's cumulative buckets."""
-    df = con.execute("SELECT probe, status, count FROM rest WHERE source = 'prometheus'").df()
+    df, hist = yield [Q("SELECT probe, status, count FROM rest WHERE source = 'prometheus'", as_="df"),
+                      Q("SELECT probe, latency_ms, count FROM rest WHERE source = 'prometheus-histogram'", as_="df")]
     if df.empty:
         return None
-    hist = con.execute("SELECT probe, latency_ms, count FROM rest WHERE source = 'prometheus-histogram'").df()
     return {**_prom_stats(df), "p99_from_histogram": _hist_p99(hist)}
 
 
@@ -114,53 +117,58 @@ def _hist_p99(h: pd.DataFrame, q: float = 0.99) -> dict:
 _ACT_WORDS = {"promote": "promotion", "restart": "restart", "rollback": "rollback"}
 
 
-def _platform(con) -> dict | None:
+@steps
+def _platform(con):
     """The hosting platform's deploys and flags inside the window. Every deploy that started or
     finished in it is unexpected (a phase runs on one deployment); a rollback trigger is a rollback."""
     con.execute("""CREATE OR REPLACE TEMP TABLE pf AS SELECT ts, probe, tenant, outcome, error, request_id, deployment_id, error_code,
         health_status, flags FROM rest WHERE source = 'platform'""")
-    if not con.execute("SELECT count(*) FROM pf").fetchall()[0][0]:
+    con.execute("CREATE OR REPLACE TEMP TABLE pf_env AS SELECT * FROM pf WHERE outcome = 'ok' AND probe = 'render.env'")
+    # One row per deploy event (request id: deploy and phase; read again by every later poll), the
+    # first read of it, in time order; and the deploys phasegate act triggered itself (its action
+    # rows name them): expected, never anomalies.
+    ((n,),), events, own, ((reads,),), env_flags, failed = yield [
+        Q("SELECT count(*) FROM pf"),
+        Q("""SELECT ts, deployment_id, error_code, health_status FROM (
+            SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM pf
+            WHERE outcome = 'ok' AND probe = 'render.deploy') WHERE rn = 1 ORDER BY ts, request_id"""),
+        Q("""SELECT deployment_id, error_code, evidence FROM rest
+            WHERE source = 'action' AND probe = 'act.deploy' AND deployment_id IS NOT NULL"""),
+        Q("SELECT count(*) FROM pf_env"), flags.steps(con, "pf_env"),
+        Q("SELECT ts, probe, outcome, error FROM pf WHERE outcome <> 'ok' ORDER BY ts")]
+    if not n:
         return None
     deploys: dict[str, dict] = {}
-    # One row per deploy event (request id: deploy and phase; read again by every later poll), the
-    # first read of it, in time order.
-    for ts, did, trigger, state in con.execute("""SELECT ts, deployment_id, error_code, health_status FROM (
-            SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM pf
-            WHERE outcome = 'ok' AND probe = 'render.deploy') WHERE rn = 1 ORDER BY ts, request_id""").fetchall():
+    for ts, did, trigger, state in events:
         d = deploys.setdefault(did, {"id": did, "trigger": trigger, "started": None, "finished": None, "status": None})
         if state == "started":
             d["started"] = _ts(ts)
         else:
             d["finished"], d["status"] = _ts(ts), state
-    # Deploys phasegate act triggered itself (its action rows name them): expected, never anomalies.
-    own = {did: (kind, ev) for did, kind, ev in con.execute("""SELECT deployment_id, error_code, evidence FROM rest
-        WHERE source = 'action' AND probe = 'act.deploy' AND deployment_id IS NOT NULL""").fetchall()}
-    for did, (kind, ev) in own.items():
+    for did, (kind, ev) in {did: (kind, ev) for did, kind, ev in own}.items():
         if did in deploys:
             by = (json.loads(ev) if ev else {}).get("by")
             deploys[did]["by_act"] = {"kind": kind, "by": by,
                                       "text": f"{_ACT_WORDS.get(kind, kind)} by phasegate act (by {by})"}
     listed = sorted(deploys.values(), key=lambda d: d["started"] or d["finished"])
-    con.execute("CREATE OR REPLACE TEMP TABLE pf_env AS SELECT * FROM pf WHERE outcome = 'ok' AND probe = 'render.env'")
-    reads = con.execute("SELECT count(*) FROM pf_env").fetchall()[0][0]
     return {
         "deploys": listed,
         "rollbacks": [d for d in listed if d["trigger"] in ("rollback", "auto_rollback")],
-        "flags": flags(con, "pf_env") if reads else None,
+        "flags": env_flags if reads else None,
         "reads": int(reads),
-        "failed_reads": [{"ts": _ts(ts), "probe": pr, "outcome": o, "error": e} for ts, pr, o, e in con.execute(
-            "SELECT ts, probe, outcome, error FROM pf WHERE outcome <> 'ok' ORDER BY ts").fetchall()],
+        "failed_reads": [{"ts": _ts(ts), "probe": pr, "outcome": o, "error": e} for ts, pr, o, e in failed],
     }
 
 
 # -- actions and criteria written as data ------------------------------------------------------
 
 
-def _actions(con) -> list:
+@steps
+def _actions(con):
     """The actions `phasegate act` carried out (source "action"): when, what, by whom, the outcome."""
     out = []
-    for ts, probe, outcome, status, did, values, ev in con.execute("""SELECT ts, probe, outcome, status, deployment_id,
-            flags, evidence FROM rest WHERE source = 'action' ORDER BY ts, request_id""").fetchall():
+    for ts, probe, outcome, status, did, values, ev in (yield Q("""SELECT ts, probe, outcome, status, deployment_id,
+            flags, evidence FROM rest WHERE source = 'action' ORDER BY ts, request_id""")):
         e = json.loads(ev) if ev else {}
         out.append({"ts": _ts(ts), "step": probe, "action": e.get("action"), "kind": e.get("kind"), "by": e.get("by"),
                     "outcome": outcome, "status": None if status is None else int(status), "deployment_id": did,
@@ -174,7 +182,8 @@ _COUNTS = {"samples": "sum(w)", "status_count": "sum(w)", "errors": "sum(w) FILT
            "timeouts": "sum(w) FILTER (WHERE timeout)", "assertion_failures": "sum(w) FILTER (WHERE assertion)"}
 
 
-def custom_metrics(con, profile: Profile) -> dict:
+@steps
+def custom_metrics(con, profile: Profile):
     """Each criterion written as data, measured: its metric per group (`per`) over the samples its
     `where` selects; for a PromQL criterion, the stored values of its query. Criteria judge these
     numbers; nothing is computed again when the report is drawn."""
@@ -194,17 +203,16 @@ def custom_metrics(con, profile: Profile) -> dict:
     con.execute(f"""CREATE OR REPLACE TEMP VIEW src_render AS SELECT probe, tenant, probe AS route, status, outcome,
         1.0 AS w, {DERIVED} FROM (SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM rest
         WHERE source = 'render-traffic') WHERE rn = 1""")
-    out = {}
-    for c in items:
-        out[c.id] = _promql_values(con, c) if c.promql else _metric_groups(con, c, profile.criteria.confidence)
-    return out
+    values = yield [_promql_values(con, c) if c.promql else _metric_groups(con, c, profile.criteria.confidence)
+                    for c in items]
+    return {c.id: v for c, v in zip(items, values)}
 
 
 def _sql_in(column: str, values) -> str:
     return f"{column} IN (" + ", ".join(str(int(v)) if isinstance(v, int) else sql_literal(v) for v in values) + ")"
 
 
-def _metric_groups(con, c, confidence: float) -> dict:
+def _metric_groups(con, c, confidence: float):
     f = c.filters()
     sources = f.get("source", ("probes",))
     cond = " AND ".join([_sql_in(k, v) for k, v in c.where if k != "source"] or ["TRUE"])
@@ -212,8 +220,8 @@ def _metric_groups(con, c, confidence: float) -> dict:
     key = c.per
     k = key or "NULL"
     metric = c.metric
-    rows = con.execute(f"""SELECT {k} AS g, sum(w), {_COUNTS.get(metric, 'sum(w)')}, count(lat), max(lat)
-        FROM {table} WHERE {cond} {'AND ' + key + ' IS NOT NULL' if key else ''} GROUP BY ALL ORDER BY g""").fetchall()
+    rows = yield Q(f"""SELECT {k} AS g, sum(w), {_COUNTS.get(metric, 'sum(w)')}, count(lat), max(lat)
+        FROM {table} WHERE {cond} {'AND ' + key + ' IS NOT NULL' if key else ''} GROUP BY ALL ORDER BY g""")
     groups = {}
     for g, n, k_, n_lat, mx in rows:
         groups["" if g is None else g] = {"n": int(round(n or 0)), "k": int(round(k_ or 0)), "latency_n": int(n_lat),
@@ -229,7 +237,7 @@ def _metric_groups(con, c, confidence: float) -> dict:
             r = quantile_upper_rank(n, q if c.op == "max" else 1 - q, confidence)
             bounds[g] = None if r is None else (r if c.op == "max" else n + 1 - r)
             wanted[g if key else None] = percentile_ranks(n, (q,)) + ([bounds[g]] if bounds[g] else [])
-        got = order_statistics(con, table, key, cond + (f" AND {key} IS NOT NULL" if key else ""), wanted)
+        got = yield order_statistics.steps(con, table, key, cond + (f" AND {key} IS NOT NULL" if key else ""), wanted)
         for g, st in groups.items():
             at = got.get(g if key else None)
             if at:
@@ -238,12 +246,12 @@ def _metric_groups(con, c, confidence: float) -> dict:
     return {"groups": groups, "sources": list(sources)}
 
 
-def _promql_values(con, c) -> dict:
+def _promql_values(con, c):
     """The values a PromQL criterion's query returned over the window, as stored by the pull:
     per series (its labels), in time order."""
     series: dict = {}
-    for labels, ts, v in con.execute("""SELECT tenant, ts, count FROM rest WHERE source = 'promql' AND probe = ?
-            ORDER BY tenant, ts""", [c.id]).fetchall():
+    for labels, ts, v in (yield Q("""SELECT tenant, ts, count FROM rest WHERE source = 'promql' AND probe = ?
+            ORDER BY tenant, ts""", [c.id])):
         series.setdefault(labels or "{}", []).append((_ts(ts), v))
     return {"query": c.promql, "aggregate": c.aggregate, "series": series}
 
@@ -254,7 +262,8 @@ STARTUP_SLACK_S = 60.0  # a start event and its instance's startup line are this
 _RENDER_SOURCES = ("render", "render-traffic", "render-probe")
 
 
-def _render(con, profile: Profile, data_dir, start, end, conf: float) -> dict | None:
+@steps
+def _render(con, profile: Profile, data_dir, start, end, conf: float):
     """What Render's logs, metrics and events say of the window (pulled by `phasegate.evidence`):
     real users' requests as Render logged them (each log line once, however often pulled), the
     instance starts and their startup lines, error log lines, events, and the per-step metrics.
@@ -267,32 +276,37 @@ def _render(con, profile: Profile, data_dir, start, end, conf: float) -> dict | 
         latency_ms, health_status, flags, evidence, count FROM (
             SELECT *, row_number() OVER (PARTITION BY request_id ORDER BY ts) AS rn FROM rest
             WHERE source IN {_RENDER_SOURCES!r}) WHERE rn = 1""")
-    if not con.execute("SELECT count(*) FROM rr").fetchall()[0][0]:
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE rq AS SELECT source, probe, status, outcome, error_code, {DERIVED} FROM rr
+        WHERE source IN ('render-traffic', 'render-probe')""")
+    ((n,),), failed, users, (own,), startup_rows, event_rows, lines, metric = yield [
+        Q("SELECT count(*) FROM rr"),
+        Q("SELECT ts, probe, outcome, error FROM rr WHERE source = 'render' AND outcome <> 'ok' ORDER BY ts"),
+        group_stats.steps(con, "rq", "probe", conf, where="source = 'render-traffic'", total=True),
+        Q("""SELECT count(*), count(*) FILTER (WHERE five), count(*) FILTER (WHERE disabled) FROM rq
+            WHERE source = 'render-probe'"""),
+        Q("SELECT ts, error_code, error, flags FROM rr WHERE probe = 'render.log' AND url = 'startup' ORDER BY ts"),
+        Q("SELECT ts, error_code, evidence FROM rr WHERE probe = 'render.event' ORDER BY ts"),
+        Q("""SELECT ts, health_status, error_code, error FROM rr WHERE probe = 'render.log'
+            AND coalesce(url, '') <> 'startup' ORDER BY ts"""),
+        Q("""SELECT ts, url, status, count, latency_ms, error_code FROM rr WHERE probe = 'render.metric'
+            ORDER BY ts, status""")]
+    if not n:
         return None
     src = profile.platform
     s0, s1 = start.timestamp(), end.timestamp()
     covered = _merge([(max(a, s0), min(b, s1)) for a, b in pulled_intervals(data_dir) if b > s0 and a < s1])
     covered_s = sum(b - a for a, b in covered)
     until = covered[-1][1] if covered else None
-    failed = [{"ts": _ts(ts), "call": probe, "outcome": o, "error": e} for ts, probe, o, e in con.execute(
-        "SELECT ts, probe, outcome, error FROM rr WHERE source = 'render' AND outcome <> 'ok' ORDER BY ts").fetchall()]
-
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE rq AS SELECT source, probe, status, outcome, error_code, {DERIVED} FROM rr
-        WHERE source IN ('render-traffic', 'render-probe')""")
-    users = group_stats(con, "rq", "probe", conf, where="source = 'render-traffic'", total=True) \
-        if con.execute("SELECT count(*) FROM rq WHERE source = 'render-traffic'").fetchall()[0][0] else {}
+    failed = [{"ts": _ts(ts), "call": probe, "outcome": o, "error": e} for ts, probe, o, e in failed]
     overall = users.pop(None, None)
-    own = con.execute("""SELECT count(*), count(*) FILTER (WHERE five), count(*) FILTER (WHERE disabled) FROM rq
-        WHERE source = 'render-probe'""").fetchall()[0]
 
     startups = []
-    for ts, inst, msg, fl in con.execute("""SELECT ts, error_code, error, flags FROM rr WHERE probe = 'render.log'
-            AND url = 'startup' ORDER BY ts""").fetchall():
+    for ts, inst, msg, fl in startup_rows:
         values = json.loads(fl) if fl else startup_flags(msg or "", src.flags if src else ())
         startups.append({"ts": _ts(ts), "t": ts.timestamp(), "instance": inst, "line": msg, "flags": values,
                          "off": [k for k, v in values.items() if v is not True]})
     events = []
-    for ts, kind, ev in con.execute("SELECT ts, error_code, evidence FROM rr WHERE probe = 'render.event' ORDER BY ts").fetchall():
+    for ts, kind, ev in event_rows:
         details = json.loads(ev) if ev else {}
         events.append({"ts": _ts(ts), "t": ts.timestamp(), "type": kind, "details": details})
     starts = []
@@ -306,14 +320,10 @@ def _render(con, profile: Profile, data_dir, start, end, conf: float) -> dict | 
             starts.append({"ts": e["ts"], "event": e["type"], "instance": inst or (line or {}).get("instance"),
                            "deploy": d.get("deployId"), "line": None if line is None else line["ts"],
                            "settled": settled})
-    lines = con.execute("""SELECT ts, health_status, error_code, error FROM rr WHERE probe = 'render.log'
-        AND coalesce(url, '') <> 'startup' ORDER BY ts""").fetchall()
     by_level: dict = {}
     for _ts_, level, _i, _m in lines:
         by_level[level or "info"] = by_level.get(level or "info", 0) + 1
     errors = [r for r in lines if (r[1] or "") in ("error", "critical", "fatal")]
-    metric = con.execute("""SELECT ts, url, status, count, latency_ms, error_code FROM rr WHERE probe = 'render.metric'
-        ORDER BY ts, status""").fetchall()
     by_status: dict = {}
     for _t, name, status, n, _l, _q in metric:
         if name == "http-requests" and n:

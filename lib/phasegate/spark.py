@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import decimal
 import itertools
+import json
 import os
 import tempfile
 import time
@@ -80,6 +81,72 @@ def compile_sql(sql: str, params=None) -> str:
     return tree.transform(rewrite).sql(dialect="spark")
 
 
+def _unordered(sql: str) -> tuple[str, list, int]:
+    """The query without its top-level ORDER BY (a global sort costs Spark a sampling job of its
+    own), each order key as an output column (the ordinal of one already selected, else appended),
+    and how many columns were appended: the rows are put in order after the collect."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    order = tree.args.get("order")
+    if order is None or not isinstance(tree, exp.Select):
+        return sql, [], 0
+    tree.set("order", None)
+    outs = list(tree.expressions)
+    keys, extra = [], []
+    for o in order.expressions:
+        e = o.this
+        at = None
+        if isinstance(e, exp.Literal) and e.is_int:
+            at = int(e.this) - 1
+        else:
+            for j, out in enumerate(outs):
+                if out == e or out.unalias() == e or (isinstance(e, exp.Column) and not e.table
+                                                       and out.alias_or_name == e.name and not isinstance(out, exp.Star)):
+                    at = j
+                    break
+        if at is None:
+            at = ("extra", len(extra))
+            extra.append(e.copy())
+        keys.append((at, bool(o.args.get("desc")), bool(o.args.get("nulls_first"))))
+    for j, e in enumerate(extra):
+        tree.append("expressions", exp.alias_(e, f"_order_{j}"))
+    return tree.sql(dialect="duckdb"), keys, len(extra)
+
+
+def _in_order(rows: list, keys: list, n_extra: int) -> list:
+    """DuckDB's order (NULLS LAST unless NULLS FIRST is asked), by a stable sort per key, last key first."""
+    if not keys:
+        return rows
+    width = len(rows[0]) - n_extra if rows else 0
+    for at, desc, nulls_first in reversed(keys):
+        i = width + at[1] if isinstance(at, tuple) else at
+        # With reverse=True the flag is read backwards too: False sorts after True.
+        last = (lambda v: v is None) if not desc else (lambda v: v is not None)
+        if nulls_first:
+            last = (lambda v: v is not None) if not desc else (lambda v: v is None)
+        rows.sort(key=lambda r, i=i, last=last: (last(r[i]), r[i]) if r[i] is not None else (last(None), 0), reverse=desc)
+    return [r[:width] for r in rows] if n_extra else rows
+
+
+def _converter(t):
+    """A function turning a value of Spark type `t`, as `to_json` wrote it, into DuckDB's Python value."""
+    from pyspark.sql import types as T
+
+    if isinstance(t, (T.TimestampType, T.TimestampNTZType)):
+        return lambda v: None if v is None else datetime.fromisoformat(v.replace("Z", "+00:00")).astimezone(timezone.utc)
+    if isinstance(t, (T.DoubleType, T.FloatType, T.DecimalType)):
+        return lambda v: None if v is None else float(v)  # "NaN" and "Infinity" come quoted
+    if isinstance(t, T.ArrayType):
+        each = _converter(t.elementType)
+        return lambda v: None if v is None else [each(x) for x in v]
+    return lambda v: v
+
+
+_JSON = {"timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX", "ignoreNullFields": "true"}
+
+
 def _plain(v):
     if isinstance(v, decimal.Decimal):
         return float(v)
@@ -113,6 +180,19 @@ class _Result:
         return {c: pdf[c].to_numpy() for c in pdf.columns}
 
 
+def _frame(rows: list, names: list, types: list) -> pd.DataFrame:
+    """A batch answer as DuckDB's `.df()` gives it: timestamps in UTC, numbers as numbers."""
+    from pyspark.sql import types as T
+
+    pdf = pd.DataFrame.from_records(rows, columns=names)
+    for name, t in zip(names, types):
+        if isinstance(t, (T.TimestampType, T.TimestampNTZType)):
+            pdf[name] = pd.to_datetime(pdf[name], utc=True)
+        elif isinstance(t, (T.DoubleType, T.FloatType, T.DecimalType)):
+            pdf[name] = pdf[name].astype(float)
+    return pdf
+
+
 _GROUPS = itertools.count(1)
 
 
@@ -140,6 +220,12 @@ class SparkConnection:
                    .config("spark.driver.bindAddress", os.environ.get("PHASEGATE_SPARK_DRIVER_HOST", "127.0.0.1"))
                    .config("spark.executor.memory", os.environ.get("PHASEGATE_SPARK_EXECUTOR_MEMORY", "1g"))
                    .config("spark.sql.ansi.enabled", "false")
+                   # A round of queries is one job (`batch`): adaptive execution would run each of its
+                   # shuffle stages as a job of its own, a broadcast join its small side, and a
+                   # listing of more than 32 files a job of its own too.
+                   .config("spark.sql.adaptive.enabled", "false")
+                   .config("spark.sql.autoBroadcastJoinThreshold", "-1")
+                   .config("spark.sql.sources.parallelPartitionDiscovery.threshold", "100000")
                    .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={_log_config()}")
                    .config("spark.executor.extraJavaOptions", f"-Dlog4j2.configurationFile={_log_config()}"))
         try:
@@ -167,8 +253,45 @@ class SparkConnection:
             return _Result(None)
         if isinstance(tree, exp.Set):
             return _Result(None)
+        if isinstance(tree, exp.Drop):
+            self.spark.catalog.dropTempView(tree.find(exp.Table).name)  # uncached with it
+            return _Result(None)
         df = self.spark.sql(compile_sql(sql, params))
         return _Result(None if isinstance(tree, exp.Create) else df)
+
+    def batch(self, queries: list) -> list:
+        """One round of `phasegate.batch` queries in one Spark job: each query's rows as JSON text
+        beside its number, all of them one union, collected once; put in order and typed here."""
+        from functools import reduce
+
+        from pyspark.sql import functions as F
+        from pyspark.sql import types as T
+
+        self.spark.sparkContext.setJobGroup(self.group, "phasegate analysis")
+        frames, shapes = [], []
+        for i, q in enumerate(queries):
+            sql, keys, n_extra = _unordered(q.sql)
+            df = self.spark.sql(compile_sql(sql, q.params))
+            names = list(df.columns)
+            df = df.toDF(*[f"c{j}" for j in range(len(names))])
+            # float32 widened in the engine: its exact value, not its shortest decimal text
+            cols = [F.col(f.name).cast("double") if isinstance(f.dataType, T.FloatType) else F.col(f.name)
+                    for f in df.schema.fields]
+            shapes.append((names, [_converter(f.dataType) for f in df.schema.fields], keys, n_extra, q.as_,
+                           [f.dataType for f in df.schema.fields]))
+            frames.append(df.select(F.lit(i).alias("q"), F.to_json(F.struct(*cols), _JSON).alias("j")))
+        got: list[list] = [[] for _ in queries]
+        for row in reduce(lambda a, b: a.unionAll(b), frames).collect():
+            got[row.q].append(row.j)
+        out = []
+        for texts, (names, convert, keys, n_extra, as_, types) in zip(got, shapes):
+            rows = []
+            for text in texts:
+                d = json.loads(text)
+                rows.append(tuple(f(d.get(f"c{j}")) for j, f in enumerate(convert)))
+            rows = _in_order(rows, keys, n_extra)
+            out.append(_frame(rows, names[:len(names) - n_extra], types) if as_ == "df" else rows)
+        return out
 
     def register(self, name: str, obj) -> None:
         if isinstance(obj, pa.Table):
