@@ -122,11 +122,10 @@ def _in_order(rows: list, keys: list, n_extra: int) -> list:
     width = len(rows[0]) - n_extra if rows else 0
     for at, desc, nulls_first in reversed(keys):
         i = width + at[1] if isinstance(at, tuple) else at
-        # With reverse=True the flag is read backwards too: False sorts after True.
-        last = (lambda v: v is None) if not desc else (lambda v: v is not None)
-        if nulls_first:
-            last = (lambda v: v is not None) if not desc else (lambda v: v is None)
-        rows.sort(key=lambda r, i=i, last=last: (last(r[i]), r[i]) if r[i] is not None else (last(None), 0), reverse=desc)
+        null_rank = 0 if nulls_first else 1
+        if desc:  # the whole key is reversed, the nulls' place with it
+            null_rank = 1 - null_rank
+        rows.sort(key=lambda r, i=i, n=null_rank: (n, 0) if r[i] is None else (1 - n, r[i]), reverse=desc)
     return [r[:width] for r in rows] if n_extra else rows
 
 
