@@ -1,8 +1,8 @@
 """The analysis on Apache Spark: `--engine spark://HOST:PORT` (or `[engine] url` in the profile).
 
 There is one definition of every aggregate: the DuckDB SQL in `analysis`. `SparkConnection`
-offers the few connection calls `analysis` makes (execute → fetchall/df, register, unregister),
-and compiles each statement for Spark with sqlglot (DuckDB dialect in, Spark dialect out), plus
+offers the few connection calls `analysis` makes (execute → fetchall/df, register, unregister,
+and `batch`: a round of `phasegate.batch` queries answered in one Spark job), and compiles each statement for Spark with sqlglot (DuckDB dialect in, Spark dialect out), plus
 the handful of rewrites sqlglot leaves to us: DuckDB functions Spark spells differently, and
 `quantile_cont`, which must become Spark's exact `percentile` (never `percentile_approx`).
 Why sqlglot rather than Ibis: the queries already exist as SQL and are the reference; a
