@@ -11,7 +11,9 @@ successful responses (a timeout has no latency to rank, a fast 503 must not make
 target look met), from order statistics selected in bounded memory (`phasegate.ranks`); the
 distribution-free intervals take the ranks `phasegate.stats` gives. What the window holds beside
 the probes (baseline, traffic, Prometheus, platform, actions, criteria as data) is `phasegate.sources`.
-The same SQL runs on Spark through `phasegate.spark`.
+The same SQL runs on Spark through `phasegate.spark`. Each aggregate is a step that yields its
+queries, and `analyze` runs them all side by side (`phasegate.batch`): an analysis is as many
+engine rounds as its longest chain of dependent queries (three), on Spark three jobs.
 """
 
 from __future__ import annotations
