@@ -424,3 +424,26 @@ def test_evidence_is_each_kinds_first_raw_response(tmp_path):
     assert failures == [("list", 500, "INTERNAL_ERROR"), ("execute", 503, "FEATURE_DISABLED")]
     assert sorted(e["probe"] for e in got if e["kind"] == "baseline") == ["execute", "health", "list", "suggestions"]
     assert all(e["response"]["status"] == e["status"] for e in got if e["kind"] == "failure")
+
+
+@pytest.mark.parametrize("groups", [1, 40, 600])
+def test_order_statistics_are_each_groups_sorted_values(groups):
+    """The histogram is coarser the more groups there are (256 buckets per doubling for one group,
+    16 for 600); every rank asked is still exactly the sorted value, ties and extremes included."""
+    import duckdb
+    import pandas as pd
+    from phasegate.ranks import order_statistics
+    rng = np.random.default_rng(groups)
+    n = 60_000
+    g = rng.integers(0, groups, n)
+    lat = np.round(rng.lognormal(4, 1.2, n), 1)  # rounded: many ties, several per bucket
+    lat[rng.random(n) < 0.01] = None
+    con = duckdb.connect()
+    con.register("f", pd.DataFrame({"g": g, "lat": lat}))
+    con.execute("CREATE TABLE t AS SELECT g, lat FROM f")
+    want, ranks = {}, {}
+    for k in range(groups):
+        vals = np.sort(lat[(g == k) & ~np.isnan(lat)])
+        ranks[k] = sorted({1, len(vals), *rng.integers(1, len(vals) + 1, 5).tolist()})
+        want[k] = {r: vals[r - 1] for r in ranks[k]}
+    assert order_statistics(con, "t", "g", "true", ranks) == want

@@ -212,8 +212,11 @@ def scan(con, relation: str) -> bool:
         con.execute(f"CREATE OR REPLACE TEMP TABLE s_rows AS {rows}")
         rows = "SELECT * FROM s_rows"
     con.execute(f"CREATE OR REPLACE TEMP VIEW s AS SELECT *, epoch_us(ts) AS us FROM ({rows})")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE sx AS SELECT ts, probe, outcome, status, error_code, evidence,
-        assertion_failures FROM {relation} WHERE {probes} AND (evidence IS NOT NULL OR outcome = 'assertion_failed')""")
+    # Two selections, not one with OR: each alone is skipped by a row group's statistics (10 M
+    # samples: 0.08-0.12 s against 0.17-0.22 s).
+    sx = f"SELECT ts, probe, outcome, status, error_code, evidence, assertion_failures FROM {relation} WHERE {probes}"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE sx AS {sx} AND evidence IS NOT NULL
+        UNION ALL {sx} AND evidence IS NULL AND outcome = 'assertion_failed'""")
     # (source IN ...: a row group of probe samples only is skipped by its statistics, unread.)
     con.execute(f"CREATE OR REPLACE TEMP TABLE rest AS SELECT * FROM {relation} WHERE source IN {_NOT_PROBES!r}")
     return in_memory
