@@ -380,3 +380,41 @@ def test_an_unwritable_out_dir_is_one_line(tmp_path):
                     "--end", end.isoformat(), "--hours", "1", "--out", tmp_path / "file" / "reports", "--formats", "json")
     assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, res.stderr
     assert "cannot write the report under" in res.stderr and "Not a directory" in res.stderr
+
+
+def _kernels_here() -> list[str]:
+    """This process's children running a Jupyter kernel, exited-but-unreaped ones included."""
+    import os
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if int(ppid) == os.getpid() and ("ipykernel" in cmd or state == "Z"):
+            found.append(f"{stat.parent.name} {state} {cmd}")
+    return found
+
+
+def test_a_report_leaves_no_kernel_behind_even_when_its_notebook_fails(tmp_path):
+    """The kernel's exit is awaited after the export, not before it: still awaited, on every path."""
+    from phasegate.errors import ReportError
+    from phasegate.report import make_report
+    data = make(tmp_path, [], hours=1.0)
+    end = (START + timedelta(hours=1)).isoformat()
+    res = make_report(SIM_PROFILE, data, PHASE, START.isoformat(), end=end, out_root=tmp_path / "out", formats="html",
+                      as_of=AFTER.isoformat(), notify="never")
+    assert res.verdict and res.files["html"].exists()
+    assert _kernels_here() == []
+    nb = json.loads((ROOT / "notebooks" / "phase_signoff.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    nb["cells"] = [next(c for c in code if "parameters" in c["metadata"].get("tags", [])),
+                   {"cell_type": "code", "id": "boom", "metadata": {}, "execution_count": None, "outputs": [],
+                    "source": "raise RuntimeError('boom')"}]
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text(json.dumps(nb))
+    with pytest.raises(ReportError, match="boom"):
+        make_report(SIM_PROFILE, data, PHASE, START.isoformat(), end=end, out_root=tmp_path / "out2", formats="html",
+                    as_of=AFTER.isoformat(), notify="never", notebook=bad)
+    assert _kernels_here() == []

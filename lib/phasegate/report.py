@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -254,15 +255,19 @@ def _render(notebook: Path, stage: Path, stem: str, params: dict, wanted: list, 
     say = progress or (lambda _line: None)
     t0 = time.monotonic()
     # The exporter imports and warms up on the other core while the kernel runs.
-    with Exporter() if wanted else contextlib.nullcontext() as exporter:
-        _execute(notebook, stage / f"{stem}.ipynb", params)
-        doc = json.loads((stage / f"{stem}.json").read_text())
-        t1 = time.monotonic()
-        say(f"phasegate: notebook ran in {t1 - t0:.1f} s (pulls, analysis, figures): {doc.get('verdict') or 'done'}")
-        if exporter is not None:
-            exporter.run(stage / f"{stem}.ipynb", stage / f"{stem}.html" if "html" in wanted else None,
-                         stage / f"{stem}.pdf" if "pdf" in wanted else None)
-            say(f"phasegate: exported {', '.join(wanted)} in {time.monotonic() - t1:.1f} s")
+    exiting: list = []  # the kernel, once asked to shut down: its exit is awaited after the export
+    try:
+        with Exporter() if wanted else contextlib.nullcontext() as exporter:
+            _execute(notebook, stage / f"{stem}.ipynb", params, exiting)
+            doc = json.loads((stage / f"{stem}.json").read_text())
+            t1 = time.monotonic()
+            say(f"phasegate: notebook ran in {t1 - t0:.1f} s (pulls, analysis, figures): {doc.get('verdict') or 'done'}")
+            if exporter is not None:
+                exporter.run(stage / f"{stem}.ipynb", stage / f"{stem}.html" if "html" in wanted else None,
+                             stage / f"{stem}.pdf" if "pdf" in wanted else None)
+                say(f"phasegate: exported {', '.join(wanted)} in {time.monotonic() - t1:.1f} s")
+    finally:
+        _reap(exiting)
     return doc
 
 
@@ -282,16 +287,20 @@ def _swap_in(stage: Path, folder: Path, stem: str) -> dict:
     return {k: folder / f"{stem}.{k}" for k in ("ipynb", "json", "html", "pdf") if (folder / f"{stem}.{k}").exists()}
 
 
-def _execute(notebook: Path, out: Path, params: dict) -> None:
+def _execute(notebook: Path, out: Path, params: dict, exiting: list | None = None) -> None:
+    """Run the notebook into `out`. With `exiting`, the kernel is asked to shut down and its process
+    put there, for the caller to `_reap` once it has done what the executed notebook was for."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    own = exiting is None
+    exiting = [] if own else exiting
     try:
         with tempfile.TemporaryDirectory(prefix="phasegate-kernel-", dir=_socket_parent()) as sockets:
             pm.execute_notebook(str(notebook), str(out), parameters=params, kernel_name="python3",
                                 progress_bar=False, log_output=False, cwd=str(notebook.parent),
                                 execution_timeout=CELL_TIMEOUT_S, start_timeout=120,
-                                kernel_manager_class=_ipc_kernel_manager(sockets))
+                                kernel_manager_class=_ipc_kernel_manager(sockets, exiting))
     except TimeoutError as exc:  # nbclient's CellTimeoutError is one
         raise ReportError(f"a cell of the sign-off notebook ran over {CELL_TIMEOUT_S} s and was stopped "
                           f"(see {out}): {exc}") from None
@@ -301,6 +310,24 @@ def _execute(notebook: Path, out: Path, params: dict) -> None:
             raise cls(exc.evalue) from None
         raise ReportError(f"the sign-off notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                           f"(see {out})") from None
+    finally:
+        if own:
+            _reap(exiting)
+
+
+def _reap(exiting: list, grace_s: float = 5.0) -> None:
+    """Wait for kernels asked to shut down to exit; one still running after `grace_s` is
+    terminated, then killed (as jupyter_client does when it waits itself)."""
+    while exiting:
+        proc = exiting.pop()
+        for stop in (None, proc.terminate, proc.kill):
+            if stop is not None:
+                stop()
+            try:
+                proc.wait(timeout=grace_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def _socket_parent() -> str:
@@ -315,8 +342,9 @@ def _socket_parent() -> str:
                       "writable: set TMPDIR to a shorter one")
 
 
-def _ipc_kernel_manager(socket_dir: str):
-    """A kernel manager speaking over Unix sockets: nothing listens on TCP, and no warning says so."""
+def _ipc_kernel_manager(socket_dir: str, exiting: list):
+    """A kernel manager speaking over Unix sockets: nothing listens on TCP, and no warning says so.
+    A kernel asked to shut down is not waited for: its process goes into `exiting`."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IpcKernelManager(AsyncKernelManager):
@@ -331,6 +359,16 @@ def _ipc_kernel_manager(socket_dir: str):
             # run). The shutdown request stops it alone; a cell over its timeout is still interrupted.
             if not self.shutting_down:
                 await super()._async_interrupt_kernel()
+
+        async def _async_finish_shutdown(self, waittime=None, pollinterval=0.1, restart=False) -> None:
+            # The kernel has answered its last cell and got the shutdown request; its exit (the
+            # interpreter's teardown with pandas, matplotlib and DuckDB loaded: ~0.3 s) need not
+            # hold up the export, so it is awaited after it (`_reap`).
+            proc = getattr(self.provisioner, "process", None)
+            if restart or proc is None:
+                await super()._async_finish_shutdown(waittime, pollinterval, restart)
+            else:
+                exiting.append(proc)
 
     return IpcKernelManager
 
