@@ -63,8 +63,8 @@ def group_stats(con, table: str, key: str | None, confidence: float = 0.95, wher
     small for one), the P99's upper bound and the maximum.
 
     Every count comes from one pass grouped by the group and each row's facts (a few hundred
-    cells), summed here per group and in total; the ranks are a second pass (and a third for
-    the total), once the counts say which order statistics the intervals need."""
+    cells), summed here per group and in total; then, once the counts say which order statistics
+    the intervals need, the groups' ranks and the total's are asked side by side in one round."""
     k = key or "NULL"
     cells = yield Q(f"""SELECT {k}, status, outcome, bad, five, disabled, assertion, lat IS NOT NULL, count(*), max(lat)
         FROM {table} WHERE {where} GROUP BY ALL""")

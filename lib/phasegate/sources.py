@@ -145,7 +145,7 @@ def _platform(con):
             d["started"] = _ts(ts)
         else:
             d["finished"], d["status"] = _ts(ts), state
-    for did, (kind, ev) in {did: (kind, ev) for did, kind, ev in own}.items():
+    for did, kind, ev in own:  # a deploy named twice: the last row says who
         if did in deploys:
             by = (json.loads(ev) if ev else {}).get("by")
             deploys[did]["by_act"] = {"kind": kind, "by": by,
