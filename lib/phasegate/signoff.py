@@ -161,11 +161,11 @@ def _started_by(data: Path, window: Window) -> dict | None:
 def _pull_platform(profile: Profile, data: Path) -> tuple[list[str], dict | None]:
     """Deploys and flags from the hosting platform, now: (lines for the report's data section, the
     flags as read with their time, or None). No key or a failed call is a line, never a failed report."""
-    from .platform import pull_platform
-
     src = profile.platform
     if not os.environ.get(src.api_key_env):
         return [f"platform: ${src.api_key_env} is not set: {src.kind} deploys and flags were not read"], None
+    from .platform import pull_platform  # with the HTTP client (~0.1 s): only when there is a key to call with
+
     at = utcnow()
     res = pull_platform(src, data, profile.target.name, now=at)
     seen = {"at": iso(at), "flags": res.flags, "service_id": src.service_id, "env_groups": res.groups} \
@@ -177,11 +177,11 @@ def _pull_platform(profile: Profile, data: Path) -> tuple[list[str], dict | None
 def _pull_evidence(profile: Profile, data: Path, observed: Window) -> list[str]:
     """Render's logs, metrics and events for the part of the window no earlier pull covered. A
     failed read is stored (the report says Render was unavailable) and a line here, never a failed report."""
-    from .evidence import pull_evidence
-
     src = profile.platform
     if not os.environ.get(src.api_key_env):
         return [f"Render: ${src.api_key_env} is not set: logs, metrics and events were not read"]
+    from .evidence import pull_evidence
+
     try:
         res = pull_evidence(src, data, profile.target.name, observed)
     except DataError as exc:
