@@ -447,3 +447,39 @@ def test_order_statistics_are_each_groups_sorted_values(groups):
         ranks[k] = sorted({1, len(vals), *rng.integers(1, len(vals) + 1, 5).tolist()})
         want[k] = {r: vals[r - 1] for r in ranks[k]}
     assert order_statistics(con, "t", "g", "true", ranks) == want
+
+
+@pytest.mark.parametrize("values", [1, 3])
+def test_flag_and_deployment_walks_equal_a_loop_in_time_order(values):
+    """One value all along (answered without a sort) and several (walked in the engine) give
+    what a loop over the rows in (ts, probe, tenant) order gives."""
+    import pandas as pd
+    from phasegate import analysis
+    from phasegate.aggregates import _ts
+    df = _frame(7, 3000).sample(frac=1, random_state=1)  # rows out of time order
+    rng = np.random.default_rng(values)
+    pick = rng.integers(0, values, len(df))
+    kinds = [json.dumps({"A": True, "B": i % 2 == 0}) for i in range(values)]
+    df["flags"] = pd.Series([kinds[i] if rng.random() > 0.05 else None for i in pick], dtype="string")
+    df["deployment_id"] = pd.Series([f"dep-{i}" for i in pick], dtype="string")
+    con = _engine(df)
+    got_flags = analysis.flags(con, "s")
+    got_deploys = analysis._deployments(con)
+    ordered = df.sort_values(["ts", "probe", "tenant"], kind="stable")
+    states, changes, prev = {}, [], None
+    for ts, raw in zip(ordered["ts"], ordered["flags"]):
+        if pd.isna(raw) or raw == prev:
+            continue
+        prev = raw
+        for name, value in json.loads(raw).items():
+            if states.get(name) != value:
+                changes.append({"ts": _ts(ts), "flag": name, "value": value})
+            states[name] = value
+    assert got_flags["changes"] == changes and got_flags["last"] == states
+    runs, prev = [], None
+    for ts, d in zip(ordered["ts"], ordered["deployment_id"]):
+        if d != prev:
+            runs.append({"id": d, "from": _ts(ts)})
+        prev = d
+    assert got_deploys["sequence"] == runs
+    assert len(runs) == 1 if values == 1 else len(runs) > 100

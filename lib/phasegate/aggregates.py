@@ -128,7 +128,8 @@ def flags(con, table: str):
     """Flags as observed: each distinct JSON value decoded once, counted in the engine, and only
     the rows where the observed value changes walked here. A flag the answer did not carry (an
     error body) is not observed: it is neither on nor off."""
-    counts = dict((yield Q(f"SELECT flags, count(*) FROM {table} WHERE flags IS NOT NULL GROUP BY 1")))
+    rows = yield Q(f"SELECT flags, count(*), min(ts) FROM {table} WHERE flags IS NOT NULL GROUP BY 1")
+    counts, first = {r[0]: r[1] for r in rows}, {r[0]: r[2] for r in rows}
     decoded = {raw: {k: v for k, v in json.loads(raw).items() if v is not None} for raw in counts}
     observed = [raw for raw, values in decoded.items() if values]
     off: dict[str, int] = {}
@@ -142,7 +143,9 @@ def flags(con, table: str):
     states, changes = {}, []
     # Walked on small integer codes of the observed values (sorting the JSON text cost 4x more).
     walk = []
-    if observed:
+    if len(observed) == 1:  # one value all along (most windows): it starts at its first sample, no sort
+        walk = [(first[observed[0]], 0)]
+    elif observed:
         codes = unique("flag_codes")
         con.register(codes, pd.DataFrame({"flags": observed, "code": range(len(observed))}))
         try:

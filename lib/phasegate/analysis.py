@@ -353,13 +353,15 @@ def _health(con, profile: Profile):
 
 @steps
 def _deployments(con):
-    ids = [{"id": d, "first": _ts(a), "last": _ts(b), "samples": int(n)} for d, a, b, n in (yield Q(
-        """SELECT deployment_id, min(ts), max(ts), count(*) FROM s WHERE deployment_id IS NOT NULL
-           GROUP BY 1 ORDER BY 2, 1"""))]
+    rows = yield Q("""SELECT deployment_id, min(ts), max(ts), count(*) FROM s WHERE deployment_id IS NOT NULL
+        GROUP BY 1 ORDER BY 2, 1""")
+    ids = [{"id": d, "first": _ts(a), "last": _ts(b), "samples": int(n)} for d, a, b, n in rows]
     # Walked on integer codes of the ids, as the flags are.
     names = [d["id"] for d in ids]
     walk = []
-    if names:
+    if len(names) == 1:  # one deployment all along (most windows): no sort
+        walk = [(a, 0) for _d, a, _b, _n in rows]
+    elif names:
         codes = unique("deploy_codes")
         con.register(codes, pd.DataFrame({"deployment_id": names, "code": range(len(names))}))
         try:
