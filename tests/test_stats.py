@@ -449,6 +449,56 @@ def test_order_statistics_are_each_groups_sorted_values(groups):
     assert order_statistics(con, "t", "g", "true", ranks) == want
 
 
+def test_order_statistics_of_several_groupings_asked_in_one_round():
+    """Groupings asked in the same round share the table's two passes (one histogram of grouping
+    sets, one pick of values): each still gets exactly its own groups' sorted values, under its
+    own condition, with the engine asked two rounds in all."""
+    import duckdb
+    import pandas as pd
+    from phasegate import batch
+    from phasegate.ranks import order_statistics
+    rng = np.random.default_rng(7)
+    n = 50_000
+    probe = rng.choice(["a", "b", "c"], n)
+    tenant = rng.integers(0, 300, n).astype(str)
+    tenant[rng.random(n) < 0.1] = None
+    lat = np.round(rng.lognormal(3, 1.5, n), 2)
+    lat[rng.random(n) < 0.02] = None
+    con = duckdb.connect()
+    con.register("f", pd.DataFrame({"probe": probe, "tenant": pd.Series(tenant, dtype=object), "lat": lat}))
+    con.execute("CREATE TABLE t AS SELECT probe, tenant, lat FROM f")
+    ok = ~np.isnan(lat)
+
+    def ask(mask):
+        vals = np.sort(lat[mask & ok])
+        ranks = sorted({1, len(vals), *rng.integers(1, len(vals) + 1, 4).tolist()})
+        return ranks, {r: vals[r - 1] for r in ranks}
+
+    probes = {p: ask(probe == p) for p in "abc"}
+    tenants = {str(k): ask(tenant == str(k)) for k in range(300) if (ok & (tenant == str(k))).any()}
+    total = ask(probe != "c")
+    rounds = []
+
+    def counted(con, queries):
+        rounds.append(len(queries))
+        return ask_(con, queries)
+
+    def all_three(con):
+        return (yield [order_statistics.steps(con, "t", "probe", "TRUE", {p: r for p, (r, _w) in probes.items()}),
+                       order_statistics.steps(con, "t", "tenant", "tenant IS NOT NULL", {k: r for k, (r, _w) in tenants.items()}),
+                       order_statistics.steps(con, "t", None, "probe <> 'c'", {None: total[0]})])
+
+    ask_, batch.ask = batch.ask, counted
+    try:
+        by_probe, by_tenant, in_total = batch.drive(con, all_three(con))
+    finally:
+        batch.ask = ask_
+    assert by_probe == {p: w for p, (_r, w) in probes.items()}
+    assert by_tenant == {k: w for k, (_r, w) in tenants.items()}
+    assert in_total == {None: total[1]}
+    assert rounds == [1, 3]  # one histogram query; then one fetch per grouping, in one round
+
+
 @pytest.mark.parametrize("values", [1, 3])
 def test_flag_and_deployment_walks_equal_a_loop_in_time_order(values):
     """One value all along (answered without a sort) and several (walked in the engine) give

@@ -7,6 +7,8 @@ them one after the other (each already uses every core); Spark answers a round i
 (`SparkConnection.batch`), so an analysis costs as many Spark jobs as its longest chain of
 dependent queries, not one per query. Statements that only define something (a temporary view or
 table, a registered frame) are run at once by the step itself, under a name of its own.
+A `Shared` request is answered together with the others of its round that name the same
+function and table (the order statistics of every grouping from one pass over the window).
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ class Q:
     sql: str
     params: tuple | list | None = None
     as_: str = "rows"
+
+
+@dataclass(frozen=True, eq=False)
+class Shared:
+    """A request answered with the others of its round that name the same `fn` and `table`:
+    `fn(con, table, [item, ...])` is a generator of steps returning their answers, in order."""
+
+    fn: object
+    table: str
+    item: object
 
 
 def steps(fn):
@@ -47,10 +59,10 @@ def unique(prefix: str) -> str:
 
 
 class _Task:
-    __slots__ = ("gen", "parent", "slot", "values", "pending", "many")
+    __slots__ = ("gen", "parent", "slot", "values", "pending", "many", "fan")
 
-    def __init__(self, gen, parent=None, slot=None):
-        self.gen, self.parent, self.slot = gen, parent, slot
+    def __init__(self, gen, parent=None, slot=None, fan=None):
+        self.gen, self.parent, self.slot, self.fan = gen, parent, slot, fan
 
 
 def drive(con, gen):
@@ -59,15 +71,25 @@ def drive(con, gen):
     root = _Task(gen)
     ready = [(root, None)]
     while True:
-        asked = []
-        while ready:
+        asked, shared = [], {}
+        while ready or shared:
+            if not ready:  # every step of the round has asked: start the shared requests
+                for (fn, table), askers in shared.items():
+                    ready.append((_Task(fn(con, table, [x for _t, _i, x in askers]),
+                                        fan=[(t, i) for t, i, _x in askers]), None))
+                shared = {}
+                continue
             task, value = ready.pop()
             try:
                 item = task.gen.send(value)
             except StopIteration as stop:
-                if task.parent is None:
+                if task.fan is not None:  # a Shared function: each asker gets its own answer
+                    for (asker, slot), answer in zip(task.fan, stop.value):
+                        _fill(asker, slot, answer, ready)
+                elif task.parent is None:
                     return stop.value
-                _fill(task.parent, task.slot, stop.value, ready)
+                else:
+                    _fill(task.parent, task.slot, stop.value, ready)
                 continue
             task.many = isinstance(item, (list, tuple))
             items = list(item) if task.many else [item]
@@ -77,6 +99,8 @@ def drive(con, gen):
             for i, it in enumerate(items):
                 if isinstance(it, Q):
                     asked.append((task, i, it))
+                elif isinstance(it, Shared):
+                    shared.setdefault((it.fn, it.table), []).append((task, i, it.item))
                 elif inspect.isgenerator(it):
                     ready.append((_Task(it, task, i), None))
                 else:
