@@ -74,9 +74,9 @@ def _ranks_of(con, table: str, asks: list):
         picks[i] = [(g if key else 0, r) + _cell(cells[i].get(g if key else 0, ()), r) for g, r in pairs]
         fine |= {f for _g, _r, b, _k in picks[i] if b is not None for f in range(b << shift, (b + 1) << shift)}
     values, frames = unique("ranked_values"), {i: unique("rank_at") for i in live}
-    for i in live:
-        con.register(frames[i], pd.DataFrame([p for p in picks[i] if p[2] is not None], columns=["g", "r", "b", "k"]))
-    try:
+    try:  # every frame registered is unregistered, even when a later one fails
+        for i in live:
+            con.register(frames[i], pd.DataFrame([p for p in picks[i] if p[2] is not None], columns=["g", "r", "b", "k"]))
         con.execute(f"""CREATE OR REPLACE TEMP TABLE {values} AS SELECT {', '.join(f'k{i}, b{i}' for i in live)}, lat
             FROM {src} WHERE b IN ({', '.join(map(str, sorted(fine))) or 'NULL'})""")
         rows = yield [Q(f"""SELECT {'g' if asks[i][0] else 'NULL'}, a.r, v.vals[a.k] FROM {frames[i]} a JOIN (
