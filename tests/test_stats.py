@@ -352,6 +352,51 @@ def test_coverage_gaps_equal_the_obvious_computation(seed):
     assert got["actual"] == len(df[df["probe"] != "unused"])
 
 
+@pytest.mark.parametrize("seed,span_s,bad_share", [
+    (1, 6 * 3600, 0.2),   # sparse: about one sample a bucket, every failed run crosses buckets
+    (2, 60, 0.2),         # dense: the longest gap is inside a one-second bucket (finer buckets)
+    (3, 60, 0.0),         # dense, one long stretch failed: buckets that failed whole, carried over
+    (4, 6 * 3600, 0.6)])  # mostly failing: long runs of many kinds
+def test_gaps_and_failed_stretches_equal_a_loop_in_time_order(seed, span_s, bad_share):
+    # The gaps come from per-bucket first/last times, the failed stretches from the buckets holding
+    # a failure: each must equal a loop over every sample in time order (ties by probe, tenant).
+    import pandas as pd
+    from phasegate import analysis
+    rng = np.random.default_rng(seed)
+    n = 6000
+    df = _frame(seed, n)
+    us = np.sort(rng.integers(0, span_s * 10**6, n))
+    us[100:110] = us[100]  # samples of several series at one instant: ordered by probe, then tenant
+    us[2000] = us[1999] + (us[2001] - us[1999]) // 2  # no accidental tie-breaking from the frame
+    df["ts"] = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(us, unit="us")
+    outcome = np.where(rng.random(n) < bad_share, "timeout", "ok").astype(object)
+    if not bad_share:
+        outcome[3000:3500] = "http_error"
+    df["outcome"] = pd.Categorical(outcome)
+    df["status"] = pd.array(np.where(df["outcome"] == "ok", 200, 500), dtype="Int32")
+    df = df.sample(frac=1, random_state=seed).reset_index(drop=True)  # the engine must order them itself
+    profile = load_profile(SIM_PROFILE)
+    start, end = pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(seconds=span_s)
+    con = _engine(df)
+    got = analysis._coverage(con, profile, start.to_pydatetime(), end.to_pydatetime(), analysis.group_stats(con, "s", "probe"))
+    o = df.assign(us=df["ts"].dt.as_unit("us").astype("int64"), p=df["probe"].astype(str),
+                  t=df["tenant"].astype(object)).sort_values(["us", "p", "t"], na_position="last", kind="stable")
+    t_us = o["us"].to_numpy()
+    edges = np.concatenate([[start.value // 1000], t_us, [end.value // 1000]])
+    gaps = np.diff(edges)
+    i = int(np.argmax(gaps))  # the first of equal ones
+    slack_us = int(2.0 * max(p.interval_s or profile.target.interval_s for p in profile.probes) * 1e6)
+    assert got["longest_gap_s"] == round(gaps[i] / 1e6, 3)
+    assert got["longest_gap_end"] == pd.Timestamp(edges[i + 1], unit="us", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert got["collector_down_s"] == round(int(np.clip(gaps - slack_us, 0, None).sum()) / 1e6, 3)
+    best, run_from = 0, None
+    for t, b in zip(t_us, o["outcome"].isin(ERROR_OUTCOMES)):
+        run_from = (t if run_from is None else run_from) if b else None
+        best = max(best, t - run_from) if b else best
+    assert got["longest_failing_s"] == round(best / 1e6, 3)
+    assert best > 0
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_transitions_per_probe_equal_a_loop_over_each_series(seed):
     # Flapping counts ok/failed changes within each (probe, tenant) series in time order.

@@ -30,6 +30,7 @@ import pandas as pd
 from .aggregates import _NOT_PROBES, DERIVED, _ts, flags, group_stats, round_ms, sql_literal  # noqa: F401 - public here too
 from .batch import Q, drive, steps, unique
 from .config import memory_limit as check_memory_limit
+from .coverage import coverage as _coverage, coverage_hourly, coverage_of, gap_slack_s, gaps  # noqa: F401 - public here too
 from .errors import DataError
 from .objstore import local_dir
 from .profile import Profile
@@ -119,7 +120,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     conf, start = profile.criteria.confidence, window.start
     # Every aggregate's queries side by side, each round asked of the engine at once (`phasegate.batch`).
     ((n, sim),), hourly, probes, flips, (traffic, traffic_tl), platform, health, flag_values, deployments, \
-        anomalies, evidence, prometheus, tenants, tl, occurrences, custom, actions, tls, render, gaps = drive(con, _all(
+        anomalies, evidence, prometheus, tenants, tl, occurrences, custom, actions, tls, render, gapped = drive(con, _all(
             Q("SELECT count(*), count(*) FILTER (WHERE simulated) FROM s"),
             coverage_hourly.steps(con, profile, start, observed_end),
             group_stats.steps(con, "s", "probe", conf, total=True), transitions.steps(con), _traffic.steps(con, conf),
@@ -127,7 +128,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
             _anomalies.steps(con), _evidence.steps(con), _prometheus.steps(con), tenant_stats.steps(con, conf),
             timeline.steps(con, bucket_s), _occurrences.steps(con), custom_metrics.steps(con, profile),
             _actions.steps(con), _tls.steps(con), _render.steps(con, profile, data_dir, start, observed_end, conf),
-            _gaps.steps(con, profile, start, observed_end)))
+            gaps.steps(con, profile)))
     if not n:
         raise DataError(f"no samples in {data_dir} between {iso(window.start)} and {iso(observed_end)}"
                         + (f" ({len(inputs['excluded'])} file(s) excluded as unreadable)" if inputs["excluded"] else ""))
@@ -136,7 +137,7 @@ def analyze(profile: Profile, data_dir, window: Window, now: datetime | None = N
     return Analysis(
         window=window, observed_end=observed_end, now=now, probes=probes,
         overall=overall, health=health, flags=flag_values,
-        deployments=deployments, anomalies=anomalies, coverage=_coverage_of(profile, start, observed_end, probes, *gaps),
+        deployments=deployments, anomalies=anomalies, coverage=coverage_of(profile, start, observed_end, probes, *gapped),
         evidence=evidence, inputs=inputs, quality=_quality(hourly, probes, flips),
         baseline=None if base is None else {"probes": base[0]}, traffic=traffic, prometheus=prometheus,
         tenants=tenants, platform=platform,
@@ -300,24 +301,6 @@ def timeline(con, bucket_s: float = 300.0):
 
 
 @steps
-def coverage_hourly(con, profile: Profile, start: datetime, end: datetime):
-    """Per hour and probe: actual samples, expected samples, availability (share not failed)."""
-    rate = _expected(profile)
-    rows = yield Q("SELECT us // 3600000000, probe, count(*), count(*) FILTER (WHERE NOT bad) FROM s GROUP BY ALL")
-    got = {(pd.Timestamp(h * 3_600_000_000, unit="us", tz="UTC"), p): (int(n), int(good)) for h, p, n, good in rows}
-    hours = pd.date_range(pd.Timestamp(start).floor("h"), pd.Timestamp(end), freq="h")
-    out = []
-    for h in hours[hours < pd.Timestamp(end)]:
-        lo, hi = max(h, pd.Timestamp(start)), min(h + pd.Timedelta(hours=1), pd.Timestamp(end))
-        span = max(0.0, (hi - lo).total_seconds())
-        for p, r in rate.items():
-            n, good = got.get((h, p), (0, 0))
-            out.append({"hour": h, "probe": p, "expected": r * span, "actual": n,
-                        "availability": (good / n) if n else np.nan})
-    return pd.DataFrame(out)
-
-
-@steps
 def _occurrences(con):
     """{kind: [first, last]} of the rows of each kind (errors, 5xx, FEATURE_DISABLED, ...), None when none."""
     kinds = ("bad", "five", "disabled", "assertion", "timeout")
@@ -418,118 +401,7 @@ def _evidence(con):
     return sorted(out, key=lambda e: (e["kind"] != "failure", e["ts"], e["probe"]))
 
 
-# -- coverage and data quality ----------------------------------------------------------------
-
-
-def _expected(profile: Profile) -> dict:
-    from .collector import probe_jobs
-
-    out: dict[str, float] = {}
-    for probe, _tenant in probe_jobs(profile):
-        out[probe.name] = out.get(probe.name, 0.0) + 1.0 / (probe.interval_s or profile.target.interval_s)
-    return out  # samples per second per probe
-
-
-def gap_slack_s(profile: Profile) -> float:
-    """The gap between samples (s) that counts as the collector down: no attempts at all. Two of
-    the longest interval of any one job (a probe, for one tenant): a fleet's jobs may all fire
-    together, so the time between two bursts is the schedule, not a stop; jitter is tolerated."""
-    from .collector import probe_jobs
-
-    return 2.0 * max((probe.interval_s or profile.target.interval_s for probe, _t in probe_jobs(profile)), default=0.0)
-
-
-@steps
-def _gaps(con, profile: Profile, start: datetime, end: datetime):
-    """What coverage needs in time order: the gaps between consecutive samples (the longest, the
-    first of equal ones; the time without any attempt beyond the slack), and where each stretch of
-    failed attempts starts and ends (few rows: paired later for the longest stretch in which all
-    failed); and the same per collector shard."""
-    slack_us = int(gap_slack_s(profile) * 1e6)
-    (gaps,), shards = yield [Q(f"""
-        WITH t AS (SELECT us, bad, lag(bad, 1, false) OVER w AS pb, lead(bad, 1, false) OVER w AS nb,
-                   us - lag(us) OVER w AS gap FROM s WINDOW w AS (ORDER BY us))
-        SELECT min(us), max(us), max(gap), arg_max(us, {{'g': gap, 'u': -us}}) FILTER (WHERE gap IS NOT NULL),
-               coalesce(sum(gap - {slack_us}) FILTER (WHERE gap > {slack_us}), 0),
-               list_sort(list(us) FILTER (WHERE bad AND NOT pb)), list_sort(list(us) FILTER (WHERE bad AND NOT nb))
-        FROM t"""), Q("""
-        SELECT shard, count(*), min(us), max(us), max(gap) FROM (
-            SELECT shard, us, us - lag(us) OVER (PARTITION BY shard ORDER BY us) AS gap FROM s WHERE shard IS NOT NULL)
-        GROUP BY shard""")]
-    return gaps, shards
-
-
-def _coverage(con, profile: Profile, start: datetime, end: datetime, probes: dict) -> dict:
-    """Samples against expected, per probe and in all, the gaps and the shards."""
-    return _coverage_of(profile, start, end, probes, *_gaps(con, profile, start, end))
-
-
-def _coverage_of(profile: Profile, start: datetime, end: datetime, probes: dict, gaps: tuple, shard_rows: list) -> dict:
-    span = (end - start).total_seconds()
-    rate = _expected(profile)
-    expected = {p: r * span for p, r in rate.items()}
-    actual = {p: s["samples"] for p, s in probes.items()}
-    per_probe = {p: {"expected": round(e, 1), "actual": int(actual.get(p, 0)),
-                     "ratio": round(min(1.0, actual.get(p, 0) / e), 4) if e else None} for p, e in expected.items()}
-    n = sum(actual.values())
-    total_e = sum(expected.values())
-    ratio = min(1.0, n / total_e) if total_e else None
-    slack_us = int(gap_slack_s(profile) * 1e6)
-    s_us, e_us = int(pd.Timestamp(start).value // 1000), int(pd.Timestamp(end).value // 1000)
-    first_us, last_us, inner, inner_end, over_us, starts, ends = gaps
-    failing_us = max((b - a for a, b in zip(starts or [], ends or [])), default=0)
-    edge = [first_us - s_us, e_us - last_us]
-    candidates = [(edge[0], s_us, first_us)]
-    if inner is not None:
-        candidates.append((int(inner), int(inner_end) - int(inner), int(inner_end)))
-    candidates.append((edge[1], last_us, e_us))
-    longest_us, gap_from, gap_to = max(candidates, key=lambda c: c[0])  # the first of equal gaps wins
-    down_us = int(over_us) + sum(max(0, g - slack_us) for g in edge)
-    longest = longest_us / 1e6
-    shards = _shards(profile, s_us, e_us, shard_rows)
-    return {
-        "expected": round(total_e, 1), "actual": int(n), "ratio": None if ratio is None else round(ratio, 4),
-        "per_probe": per_probe,
-        "longest_gap_s": round(longest, 3),
-        "longest_gap_start": _us(gap_from), "longest_gap_end": _us(gap_to),
-        "longest_gap_cause": "collector down (no attempts)" if longest_us > slack_us else "none",
-        "collector_down_s": round(down_us / 1e6, 3),
-        "longest_failing_s": round(int(failing_us) / 1e6, 3),
-        "min_coverage": profile.criteria.min_coverage, "max_gap_s": profile.criteria.max_gap_s,
-        "shards": shards,
-        "sufficient": bool(ratio is not None and ratio >= profile.criteria.min_coverage
-                           and longest <= profile.criteria.max_gap_s
-                           and not any(sh["stopped"] for sh in shards or ())),
-    }
-
-
-def _shards(profile: Profile, s_us: int, e_us: int, rows: list) -> list | None:
-    """Per collector shard (`collect --shard K/N`): samples against expected, and its longest gap
-    (window edges included). A shard that stopped is a gap with its name, not silence: one with
-    no sample at all in the window is listed too, since the others say how many there are."""
-    from .collector import probe_jobs
-
-    seen = {name: (int(n), int(a), int(b), gap) for name, n, a, b, gap in rows}
-    if not seen:
-        return None
-    n = max(int(name.partition("/")[2]) for name in seen)
-    span = (e_us - s_us) / 1e6
-    out = []
-    for k in range(1, n + 1):
-        name = f"{k}/{n}"
-        expected = sum(1.0 / (p.interval_s or profile.target.interval_s) for p, _t in probe_jobs(profile, (k, n))) * span
-        got, first, last, inner = seen.get(name, (0, None, None, None))
-        gaps = [e_us - s_us] if first is None else [first - s_us, int(inner or 0), e_us - last]
-        longest = max(gaps) / 1e6
-        out.append({"shard": name, "expected": round(expected, 1), "actual": got,
-                    "ratio": round(min(1.0, got / expected), 4) if expected else None,
-                    "longest_gap_s": round(longest, 3), "last_sample": None if last is None else _us(last),
-                    "stopped": longest > profile.criteria.max_gap_s})
-    return out
-
-
-def _us(t) -> str:
-    return _ts(pd.Timestamp(int(t), unit="us", tz="UTC"))
+# -- data quality ---------------------------------------------------------------------------
 
 
 def _quality(hourly: pd.DataFrame, probes: dict, flips: dict) -> dict:
