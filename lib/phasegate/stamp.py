@@ -18,7 +18,9 @@ REPORT_PDF = "signoff.pdf"
 
 
 def _page(approval: dict, approval_sha256: str) -> bytes:
-    from weasyprint import HTML
+    from .export import weasyprint_html
+
+    HTML = weasyprint_html()
 
     sig = approval.get("signature")
     how = (f"signed with SSH key {sig.get('key')} (namespace {sig.get('namespace')}, principal {sig.get('principal')})"
