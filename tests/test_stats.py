@@ -397,10 +397,12 @@ def test_gaps_and_failed_stretches_equal_a_loop_in_time_order(seed, span_s, bad_
     assert best > 0
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_transitions_per_probe_equal_a_loop_over_each_series(seed):
-    # Flapping counts ok/failed changes within each (probe, tenant) series in time order.
+@pytest.mark.parametrize("seed,listed", [(1, 1000), (2, 1000), (1, 3)])
+def test_transitions_per_probe_equal_a_loop_over_each_series(seed, listed, monkeypatch):
+    # Flapping counts ok/failed changes within each (probe, tenant) series in time order; the
+    # failing series named in the query, or (more than `listed` of them) found by a join.
     from phasegate import analysis
+    monkeypatch.setattr(analysis, "LISTED", listed)
     df = _frame(seed)
     got = analysis.transitions(_engine(df))
     want = {}

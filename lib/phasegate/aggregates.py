@@ -34,6 +34,9 @@ DERIVED = f"""
     CASE WHEN status IS NOT NULL AND NOT coalesce(outcome IN {_ERR}, false) THEN latency_ms END AS lat"""
 
 
+LISTED = 1000  # series or buckets a query names in its text; beyond that many, a join finds them
+
+
 def sql_literal(value) -> str:
     """A value as a SQL string literal: the one quoting helper (a quote in $TMPDIR, or a second
     statement in $PHASEGATE_MEMORY_LIMIT, stays text). DuckDB binds no parameters in SET."""

@@ -15,7 +15,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from .aggregates import _ts
+from .aggregates import LISTED, _ts
 from .batch import Q, steps
 from .profile import Profile
 
@@ -76,14 +76,16 @@ def _buckets(width: int, slack_us: int, with_failures: bool) -> Q:
         FROM g""")
 
 
-def _failed_runs(width: int) -> Q:
+def _failed_runs(width: int, buckets: list) -> Q:
     """Within each bucket holding a failure, its samples in time order (ties by probe and tenant):
     the end of the failed run that starts the bucket, the start of the one that ends it, the
-    longest run touching neither edge, and whether the whole bucket failed."""
+    longest run touching neither edge, and whether the whole bucket failed. The buckets are named
+    when few (no join: on Spark a join shuffles the whole window)."""
     k = f"us // {width}"
+    named = ", ".join(map(str, buckets)) if len(buckets) <= LISTED else f"SELECT DISTINCT {k} FROM s WHERE bad"
     return Q(f"""
         WITH r AS (SELECT {k} AS k, us, bad, row_number() OVER w AS rn, count(*) OVER (PARTITION BY {k}) AS n
-                   FROM s WHERE {k} IN (SELECT DISTINCT {k} FROM s WHERE bad)
+                   FROM s WHERE {k} IN ({named})
                    WINDOW w AS (PARTITION BY {k} ORDER BY us, probe, tenant)),
              i AS (SELECT k, min(us) AS a, max(us) AS z, min(rn) = 1 AS head, max(rn) = max(n) AS tail
                    FROM (SELECT k, us, rn, n, rn - row_number() OVER (PARTITION BY k ORDER BY rn) AS run FROM r WHERE bad)
@@ -121,19 +123,25 @@ def gaps(con, profile: Profile):
     attempt beyond the slack, and the longest stretch in which all failed; and per collector shard."""
     slack_us = int(gap_slack_s(profile) * 1e6)
     width = max(1, min(slack_us, BUCKET_US))
-    (row,), runs, shards = yield [_buckets(width, slack_us, True), _failed_runs(width), Q("""
+    (row,), shards = yield [_buckets(width, slack_us, True), Q("""
         SELECT shard, count(*), min(us), max(us), max(gap) FROM (
             SELECT shard, us, us - lag(us) OVER (PARTITION BY shard ORDER BY us) AS gap FROM s WHERE shard IS NOT NULL)
         GROUP BY shard""")]
     first, last, inner, inner_end, over_us, n_buckets, n, spread, failing = row
+    failing = failing or []
+    asked = [_failed_runs(width, sorted(b["k"] for b in failing))] if failing else []
+    runs = []
     while n_buckets and (inner is None or inner < width) and (n_buckets > 1 or spread):
         # The longest gap may lie inside a bucket: finer buckets, no wider than the longest gap
         # seen (or than the one bucket's span), put it between two (at most two more passes).
-        width = int(inner) if inner is not None else last - first
-        ((_f, _l, inner, inner_end, _o, n_buckets, _n, spread),) = yield _buckets(width, slack_us, False)
+        finer = int(inner) if inner is not None else last - first
+        ((_f, _l, inner, inner_end, _o, n_buckets, _n, spread), ), *got = yield [_buckets(finer, slack_us, False), *asked]
+        runs, asked, width = (got[0] if got else runs), [], finer
+    if asked:
+        runs = yield asked[0]
     if n_buckets == 1 and not spread and n > 1:  # every sample at one instant
         inner, inner_end = 0, first
-    return (first, last, inner, inner_end, over_us, _longest_failing(failing or [], runs)), shards
+    return (first, last, inner, inner_end, over_us, _longest_failing(failing, runs)), shards
 
 
 def coverage_of(profile: Profile, start: datetime, end: datetime, probes: dict, gaps: tuple, shard_rows: list) -> dict:
