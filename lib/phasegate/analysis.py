@@ -13,7 +13,8 @@ distribution-free intervals take the ranks `phasegate.stats` gives. What the win
 the probes (baseline, traffic, Prometheus, platform, actions, criteria as data) is `phasegate.sources`.
 The same SQL runs on Spark through `phasegate.spark`. Each aggregate is a step that yields its
 queries, and `analyze` runs them all side by side (`phasegate.batch`): an analysis is as many
-engine rounds as its longest chain of dependent queries (three), on Spark three jobs.
+engine rounds as its longest chain of dependent queries (three; on Spark four jobs in `make bench`).
+Coverage (samples against the schedule, gaps, failed stretches) is `phasegate.coverage`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import numpy as np
 import pandas as pd
 
 from .aggregates import _NOT_PROBES, DERIVED, LISTED, _ts, flags, group_stats, round_ms, sql_literal  # noqa: F401 - public here too
