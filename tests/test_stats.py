@@ -352,16 +352,19 @@ def test_coverage_gaps_equal_the_obvious_computation(seed):
     assert got["actual"] == len(df[df["probe"] != "unused"])
 
 
-@pytest.mark.parametrize("seed,span_s,bad_share", [
-    (1, 6 * 3600, 0.2),   # sparse: about one sample a bucket, every failed run crosses buckets
-    (2, 60, 0.2),         # dense: the longest gap is inside a one-second bucket (finer buckets)
-    (3, 60, 0.0),         # dense, one long stretch failed: buckets that failed whole, carried over
-    (4, 6 * 3600, 0.6)])  # mostly failing: long runs of many kinds
-def test_gaps_and_failed_stretches_equal_a_loop_in_time_order(seed, span_s, bad_share):
+@pytest.mark.parametrize("seed,span_s,bad_share,listed", [
+    (1, 6 * 3600, 0.2, 5000),   # sparse: about one sample a bucket, every failed run crosses buckets
+    (5, 6 * 3600, 0.2, 3),      # the same, the buckets holding a failure found by a join, not named
+    (2, 60, 0.2, 1000),         # dense: the longest gap inside a one-second bucket (finer buckets);
+                                # a failure in every bucket (the window sorted whole)
+    (3, 60, 0.0, 1000),         # dense, one long stretch failed: buckets that failed whole, carried over
+    (4, 6 * 3600, 0.6, 1000)])  # mostly failing: long runs of many kinds
+def test_gaps_and_failed_stretches_equal_a_loop_in_time_order(seed, span_s, bad_share, listed, monkeypatch):
     # The gaps come from per-bucket first/last times, the failed stretches from the buckets holding
     # a failure: each must equal a loop over every sample in time order (ties by probe, tenant).
     import pandas as pd
-    from phasegate import analysis
+    from phasegate import analysis, coverage
+    monkeypatch.setattr(coverage, "LISTED", listed)
     rng = np.random.default_rng(seed)
     n = 6000
     df = _frame(seed, n)

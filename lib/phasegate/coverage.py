@@ -4,8 +4,9 @@ stretches in which every attempt failed, over `s` (the window's probe samples, `
 The gaps need the samples in time order, but not sorted: a gap longer than a time bucket lies
 between two buckets, so per-bucket first and last times give every gap beyond the slack and the
 longest gap whenever it is at least the bucket's width (buckets are made finer until it is). The
-failed stretches need order only inside the few buckets that hold a failure. A window of 100 M
-samples took 18.3 s sorted whole (the sort spilled past the memory limit) and ~1.2 s bucketed.
+failed stretches need order only inside the buckets that hold a failure; when those are most of
+the buckets, the window is sorted whole once, as before. A window of 100 M samples without
+failures took 18.3 s sorted whole (the sort spilled past the memory limit) and 1.7 s bucketed.
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ def _failed_runs(width: int, buckets: list) -> Q:
         FROM i GROUP BY k""")
 
 
+def _failed_runs_in_order() -> Q:
+    """The longest failed run of the whole window in time order (ties by probe and tenant), for a
+    window whose failures fall in most buckets: there one sort of the window costs less than a
+    sort per bucket (10 M samples failing in every bucket: 0.55 s against 1.1 s)."""
+    return Q("""
+        WITH r AS (SELECT us, bad, row_number() OVER (ORDER BY us, probe, tenant) AS rn FROM s)
+        SELECT max(z - a) FROM (SELECT min(us) AS a, max(us) AS z FROM (
+            SELECT us, rn - row_number() OVER (ORDER BY rn) AS run FROM r WHERE bad) GROUP BY run)""")
+
+
 def _longest_failing(buckets: list, runs: list) -> int:
     """The longest stretch (µs, first to last failed sample) with no successful attempt between,
     from the buckets holding failures (each with the non-empty bucket before it) and their runs."""
@@ -129,7 +140,8 @@ def gaps(con, profile: Profile):
         GROUP BY shard""")]
     first, last, inner, inner_end, over_us, n_buckets, n, spread, failing = row
     failing = failing or []
-    asked = [_failed_runs(width, sorted(b["k"] for b in failing))] if failing else []
+    whole = len(failing) * 2 > n_buckets  # failures in most buckets: sorted whole
+    asked = [] if not failing else [_failed_runs_in_order()] if whole else [_failed_runs(width, sorted(b["k"] for b in failing))]
     runs = []
     while n_buckets and (inner is None or inner < width) and (n_buckets > 1 or spread):
         # The longest gap may lie inside a bucket: finer buckets, no wider than the longest gap
@@ -141,7 +153,8 @@ def gaps(con, profile: Profile):
         runs = yield asked[0]
     if n_buckets == 1 and not spread and n > 1:  # every sample at one instant
         inner, inner_end = 0, first
-    return (first, last, inner, inner_end, over_us, _longest_failing(failing, runs)), shards
+    failing_us = int(runs[0][0] or 0) if whole and runs else _longest_failing(failing, runs)
+    return (first, last, inner, inner_end, over_us, failing_us), shards
 
 
 def coverage_of(profile: Profile, start: datetime, end: datetime, probes: dict, gaps: tuple, shard_rows: list) -> dict:
