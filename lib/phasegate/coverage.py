@@ -62,10 +62,10 @@ def coverage_hourly(con, profile: Profile, start: datetime, end: datetime):
 
 def _buckets(width: int, slack_us: int, with_failures: bool) -> Q:
     """One pass over `s` in buckets of `width` µs: the first and last sample, the longest gap
-    between buckets (the first of equal ones: its end) and how many buckets, the time beyond the
-    slack in gaps between buckets (exact when width ≤ slack: a gap inside a bucket is shorter), the
-    samples, how many buckets span some time,
-    and, if asked, each bucket holding a failure with the non-empty bucket before it."""
+    between buckets (the first of equal ones: its end), the time beyond the slack in gaps between
+    buckets (exact when width ≤ slack: a gap inside a bucket is shorter), how many buckets, samples
+    and buckets spanning some time; and, if asked, each bucket holding a failure with the non-empty
+    bucket before it."""
     failing = ", list({'k': k, 'pk': pk, 'lo': lo, 'hi': hi}) FILTER (WHERE nbad > 0)" if with_failures else ""
     return Q(f"""
         WITH b AS (SELECT us // {width} AS k, min(us) AS lo, max(us) AS hi, count(*) AS n,
