@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -397,16 +398,32 @@ def _kernels_here() -> list[str]:
     return found
 
 
+def _sockets_here() -> int:
+    """This process's open sockets (the kernel client's ZeroMQ channels among them)."""
+    found = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            found += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue  # the listing's own descriptor, closed meanwhile
+    return found
+
+
 def test_a_report_leaves_no_kernel_behind_even_when_its_notebook_fails(tmp_path):
-    """The kernel's exit is awaited after the export, not before it: still awaited, on every path."""
+    """The kernel's exit is awaited after the export, not before it: still awaited, on every path;
+    and the connection to it is closed (a scheduler's process reports again and again)."""
     from phasegate.errors import ReportError
     from phasegate.report import make_report
     data = make(tmp_path, [], hours=1.0)
     end = (START + timedelta(hours=1)).isoformat()
-    res = make_report(SIM_PROFILE, data, PHASE, START.isoformat(), end=end, out_root=tmp_path / "out", formats="html",
-                      as_of=AFTER.isoformat(), notify="never")
-    assert res.verdict and res.files["html"].exists()
-    assert _kernels_here() == []
+    for out in ("out", "again"):
+        res = make_report(SIM_PROFILE, data, PHASE, START.isoformat(), end=end, out_root=tmp_path / out,
+                          formats="html", as_of=AFTER.isoformat(), notify="never")
+        assert res.verdict and res.files["html"].exists()
+        assert _kernels_here() == []
+        if out == "out":  # the event loop's own socket pair stays for the next run: counted from here
+            sockets = _sockets_here()
+    assert _sockets_here() == sockets
     nb = json.loads((ROOT / "notebooks" / "phase_signoff.ipynb").read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     nb["cells"] = [next(c for c in code if "parameters" in c["metadata"].get("tags", [])),
@@ -418,3 +435,4 @@ def test_a_report_leaves_no_kernel_behind_even_when_its_notebook_fails(tmp_path)
         make_report(SIM_PROFILE, data, PHASE, START.isoformat(), end=end, out_root=tmp_path / "out2", formats="html",
                     as_of=AFTER.isoformat(), notify="never", notebook=bad)
     assert _kernels_here() == []
+    assert _sockets_here() == sockets
