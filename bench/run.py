@@ -240,7 +240,7 @@ def agreement(profile, data, hours, label: str, lines: list):
 
 def _args(profile, data, start, end) -> dict:
     from datetime import datetime, timezone
-    from phasegate.analysis import gap_slack_s
+    from phasegate.coverage import gap_slack_s
     from phasegate.profile import load_profile
     us = lambda t: int(datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()) * 10**6  # noqa: E731
     prof = load_profile(profile)

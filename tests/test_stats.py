@@ -316,7 +316,7 @@ def test_coverage_gaps_equal_the_obvious_computation(seed):
     # Each figure must equal the plain float computation over [start, every sample, end].
     import pandas as pd
     from datetime import datetime, timezone
-    from phasegate import analysis
+    from phasegate import analysis, coverage
     df = _frame(seed)
     rng = np.random.default_rng(seed)
     hole = rng.integers(100, len(df) - 100)
@@ -326,7 +326,7 @@ def test_coverage_gaps_equal_the_obvious_computation(seed):
     start = datetime(2025, 12, 31, 23, 50, tzinfo=timezone.utc)  # the head gap is ten minutes and more
     end = datetime(2026, 1, 1, 6, 7, tzinfo=timezone.utc) + timedelta(minutes=30 * (seed == 3))  # the tail's turn
     con = _engine(df)
-    got = analysis._coverage(con, profile, start, end, analysis.group_stats(con, "s", "probe"))
+    got = coverage.coverage(con, profile, start, end, analysis.group_stats(con, "s", "probe"))
     ts = df["ts"].dt.as_unit("us").astype("int64").to_numpy() / 1e6
     edges = np.concatenate([[start.timestamp()], ts, [end.timestamp()]])
     gaps = np.diff(edges)
@@ -381,7 +381,7 @@ def test_gaps_and_failed_stretches_equal_a_loop_in_time_order(seed, span_s, bad_
     profile = load_profile(SIM_PROFILE)
     start, end = pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(seconds=span_s)
     con = _engine(df)
-    got = analysis._coverage(con, profile, start.to_pydatetime(), end.to_pydatetime(), analysis.group_stats(con, "s", "probe"))
+    got = coverage.coverage(con, profile, start.to_pydatetime(), end.to_pydatetime(), analysis.group_stats(con, "s", "probe"))
     o = df.assign(us=df["ts"].dt.as_unit("us").astype("int64"), p=df["probe"].astype(str),
                   t=df["tenant"].astype(object)).sort_values(["us", "p", "t"], na_position="last", kind="stable")
     t_us = o["us"].to_numpy()

@@ -30,7 +30,7 @@ import pandas as pd
 from .aggregates import _NOT_PROBES, DERIVED, LISTED, _ts, flags, group_stats, round_ms, sql_literal  # noqa: F401 - public here too
 from .batch import Q, drive, steps, unique
 from .config import memory_limit as check_memory_limit
-from .coverage import coverage as _coverage, coverage_hourly, coverage_of, gap_slack_s, gaps  # noqa: F401 - public here too
+from .coverage import coverage_hourly, coverage_of, gaps
 from .errors import DataError
 from .objstore import local_dir
 from .profile import Profile
