@@ -40,7 +40,7 @@ def fake():
     yield from stopping(build)
 
 
-def _profile(tmp_path, srv, f, extra=""):
+def _profile(tmp_path, srv, f, extra="", delay="0s"):
     return fast_profile(tmp_path, f"http://127.0.0.1:{srv.port}", extra=f'''
 [platform]
 enabled = true
@@ -50,7 +50,7 @@ api_key_env = "TEST_RENDER_KEY"
 timeout = "5s"
 interval = "30s"
 metrics_resolution = "1s"
-evidence_delay = "0s"
+evidence_delay = "{delay}"
 {extra}
 ''')
 
@@ -86,7 +86,10 @@ def test_server_errors_counted_exactly_from_render_logs_with_restarts_events_and
     f = fake(srv)
     monkeypatch.setenv("TEST_RENDER_KEY", KEY)
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=3)
-    prof = _profile(tmp_path, srv, f)
+    # Render's logs lag behind its traffic; so do the simulator's records, each appended when its answer
+    # is sent. A pull up to now (a 0 s delay) can pass a request still being answered: it would miss
+    # a line. Two seconds of delay, as Render's own is a minute, and the report waits for them.
+    prof = _profile(tmp_path, srv, f, delay="2s")
     data = tmp_path / "data"
     c = Collector(load_profile(prof), data, until_ts=time.time() + 6)
     users = threading.Thread(target=_users, args=(srv, 400, "/v1/actions/list", 0.01))
@@ -98,6 +101,8 @@ def test_server_errors_counted_exactly_from_render_logs_with_restarts_events_and
     off = f.restart(startup="flag_off", ago_s=120)
     users_5xx, probes_5xx = _served(srv, start.timestamp(), True), _served(srv, start.timestamp(), False)
     assert users_5xx > 0 and probes_5xx > 0  # the scenario served 500s to both
+    while time.time() < max(x["ts"] for x in srv.records) + 3:  # the report's pull reaches the last request
+        time.sleep(0.2)
 
     out = tmp_path / "out"
     res = phasegate("report", "--profile", prof, "--data", data, "--phase", PHASE, "--start", start.isoformat(),
