@@ -139,6 +139,55 @@ def test_simulate_history_writes_marked_samples(tmp_path):
     assert all(name in helped for name in SCENARIOS)
 
 
+def test_server_errors_are_drawn_column_wise_as_the_exact_path_answers_them(tmp_path, monkeypatch):
+    # Uncounted server errors (a rate, tenants, an endpoint, periodic bursts) take the vectorised
+    # path, which must store what replaying each request through Model.respond stores.
+    from phasegate import history as hist
+    from phasegate.profile import load_profile
+    from phasegate.simulator import Fault
+
+    prof = load_profile(ROOT / "profiles" / "fault-lens-staging-fleet.toml")
+    t0, h = 1_790_000_000.0, 3600
+    faults = [Fault("server_error", start_s=h / 2, end_s=2 * h, rate=0.3, tenants=("yacht-07", "yacht-31"),
+                    probes=("list",)),
+              Fault("server_error", start_s=2 * h, rate=1.0, every_s=600, params={"burst_s": 60})]
+    exact = hist._slow_chunk
+    monkeypatch.setattr(hist, "_slow_chunk", None)  # drawn column-wise, or this run fails
+    hist.history(prof, faults, t0, t0 + 3 * h, tmp_path / "drawn", seed=3)
+    monkeypatch.setattr(hist, "_slow_chunk", exact)
+    monkeypatch.setattr(hist, "_columnar", lambda faults, lo, hi: None if lo < 3 * h else [])
+    hist.history(prof, faults, t0, t0 + 3 * h, tmp_path / "exact", seed=3)
+
+    def rows(name):
+        df = read_samples(tmp_path / name, EPOCH, FAR)
+        df["rel"] = df["ts"].map(lambda t: t.timestamp()) - t0
+        return df
+
+    drawn, replayed = rows("drawn"), rows("exact")
+    assert len(drawn) == len(replayed)
+    kinds = ["probe", "status", "outcome", "error_code", "error", "bytes", "health_status", "item_count", "url"]
+    for df in (drawn, replayed):
+        df["has_evidence"] = df["evidence"].notna()
+        df["kind"] = list(zip(*(df[k].map(repr) for k in kinds)))
+    # The same responses, classified alike; every failed request carries its evidence.
+    assert set(drawn["kind"]) == set(replayed["kind"])
+    for df in (drawn, replayed):
+        failed = df[df["status"] == 500]
+        assert failed["has_evidence"].all() and (failed["outcome"] == "http_error").all()
+        assert set(failed["error_code"]) == {"INTERNAL_ERROR"}
+    # The bursts answer every request with a 500, so both paths count exactly the same.
+    burst = lambda df: ((df["status"] == 500) & (df["rel"] >= 2 * h)).sum()
+    assert burst(drawn) == burst(replayed) > 0
+    # The rate: only the named tenants' list requests in the fault's hours, about 30 % of them.
+    for df in (drawn, replayed):
+        early = df[(df["status"] == 500) & (df["rel"] < 2 * h)]
+        assert set(early["tenant"]) == {"yacht-07", "yacht-31"} and set(early["probe"]) == {"list"}
+        assert (early["rel"] >= h / 2).all()
+        exposed = ((df["rel"] >= h / 2) & (df["rel"] < 2 * h) & (df["probe"] == "list")
+                   & df["tenant"].isin(["yacht-07", "yacht-31"])).sum()
+        assert abs(len(early) - 0.3 * exposed) < 5 * (exposed * 0.3 * 0.7) ** 0.5, (len(early), exposed)
+
+
 @pytest.mark.slow
 def test_make_notebook_serves_on_loopback_as_root(tmp_path):
     # `make notebook` as CI and containers run it (root: --allow-root), on 127.0.0.1.

@@ -1,9 +1,11 @@
 """Synthetic history: what the collector would have stored over a window, in seconds.
 
 Hour by hour: an hour no fault touches is generated column-wise with numpy from the healthy
-response (how a fleet's day takes seconds); an hour with faults replays every request through
-`Model.respond` in time order and classifies it with the collector's own `probe.evaluate`, so
-fault counts are exact and the schema is the collector's.
+response (how a fleet's day takes seconds), and so is an hour only uncounted `server_error` faults
+touch (each request a 500 with the fault's rate, drawn column-wise too: a whole window of errors
+must not take the exact path's hours); an hour with any other fault replays every request through
+`Model.respond` in time order. Either way each response is classified by the collector's own
+`probe.evaluate`, so the schema is the collector's.
 """
 
 from __future__ import annotations
@@ -30,10 +32,31 @@ def _job_times(jobs, target, start_ts, end_ts, seed):
     return out
 
 
-def _quiet(faults: list[Fault], lo: float, hi: float) -> bool:
-    """No fault can touch [lo, hi) (seconds into the scenario): the vectorised path applies."""
-    return all(f.kind == "command_failed" or f.start_s >= hi or (f.end_s is not None and f.end_s <= lo)
-               for f in faults)
+def _columnar(faults: list[Fault], lo: float, hi: float) -> list[Fault] | None:
+    """The faults touching [lo, hi) (seconds into the scenario) if the vectorised path can draw them
+    (none, or only server errors without a count, whose draws do not depend on each other), else None."""
+    touching = [f for f in faults if f.kind != "command_failed" and f.start_s < hi and (f.end_s is None or f.end_s > lo)]
+    return touching if all(f.kind == "server_error" and f.count is None for f in touching) else None
+
+
+def _errors_drawn(errors: list[Fault], rel, endpoint: str, tenant_of_row, np_rng):
+    """Which requests (at `rel` seconds into the scenario) the server errors answer with a 500:
+    `Fault.active` and its rate, a column at a time."""
+    hit = np.zeros(len(rel), dtype=bool)
+    for f in errors:
+        if f.probes and endpoint not in f.probes:
+            continue
+        on = rel >= f.start_s
+        if f.end_s is not None:
+            on &= rel < f.end_s
+        if f.tenants:
+            on &= np.isin(tenant_of_row, list(f.tenants))
+        if f.every_s:
+            on &= (rel - f.start_s) % f.every_s < f.params.get("burst_s", f.every_s / 10)
+        if f.rate < 1.0:
+            on &= np_rng.random(len(rel)) < f.rate
+        hit |= on
+    return hit
 
 
 def history(profile, faults: list[Fault], start_ts: float, end_ts: float, data_dir, seed: int = 0) -> int:
@@ -57,7 +80,8 @@ def history(profile, faults: list[Fault], start_ts: float, end_ts: float, data_d
                 k0 = max(0, math.ceil((lo - t0) / interval))
                 k1 = max(0, math.ceil((hi - t0) / interval))
                 times.append(t0 + np.arange(k0, k1) * interval)
-            table = _fast_chunk(ctx, jobs, times, np_rng) if _quiet(faults, lo - start_ts, hi - start_ts) else None
+            errors = _columnar(faults, lo - start_ts, hi - start_ts)
+            table = _fast_chunk(ctx, jobs, times, np_rng, errors, start_ts) if errors is not None else None
             if table is None:
                 table = rows_to_table(_slow_chunk(ctx, jobs, times, start_ts))
             if table is not None and table.num_rows:
@@ -92,18 +116,21 @@ def _check_rows(ctx, start_ts: float, end_ts: float) -> list:
     return rows
 
 
-def _template(ctx, probe, endpoint):
-    key = ("healthy", probe.name)
+def _template(ctx, probe, endpoint, error: bool = False):
+    """The response every request of `probe` gets while no fault (or a server error) touches it:
+    the response, its classification and its evidence, built once."""
+    key = ("error" if error else "healthy", probe.name)
     if key not in ctx["cache"]:
-        resp = Model([], 0).respond(endpoint, 0.0)
+        resp = Model([Fault("server_error")] if error else [], 0).respond(endpoint, 0.0)
         headers = {k.lower(): v for k, v in resp.headers.items()}
         ctx["cache"][key] = (resp, evaluate(probe, resp.status, headers, resp.body),
                              evidence_json(resp.status, headers, resp.body, ctx["profile"].target.evidence_headers))
     return ctx["cache"][key]
 
 
-def _fast_chunk(ctx, jobs, times, np_rng):
-    """The healthy response for every request of the hour, built column-wise per probe."""
+def _fast_chunk(ctx, jobs, times, np_rng, errors=(), start_ts=0.0):
+    """Every request of the hour, built column-wise per probe: the healthy response, or the 500
+    of a server error where `errors` draw one."""
     target = ctx["profile"].target
     by_probe: dict[str, list[int]] = {}
     for i, (probe, _tenant) in enumerate(jobs):
@@ -117,38 +144,51 @@ def _fast_chunk(ctx, jobs, times, np_rng):
             continue
         ts = np.concatenate([times[i] for i in idx])
         endpoint = endpoint_of(probe.path)
-        resp, ev, evidence = _template(ctx, probe, endpoint)
         median, sigma = LATENCY.get(endpoint, LATENCY["other"])
         lat = median * np.exp(np_rng.normal(0.0, sigma, n))
         if (lat >= (probe.timeout_s or target.timeout_s) * 1000).any():
             return None  # a tail past the deadline is a timeout: let the exact path classify it
         tenants = [jobs[i][1] for i in idx]
+        tenant = np.repeat(np.array(tenants, dtype=object), counts)
         urls = [redact_url(join_url(target.base_url, render(probe.path, t))) for t in tenants]
-        firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]  # each job's first sample this hour
-        evid = np.full(n, None, dtype=object)
-        evid[firsts] = evidence
-        cols = {
-            "ts": pa.array((ts * 1e6).round().astype("int64"), pa.timestamp("us", tz="UTC")),
-            "tenant": pa.array(np.repeat(np.array(tenants, dtype=object), counts), pa.string()),
-            "url": pa.array(np.repeat(np.array(urls, dtype=object), counts), pa.string()),
-            "latency_ms": pa.array(lat),
-            "evidence": pa.array(evid, pa.string()),
-        }
-        const = {"run_id": ctx["run_id"], "source": "probe", "target": target.name, "status": resp.status,
-                 "bytes": len(resp.body), "simulated": True, "probe": probe.name, "method": probe.method, **ev}
-        for name in SCHEMA.names:
-            if name in cols or name == "seq":
-                continue
-            value = const.get(name)
-            if name == "assertion_failures":
-                value = value or []
-            cols[name] = pa.repeat(pa.scalar(value, SCHEMA.field(name).type), n) if value is not None \
-                else pa.nulls(n, SCHEMA.field(name).type)
-        seq0 = ctx["seq"]
-        ctx["seq"] += n
-        cols["seq"] = pa.array(np.arange(seq0 + 1, seq0 + n + 1))
-        parts.append(pa.table({name: cols[name] for name in SCHEMA.names}, schema=SCHEMA))
+        url = np.repeat(np.array(urls, dtype=object), counts)
+        failed = _errors_drawn(errors, ts - start_ts, endpoint, tenant, np_rng)
+        # As the exact path: a failed request always carries its evidence, a healthy one only as
+        # its job's first sample of the hour.
+        first = np.zeros(n, dtype=bool)
+        first[np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]] = True
+        for rows, error in ((~failed, False), (failed, True)):
+            if rows.any():
+                resp, ev, evidence = _template(ctx, probe, endpoint, error)
+                evid = np.where(rows & (first | error), evidence, None)[rows]
+                parts.append(_table(ctx, probe, resp, ev, ts[rows], tenant[rows], url[rows], lat[rows], evid))
     return pa.concat_tables(parts).sort_by("ts") if parts else SCHEMA.empty_table()
+
+
+def _table(ctx, probe, resp, ev, ts, tenant, url, lat, evid) -> pa.Table:
+    """Rows of one probe that all got the same response: the varying columns given, the rest constant."""
+    n = len(ts)
+    cols = {
+        "ts": pa.array((ts * 1e6).round().astype("int64"), pa.timestamp("us", tz="UTC")),
+        "tenant": pa.array(tenant, pa.string()),
+        "url": pa.array(url, pa.string()),
+        "latency_ms": pa.array(lat),
+        "evidence": pa.array(evid, pa.string()),
+    }
+    const = {"run_id": ctx["run_id"], "source": "probe", "target": ctx["profile"].target.name, "status": resp.status,
+             "bytes": len(resp.body), "simulated": True, "probe": probe.name, "method": probe.method, **ev}
+    for name in SCHEMA.names:
+        if name in cols or name == "seq":
+            continue
+        value = const.get(name)
+        if name == "assertion_failures":
+            value = value or []
+        cols[name] = pa.repeat(pa.scalar(value, SCHEMA.field(name).type), n) if value is not None \
+            else pa.nulls(n, SCHEMA.field(name).type)
+    seq0 = ctx["seq"]
+    ctx["seq"] += n
+    cols["seq"] = pa.array(np.arange(seq0 + 1, seq0 + n + 1))
+    return pa.table({name: cols[name] for name in SCHEMA.names}, schema=SCHEMA)
 
 
 def _slow_chunk(ctx, jobs, times, start_ts):
