@@ -64,9 +64,11 @@ def _buckets(width: int, slack_us: int, with_failures: bool) -> Q:
     """One pass over `s` in buckets of `width` µs: the first and last sample, the longest gap
     between buckets (the first of equal ones: its end), the time beyond the slack in gaps between
     buckets (exact when width ≤ slack: a gap inside a bucket is shorter), how many buckets, samples
-    and buckets spanning some time; and, if asked, each bucket holding a failure with the non-empty
-    bucket before it."""
-    failing = ", list({'k': k, 'pk': pk, 'lo': lo, 'hi': hi}) FILTER (WHERE nbad > 0)" if with_failures else ""
+    and buckets spanning some time; and, if asked, how many buckets hold a failure and, unless that
+    is most of them (the window is then sorted whole), each of them with the non-empty bucket before it."""
+    failing = f""", count(*) FILTER (WHERE nbad > 0),
+               CASE WHEN count(*) FILTER (WHERE nbad > 0) * 2 <= count(*)
+                    THEN list({{'k': k, 'pk': pk, 'lo': lo, 'hi': hi}}) FILTER (WHERE nbad > 0) END""" if with_failures else ""
     return Q(f"""
         WITH b AS (SELECT us // {width} AS k, min(us) AS lo, max(us) AS hi, count(*) AS n,
                           count(*) FILTER (WHERE bad) AS nbad FROM s GROUP BY 1),
@@ -138,10 +140,10 @@ def gaps(con, profile: Profile):
         SELECT shard, count(*), min(us), max(us), max(gap) FROM (
             SELECT shard, us, us - lag(us) OVER (PARTITION BY shard ORDER BY us) AS gap FROM s WHERE shard IS NOT NULL)
         GROUP BY shard""")]
-    first, last, inner, inner_end, over_us, n_buckets, n, spread, failing = row
+    first, last, inner, inner_end, over_us, n_buckets, n, spread, n_failing, failing = row
+    whole = bool(n_failing) and failing is None  # failures in most buckets: sorted whole
     failing = failing or []
-    whole = len(failing) * 2 > n_buckets  # failures in most buckets: sorted whole
-    asked = [] if not failing else [_failed_runs_in_order()] if whole else [_failed_runs(width, sorted(b["k"] for b in failing))]
+    asked = [_failed_runs_in_order()] if whole else [_failed_runs(width, sorted(b["k"] for b in failing))] if failing else []
     runs = []
     while n_buckets and (inner is None or inner < width) and (n_buckets > 1 or spread):
         # The longest gap may lie inside a bucket: finer buckets, no wider than the longest gap
