@@ -151,6 +151,13 @@ def test_server_errors_are_drawn_column_wise_as_the_exact_path_answers_them(tmp_
     faults = [Fault("server_error", start_s=h / 2, end_s=2 * h, rate=0.3, tenants=("yacht-07", "yacht-31"),
                     probes=("list",)),
               Fault("server_error", start_s=2 * h, rate=1.0, every_s=600, params={"burst_s": 60})]
+    # Where a fault is active, asked for a column at once, is what it says for each request alone.
+    import numpy as np
+    at = np.arange(0, 3 * h, 7.3)
+    who = np.array(["yacht-07", "yacht-31", "yacht-01", None] * (len(at) // 4 + 1), dtype=object)[:len(at)]
+    for f in faults:
+        for ep in ("list", "health"):
+            assert f.active_in(at, ep, who).tolist() == [f.active(t, ep, x) for t, x in zip(at, who)]
     exact = hist._slow_chunk
     monkeypatch.setattr(hist, "_slow_chunk", None)  # drawn column-wise, or this run fails
     hist.history(prof, faults, t0, t0 + 3 * h, tmp_path / "drawn", seed=3)

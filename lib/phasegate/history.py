@@ -41,18 +41,12 @@ def _columnar(faults: list[Fault], lo: float, hi: float) -> list[Fault] | None:
 
 def _errors_drawn(errors: list[Fault], rel, endpoint: str, tenant_of_row, np_rng):
     """Which requests (at `rel` seconds into the scenario) the server errors answer with a 500:
-    `Fault.active` and its rate, a column at a time."""
+    where each is active, with its rate."""
     hit = np.zeros(len(rel), dtype=bool)
     for f in errors:
         if f.probes and endpoint not in f.probes:
-            continue
-        on = rel >= f.start_s
-        if f.end_s is not None:
-            on &= rel < f.end_s
-        if f.tenants:
-            on &= np.isin(tenant_of_row, list(f.tenants))
-        if f.every_s:
-            on &= (rel - f.start_s) % f.every_s < f.params.get("burst_s", f.every_s / 10)
+            continue  # not this probe's endpoint: nothing to draw
+        on = f.active_in(rel, endpoint, tenant_of_row)
         if f.rate < 1.0:
             on &= np_rng.random(len(rel)) < f.rate
         hit |= on

@@ -69,6 +69,21 @@ class Fault:
             return (t - self.start_s) % self.every_s < burst
         return True
 
+    def active_in(self, t, endpoint: str, tenant):
+        """`active` for arrays of times and tenants at once (numpy), as synthetic history draws them."""
+        import numpy as np
+
+        if self.probes and endpoint not in self.probes:
+            return np.zeros(len(t), dtype=bool)
+        on = t >= self.start_s
+        if self.end_s is not None:
+            on &= t < self.end_s
+        if self.tenants:
+            on &= np.isin(tenant, list(self.tenants))
+        if self.every_s:
+            on &= (t - self.start_s) % self.every_s < self.params.get("burst_s", self.every_s / 10)
+        return on
+
 
 @dataclass
 class SimResponse:
