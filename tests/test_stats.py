@@ -377,6 +377,9 @@ def test_gaps_and_failed_stretches_equal_a_loop_in_time_order(seed, span_s, bad_
         outcome[3000:3500] = "http_error"
     df["outcome"] = pd.Categorical(outcome)
     df["status"] = pd.array(np.where(df["outcome"] == "ok", 200, 500), dtype="Int32")
+    shard = rng.choice(["1/4", "2/4", "3/4"], n).astype(object)
+    shard[100:110] = "4/4"  # a shard whose samples are all at one instant
+    df["shard"] = pd.Series(shard, dtype="string")
     df = df.sample(frac=1, random_state=seed).reset_index(drop=True)  # the engine must order them itself
     profile = load_profile(SIM_PROFILE)
     start, end = pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(seconds=span_s)
@@ -398,6 +401,15 @@ def test_gaps_and_failed_stretches_equal_a_loop_in_time_order(seed, span_s, bad_
         best = max(best, t - run_from) if b else best
     assert got["longest_failing_s"] == round(best / 1e6, 3)
     assert best > 0
+    # Each collector shard: its samples, first and last, and the longest gap between two of them,
+    # as the same loop finds them shard by shard (dense shards need finer buckets).
+    _whole, shard_rows = coverage.gaps(con, profile)
+    want = {}
+    for sh, part in o.groupby(o["shard"].astype(str)):
+        u = part["us"].to_numpy()
+        want[sh] = (sh, len(u), int(u[0]), int(u[-1]), int(np.diff(u).max()))
+    assert sorted((sh, int(k), int(a), int(b), int(g)) for sh, k, a, b, g in shard_rows) == sorted(want.values())
+    assert want["4/4"][4] == 0 and want["1/4"][4] > 0
 
 
 @pytest.mark.parametrize("seed,listed", [(1, 1000), (2, 1000), (1, 3)])
