@@ -142,10 +142,7 @@ def gaps(con, profile: Profile):
     failing = failing or []
     asked = [_failed_runs_in_order()] if whole else [_failed_runs(width, sorted(b["k"] for b in failing))] if failing else []
     runs = []
-    while n_buckets and (inner is None or inner < width) and (n_buckets > 1 or spread):
-        # The longest gap may lie inside a bucket: finer buckets, no wider than the longest gap
-        # seen (or than the one bucket's span), put it between two (at most two more passes).
-        finer = int(inner) if inner is not None else last - first
+    while (finer := _finer(width, inner, first, last, n_buckets, spread)) is not None:
         ((_f, _l, inner, inner_end, _o, n_buckets, _n, spread), ), *got = yield [_buckets(finer, slack_us, False), *asked]
         runs, asked, width = (got[0] if got else runs), [], finer
     if asked:
@@ -156,6 +153,16 @@ def gaps(con, profile: Profile):
     return (first, last, inner, inner_end, over_us, failing_us), shards
 
 
+def _finer(width: int, gap, first, last, n_buckets: int, spread: bool) -> int | None:
+    """The bucket width for another pass, or None when the longest gap is exact: one at least a
+    bucket wide lies between two buckets. A shorter one may lie inside a bucket: finer buckets, no
+    wider than the longest gap seen (or than the one bucket's span), put it between two (at most
+    two more passes). Samples all at one instant have no gap to seek."""
+    if not n_buckets or (gap is not None and gap >= width) or (n_buckets == 1 and not spread):
+        return None
+    return int(gap) if gap is not None else last - first
+
+
 def _shard_gaps(width: int):
     """Per collector shard: its samples, first and last sample, and the longest gap between two of
     them, from buckets as for the whole window (a gap shorter than a bucket is sought with finer
@@ -163,8 +170,8 @@ def _shard_gaps(width: int):
     in buckets)."""
     rows = {r[0]: r for r in (yield _shard_buckets(width))}
     widths = dict.fromkeys(rows, width)
-    while finer := {sh: int(g) if g is not None else hi - lo for sh, (_s, _n, lo, hi, g, nb, spread) in rows.items()
-                    if (g is None or g < widths[sh]) and (nb > 1 or spread)}:
+    while finer := {sh: w for sh, (_s, _n, lo, hi, g, nb, spread) in rows.items()
+                    if (w := _finer(widths[sh], g, lo, hi, nb, spread)) is not None}:
         rows.update({r[0]: r for r in (yield _shard_buckets(width, finer))})
         widths.update(finer)
     return [(sh, n, lo, hi, 0 if nb == 1 and not spread and n > 1 else g)  # n > 1 at one instant: no gap
